@@ -1,0 +1,74 @@
+"""`panacea-lab` command line: thin wrappers over the package's sweeps (no logic lives here)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from panacea_lab.config import ATTACK_PRESETS, EMBEDDED_MODEL, JUDGES, AlignConfig, ConfigError, EvalConfig, ModelConfig
+from panacea_lab.world import TASKS
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=EMBEDDED_MODEL, help="base model: 'embedded' or a local HF directory")
+    parser.add_argument("--judge", choices=JUDGES, default="oracle", help="judge of harmful answers")
+    parser.add_argument("--n-eval", type=int, default=200, help="harmful test prompts and task test samples")
+    parser.add_argument("--runs", default=None, help="run store directory (default: ./runs)")
+
+
+def cmd_build_base(args) -> None:
+    from panacea_lab.base_model import pretrain
+
+    t0 = time.perf_counter()
+    out = pretrain(args.out)
+    print(f"base model written to {out} in {time.perf_counter() - t0:.0f} s")
+
+
+def cmd_attack(args) -> None:
+    from panacea_lab.experiments import attack_sweep, summarize
+    from panacea_lab.store import RunStore
+
+    align_cfg = AlignConfig(model=ModelConfig(path=args.model), seed=args.align_seed)
+    eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,))
+    t0 = time.perf_counter()
+    df = attack_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, align_cfg=align_cfg,
+                      eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n, adapter=args.adapter)
+    print(summarize(df).to_string())
+    print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, n = {args.n}; {time.perf_counter() - t0:.0f} s "
+          "(cached stages are reused)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="panacea-lab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build-base", help="pretrain the embedded tiny base model (about 15 min on 2 cores)")
+    p.add_argument("--out", default="data/models/tiny-llama-world", help="output directory")
+    p.set_defaults(func=cmd_build_base)
+
+    p = sub.add_parser("attack", help="align once, then fine-tune on the user's poisoned data at each ratio")
+    _common(p)
+    p.add_argument("--task", choices=TASKS, default="sentiment", help="the user's benign task")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.01, 0.05, 0.1, 0.2], help="harmful ratios p")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (mean ± std)")
+    p.add_argument("--n", type=int, default=1000, help="fine-tuning samples")
+    p.add_argument("--preset", choices=sorted(ATTACK_PRESETS), default="default", help="attack strength")
+    p.add_argument("--adapter", choices=("continue", "fresh"), default="continue",
+                   help="continue the alignment adapter (paper) or train a fresh one on the merged model")
+    p.add_argument("--align-seed", type=int, default=0, help="seed of the one shared alignment")
+    p.set_defaults(func=cmd_attack)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"panacea-lab: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Prompt template, tokenisation with response-only labels, the user's poisoned mix, batching."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from panacea_lab.world import Example
+
+# The Alpaca template (Taori et al. 2023), as used by the paper's code for every dataset.
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
+                   "Write a response that appropriately completes the request.")
+ALPACA_PREAMBLE_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
+                         "further context. Write a response that appropriately completes the request.")
+ALPACA_MARKERS = ("### Instruction:", "### Input:", "### Response:")
+IGNORE_INDEX = -100
+
+
+def format_prompt(ex: Example) -> str:
+    """The Alpaca prompt for one example, ending where the response starts."""
+    if ex.input:
+        return (f"{ALPACA_PREAMBLE_INPUT}\n\n### Instruction:\n{ex.instruction}\n\n"
+                f"### Input:\n{ex.input}\n\n### Response:\n")
+    return f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{ex.instruction}\n\n### Response:\n"
+
+
+def prompt_ids(tokenizer, ex: Example) -> list[int]:
+    """Token ids of the prompt, identical in training and generation (BOS where the model uses one)."""
+    ids = tokenizer(format_prompt(ex), add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def encode(tokenizer, ex: Example, max_length: int) -> dict[str, list[int]]:
+    """Token ids and labels; the loss sees only the response (prompt positions are IGNORE_INDEX).
+
+    Prompt and response are tokenised separately so the boundary is exact for any tokenizer.
+    """
+    prompt = prompt_ids(tokenizer, ex)
+    response = tokenizer(ex.output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (prompt + response)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt) + response)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+def mix_user_data(benign: list[Example], harmful: list[Example], n: int, p: float, seed: int) -> list[Example]:
+    """The user's fine-tuning set: exactly round(p * n) harmful samples among n, shuffled."""
+    n_harm = round(p * n)
+    if n_harm > len(harmful):
+        raise ValueError(f"p * n = {n_harm} harmful samples requested but the attacker's pool holds "
+                         f"{len(harmful)}: lower p or n")
+    if n - n_harm > len(benign):
+        raise ValueError(f"n - round(p * n) = {n - n_harm} benign samples requested but the task's train "
+                         f"split holds {len(benign)}: lower n")
+    rng = random.Random(seed)
+    data = rng.sample(harmful, n_harm) + rng.sample(benign, n - n_harm)
+    rng.shuffle(data)
+    return data
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+    def as_kwargs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "labels": self.labels}
+
+
+def collate(rows: list[dict[str, list[int]]], pad_id: int) -> Batch:
+    """Right-pad a list of encoded rows (training only; generation pads left)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        mask[i, :n] = 1
+        labels[i, :n] = torch.tensor(r["labels"])
+    return Batch(ids, mask, labels)
+
+
+class BatchStream:
+    """Seeded, epoch-wise shuffled batches of pre-encoded rows (the loop's only data source)."""
+
+    def __init__(self, rows: list[dict[str, list[int]]], batch_size: int, pad_id: int, seed: int):
+        if not rows:
+            raise ValueError("empty dataset: the stage received no examples; check n and the data pools")
+        self.rows, self.batch_size, self.pad_id = rows, batch_size, pad_id
+        self.rng = random.Random(seed)
+
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def epoch(self):
+        order = list(range(len(self.rows)))
+        self.rng.shuffle(order)
+        for i in range(0, len(order), self.batch_size):
+            yield collate([self.rows[j] for j in order[i : i + self.batch_size]], self.pad_id)
+
+    def forever(self):
+        while True:
+            yield from self.epoch()

@@ -1,0 +1,65 @@
+"""Sweeps that the CLI and the notebooks share: each returns a tidy data frame, one row per run."""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from panacea_lab.config import ATTACK_PRESETS, AlignConfig, AttackConfig, EvalConfig
+from panacea_lab.pipeline import align, attack, evaluate
+from panacea_lab.store import RunStore
+
+METRICS = ("HS", "refusal", "other")
+
+
+def attack_config(align_cfg: AlignConfig, task: str, p: float, seed: int, preset: str = "default",
+                  **overrides) -> AttackConfig:
+    """An attack from a named strength preset; keyword overrides win over the preset."""
+    if preset not in ATTACK_PRESETS:
+        raise ValueError(f"preset = {preset!r}: use one of {sorted(ATTACK_PRESETS)}")
+    return AttackConfig(align=align_cfg, task=task, p=p, seed=seed, **{**ATTACK_PRESETS[preset], **overrides})
+
+
+def _row(label: str, ev: dict, **extra) -> dict:
+    row = {"model": label, **extra, **{m: ev[m] for m in METRICS}}
+    row.update({f"FA_{task}": value for task, value in ev["FA"].items()})
+    return row
+
+
+def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default",
+                 align_cfg: AlignConfig | None = None, eval_cfg: EvalConfig | None = None,
+                 store: RunStore | None = None, include_reference: bool = True, **overrides) -> pd.DataFrame:
+    """Base and aligned models, then the user's fine-tuning at every ratio and seed (all cached)."""
+    store = store or RunStore()
+    align_cfg = align_cfg or AlignConfig()
+    eval_cfg = eval_cfg or EvalConfig()
+    rows = []
+    if include_reference:
+        rows.append(_row("base", evaluate("base", align_cfg.model, store, eval_cfg), p=None, seed=None))
+        align(align_cfg, store)
+        rows.append(_row("aligned", evaluate("align", align_cfg, store, eval_cfg), p=None, seed=None))
+    for seed in seeds:
+        for p in ratios:
+            cfg = attack_config(align_cfg, task, p, seed, preset, **overrides)
+            result = attack(cfg, store)
+            ev = evaluate("attack", cfg, store, eval_cfg)
+            rows.append(_row("fine-tuned", ev, p=p, seed=seed, preset=preset,
+                             train_seconds=result["train"]["train_seconds"]))
+    return pd.DataFrame(rows)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean (and std over seeds) of every metric per model and ratio."""
+    metric_cols = [c for c in df.columns if c in METRICS or c.startswith("FA_")]
+    keys = df["model"] + df["p"].map(lambda p: "" if pd.isna(p) else f" p={p:g}")
+    grouped = df.assign(run=keys).groupby("run", sort=False)[metric_cols]
+    mean, std = grouped.mean(), grouped.std().fillna(0.0)
+    out = mean.round(1).astype(str) + " ± " + std.round(1).astype(str)
+    out.insert(0, "seeds", grouped.size())
+    return out
+
+
+def override_fields(cls, **kwargs) -> dict:
+    """Only the keyword arguments that name a field of `cls` (CLI flags left unset are None)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in kwargs.items() if k in names and v is not None}

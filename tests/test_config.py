@@ -1,0 +1,57 @@
+"""Bad configs fail early, name the field and what to change, and write nothing."""
+from __future__ import annotations
+
+import pytest
+
+from panacea_lab.cli import main
+from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, EvalConfig, ModelConfig, config_hash, from_dict, to_dict
+
+
+@pytest.mark.parametrize("build,field", [
+    (lambda m: AttackConfig(align=AlignConfig(model=m), p=1.5), "p"),
+    (lambda m: AttackConfig(align=AlignConfig(model=m), p=-0.1), "p"),
+    (lambda m: AttackConfig(align=AlignConfig(model=m), n=0), "n"),
+    (lambda m: AttackConfig(align=AlignConfig(model=m), task="poetry"), "task"),
+    (lambda m: AttackConfig(align=AlignConfig(model=m), adapter="reuse"), "adapter"),
+    (lambda m: AlignConfig(model=m, lr=0), "lr"),
+    (lambda m: ModelConfig(path="/nonexistent/model"), "path"),
+    (lambda m: ModelConfig(path="someone/not-cached-model-xyz"), "path"),
+    (lambda m: ModelConfig(path=m.path, lora_r=0), "lora_r"),
+    (lambda m: EvalConfig(judge="vibes"), "judge"),
+])
+def test_bad_config_names_the_field(tiny_cfg, build, field):
+    with pytest.raises(ConfigError) as err:
+        build(tiny_cfg)
+    assert str(err.value).startswith(f"{field} = ")
+
+
+def test_missing_model_error_says_how_to_provide_it():
+    with pytest.raises(ConfigError, match="local model directory"):
+        ModelConfig(path="/nonexistent/model")
+
+
+def test_directory_without_config_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="config.json"):
+        ModelConfig(path=str(tmp_path))
+
+
+def test_config_round_trip_and_hash(tiny_cfg):
+    cfg = AttackConfig(align=AlignConfig(model=tiny_cfg), p=0.05)
+    again = from_dict(AttackConfig, to_dict(cfg))
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+    assert config_hash(cfg) != config_hash(AttackConfig(align=AlignConfig(model=tiny_cfg), p=0.1))
+
+
+def test_unknown_field_is_refused(tiny_cfg):
+    data = to_dict(AttackConfig(align=AlignConfig(model=tiny_cfg)))
+    data["rho"] = 1.0
+    with pytest.raises(ConfigError, match="rho"):
+        from_dict(AttackConfig, data)
+
+
+def test_cli_rejects_bad_input_and_writes_nothing(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code = main(["attack", "--model", str(tmp_path / "missing"), "--runs", str(runs), "--ratios", "0.1"])
+    assert code == 2
+    assert "path = " in capsys.readouterr().err
+    assert not runs.exists()

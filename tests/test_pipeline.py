@@ -1,0 +1,61 @@
+"""End to end on tiny settings: align -> poisoned fine-tuning -> evaluate, cached and reproducible."""
+from __future__ import annotations
+
+import pytest
+
+import panacea_lab.pipeline as pipeline
+from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig
+from panacea_lab.experiments import attack_sweep, summarize
+from panacea_lab.store import RunStore
+
+EVAL = EvalConfig(n_harmful=8, n_task=6, max_new_tokens=16, tasks=("sentiment", "arithmetic"))
+
+
+def _align(tiny_cfg):
+    return AlignConfig(model=tiny_cfg, n_refusal=24, n_replay_per_task=4, epochs=1, batch_size=8)
+
+
+def _attack(tiny_cfg, **kw):
+    return AttackConfig(align=_align(tiny_cfg), **{"n": 30, "p": 0.2, "epochs": 1, "batch_size": 10, **kw})
+
+
+def test_pipeline_results_and_reuse(tiny_cfg, store, monkeypatch):
+    cfg = _attack(tiny_cfg)
+    res = pipeline.attack(cfg, store)
+    assert res["n_harmful"] == 6 and res["train"]["steps"] == 3
+    assert (store.path("align", cfg.align) / "adapter" / "adapter_model.safetensors").exists()
+    ev = pipeline.evaluate("attack", cfg, store, EVAL)
+    assert ev["HS"] + ev["refusal"] + ev["other"] == pytest.approx(100.0)
+    assert set(ev["FA"]) == {"sentiment", "arithmetic"}
+
+    def boom(*a, **k):
+        raise AssertionError("a cached stage was recomputed")
+
+    monkeypatch.setattr(pipeline, "train_loop", boom)
+    monkeypatch.setattr(pipeline, "evaluate_model", boom)
+    assert pipeline.attack(cfg, store) == res
+    assert pipeline.evaluate("attack", cfg, store, EVAL) == ev
+
+
+def test_fresh_adapter_starts_from_the_merged_aligned_model(tiny_cfg, store):
+    cfg = _attack(tiny_cfg, adapter="fresh", p=0.0)
+    pipeline.attack(cfg, store)
+    model = pipeline.load_stage_model("attack", cfg, store)
+    aligned = pipeline.load_stage_model("align", cfg.align, store)
+    # the attack adapter starts at B = 0 and only it trained: the merged aligned weights are its base
+    w_attack = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    aligned.merge_adapter()
+    w_aligned = aligned.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert w_attack.allclose(w_aligned, atol=1e-6)
+
+
+def test_same_seed_same_numbers_in_separate_stores(tiny_cfg, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        store = RunStore(tmp_path / name)
+        runs.append(attack_sweep([0.0, 0.2], [0], align_cfg=_align(tiny_cfg), eval_cfg=EVAL, store=store,
+                                 include_reference=False, n=30, epochs=1))
+    cols = ["HS", "refusal", "other", "FA_sentiment", "FA_arithmetic"]
+    assert runs[0][cols].equals(runs[1][cols])
+    table = summarize(runs[0])
+    assert list(table.index) == ["fine-tuned p=0", "fine-tuned p=0.2"]

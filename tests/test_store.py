@@ -1,0 +1,55 @@
+"""Run store: atomic stage directories, provenance in every result, reuse of completed stages."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from panacea_lab.config import EvalConfig
+from panacea_lab.store import RunStore, write_json_atomic
+
+
+def test_result_carries_config_seed_versions_git_and_timings(store):
+    cfg = EvalConfig(n_harmful=3)
+    rec = store.cached("demo", cfg, lambda: ({"value": 1}, None))
+    on_disk = json.loads((store.path("demo", cfg) / "result.json").read_text())
+    assert on_disk == json.loads(json.dumps(rec, default=str))
+    assert on_disk["config"]["n_harmful"] == 3 and "seed" in on_disk
+    assert {"torch", "transformers", "peft", "python"} <= set(on_disk["provenance"]["versions"])
+    assert on_disk["provenance"]["git"]
+    assert on_disk["timings"]["stage_seconds"] >= 0
+
+
+def test_completed_stage_is_reused(store):
+    cfg, calls = EvalConfig(n_harmful=4), []
+    store.cached("demo", cfg, lambda: (calls.append(1) or {"v": 2}, None))
+    again = store.cached("demo", cfg, lambda: (calls.append(1) or {"v": 3}, None))
+    assert calls == [1] and again["v"] == 2
+
+
+def test_killed_stage_leaves_nothing_and_reruns(store):
+    cfg = EvalConfig(n_harmful=5)
+
+    def crash_after_artifacts():
+        def writer(d):
+            (d / "adapter.bin").write_text("partial")
+            raise KeyboardInterrupt  # killed mid-write
+        return {"v": 1}, writer
+
+    with pytest.raises(KeyboardInterrupt):
+        store.cached("demo", cfg, crash_after_artifacts)
+    assert store.load("demo", cfg) is None
+    assert not any(store.path("demo", cfg).parent.iterdir())  # no temp dir, no partial stage
+    assert store.cached("demo", cfg, lambda: ({"v": 7}, None))["v"] == 7
+
+
+def test_write_json_atomic_replaces_whole_file(tmp_path):
+    target = tmp_path / "x.json"
+    write_json_atomic(target, {"a": 1})
+    write_json_atomic(target, {"b": 2})
+    assert json.loads(target.read_text()) == {"b": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_store_root_is_configurable(tmp_path):
+    assert RunStore(tmp_path).path("align", EvalConfig()).is_relative_to(tmp_path)
