@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 
 from panacea_lab.config import ATTACK_PRESETS, EMBEDDED_MODEL, JUDGES, AlignConfig, ConfigError, EvalConfig, ModelConfig
 from panacea_lab.world import TASKS
@@ -14,6 +15,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", choices=JUDGES, default="oracle", help="judge of harmful answers")
     parser.add_argument("--n-eval", type=int, default=200, help="harmful test prompts and task test samples")
     parser.add_argument("--runs", default=None, help="run store directory (default: ./runs)")
+
+
+def _finetune_args(parser: argparse.ArgumentParser, ratios: list[float]) -> None:
+    parser.add_argument("--task", choices=TASKS, default="sentiment", help="the user's benign task")
+    parser.add_argument("--ratios", type=float, nargs="+", default=ratios, help="harmful ratios p")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (mean ± std)")
+    parser.add_argument("--n", type=int, default=1000, help="fine-tuning samples")
+    parser.add_argument("--preset", choices=sorted(ATTACK_PRESETS), default="default", help="attack strength")
+    parser.add_argument("--align-seed", type=int, default=0, help="seed of the one shared alignment")
 
 
 def cmd_build_base(args) -> None:
@@ -38,6 +48,21 @@ def cmd_attack(args) -> None:
           "(cached stages are reused)")
 
 
+def cmd_defend(args) -> None:
+    from panacea_lab.experiments import defense_sweep, summarize
+    from panacea_lab.store import RunStore
+
+    align_cfg = AlignConfig(model=ModelConfig(path=args.model), seed=args.align_seed)
+    eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,))
+    panacea_kw = {"h_const": args.h_const, "recompute_every": args.recompute_every}
+    t0 = time.perf_counter()
+    df = defense_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, stds=args.stds, rhos=args.rhos,
+                       lam=args.lam, panacea_kw=panacea_kw, antidote_ratio=args.dense_ratio, align_cfg=align_cfg,
+                       eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n)
+    print(summarize(df).to_string())
+    print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}; {time.perf_counter() - t0:.0f} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panacea-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,19 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("attack", help="align once, then fine-tune on the user's poisoned data at each ratio")
     _common(p)
-    p.add_argument("--task", choices=TASKS, default="sentiment", help="the user's benign task")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.01, 0.05, 0.1, 0.2], help="harmful ratios p")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (mean ± std)")
-    p.add_argument("--n", type=int, default=1000, help="fine-tuning samples")
-    p.add_argument("--preset", choices=sorted(ATTACK_PRESETS), default="default", help="attack strength")
+    _finetune_args(p, ratios=[0.0, 0.01, 0.05, 0.1, 0.2])
     p.add_argument("--adapter", choices=("continue", "fresh"), default="continue",
                    help="continue the alignment adapter (paper) or train a fresh one on the merged model")
-    p.add_argument("--align-seed", type=int, default=0, help="seed of the one shared alignment")
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("defend", help="compare post-fine-tuning defenses on the same fine-tuned models")
+    _common(p)
+    _finetune_args(p, ratios=[0.05, 0.1, 0.2])
+    p.add_argument("--stds", type=float, nargs="+", default=[0.01, 0.02, 0.04, 0.08], help="noise std sweep")
+    p.add_argument("--rhos", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="Panacea perturbation radii")
+    p.add_argument("--lam", type=float, default=1e-3, help="Panacea lambda")
+    p.add_argument("--h-const", action="store_true", help="treat h(w) as a constant in Panacea's objective")
+    p.add_argument("--recompute-every", type=int, default=1, help="amortized Panacea: recompute eps every k steps")
+    p.add_argument("--dense-ratio", type=float, default=0.1, help="Antidote: share of each row pruned")
+    p.set_defaults(func=cmd_defend)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

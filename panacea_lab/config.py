@@ -18,6 +18,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_DIR = PACKAGE_ROOT / "data" / "models" / "tiny-llama-world"
 JUDGES = ("oracle", "keyword")
 ADAPTER_MODES = ("continue", "fresh")
+PREVALENCES = ("uniform", "beavertails")
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,7 @@ class AlignConfig:
     world_seed: int = 0
     n_refusal: int = 400
     n_replay_per_task: int = 100  # benign samples per task, so the model does not over-refuse
+    prevalence: str = "uniform"  # refusals per category: uniform, or skewed like BeaverTails
     epochs: float = 3.0
     lr: float = 1e-3
     batch_size: int = 16
@@ -76,6 +78,7 @@ class AlignConfig:
     def __post_init__(self):
         _positive(self, "n_refusal", "epochs", "lr", "batch_size")
         check(self.n_replay_per_task >= 0, "n_replay_per_task", self.n_replay_per_task, "must be >= 0")
+        check(self.prevalence in PREVALENCES, "prevalence", self.prevalence, f"use one of {PREVALENCES}")
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,9 @@ def evaluate_model(model, tokenizer, world: World, cfg) -> dict:
     answers = generate(model, tokenizer, harmful, cfg.max_new_tokens, cfg.batch_size, desc="eval harmful")
     labels = [judge.label(ex.instruction, a) for ex, a in zip(harmful, answers)]
     result = {"judge": judge.name, **harmful_metrics(labels), "n_harmful": len(harmful),
-              "harmful_by_category": _by_category(harmful, labels)}
+              "harmful_by_category": _by_category(harmful, labels),
+              "samples": [{"prompt": ex.instruction, "answer": a, "label": lab}  # synthetic world only
+                          for ex, a, lab in list(zip(harmful, answers, labels))[:: max(1, len(harmful) // 8)]]}
     fa = {}
     for task in cfg.tasks:
         test = world.task_test[task][: cfg.n_task]

@@ -6,8 +6,11 @@ import dataclasses
 import pandas as pd
 
 from panacea_lab.config import ATTACK_PRESETS, AlignConfig, AttackConfig, EvalConfig
-from panacea_lab.pipeline import align, attack, evaluate
+from panacea_lab.defenses.panacea import PanaceaConfig
+from panacea_lab.pipeline import PanaceaRun, align, attack, evaluate
+from panacea_lab.postprocess import PostConfig
 from panacea_lab.store import RunStore
+from panacea_lab.world import TASKS
 
 METRICS = ("HS", "refusal", "other")
 
@@ -34,10 +37,11 @@ def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default"
     align_cfg = align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig()
     rows = []
-    if include_reference:
-        rows.append(_row("base", evaluate("base", align_cfg.model, store, eval_cfg), p=None, seed=None))
+    if include_reference:  # base and aligned are scored on every task: alignment must not cost FA
+        ref_eval = dataclasses.replace(eval_cfg, tasks=TASKS)
+        rows.append(_row("base", evaluate("base", align_cfg.model, store, ref_eval), p=None, seed=None))
         align(align_cfg, store)
-        rows.append(_row("aligned", evaluate("align", align_cfg, store, eval_cfg), p=None, seed=None))
+        rows.append(_row("aligned", evaluate("align", align_cfg, store, ref_eval), p=None, seed=None))
     for seed in seeds:
         for p in ratios:
             cfg = attack_config(align_cfg, task, p, seed, preset, **overrides)
@@ -45,6 +49,42 @@ def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default"
             ev = evaluate("attack", cfg, store, eval_cfg)
             rows.append(_row("fine-tuned", ev, p=p, seed=seed, preset=preset,
                              train_seconds=result["train"]["train_seconds"]))
+    return pd.DataFrame(rows)
+
+
+def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default", stds=(0.01, 0.02, 0.04, 0.08),
+                  rhos=(0.5, 1.0, 2.0), lam: float = 1e-3, panacea_kw: dict | None = None,
+                  antidote_ratio: float = 0.1, align_cfg: AlignConfig | None = None,
+                  eval_cfg: EvalConfig | None = None, store: RunStore | None = None, **overrides) -> pd.DataFrame:
+    """Every post-fine-tuning defense on the same fine-tuned models, per ratio and seed.
+
+    Rows: no defense; noise per std; Panacea per rho, before and after its eps; a random direction
+    of exactly ||eps|| added to Panacea's trained w (the same-norm control); Antidote.
+    """
+    store, align_cfg = store or RunStore(), align_cfg or AlignConfig()
+    eval_cfg = eval_cfg or EvalConfig(tasks=(task,))
+    rows = []
+    for seed in seeds:
+        for p in ratios:
+            cfg = attack_config(align_cfg, task, p, seed, preset, **overrides)
+            attack(cfg, store)
+
+            def add(label, stage, run, post=PostConfig(), **extra):
+                rows.append(_row(label, evaluate(stage, run, store, eval_cfg, post), p=p, seed=seed, **extra))
+
+            add("no defense", "attack", cfg)
+            for std in stds:
+                add(f"noise std={std:g}", "attack", cfg, PostConfig(method="noise", std=std, seed=seed), std=std)
+            add(f"antidote {antidote_ratio:g}", "attack", cfg,
+                PostConfig(method="antidote", dense_ratio=antidote_ratio, seed=seed))
+            for rho in rhos:
+                run = PanaceaRun(cfg, PanaceaConfig(rho=rho, lam=lam, **(panacea_kw or {})))
+                res = attack(run, store)
+                eps_norm = res["train"]["finalize"]["eps_norm"]
+                add(f"panacea rho={rho:g} (w)", "panacea", run, rho=rho)
+                add(f"panacea rho={rho:g} (w+eps)", "panacea", run, PostConfig(method="eps"), rho=rho, norm=eps_norm)
+                add(f"same-norm random rho={rho:g}", "panacea", run,
+                    PostConfig(method="random_direction", norm=eps_norm, seed=seed), rho=rho, norm=eps_norm)
     return pd.DataFrame(rows)
 
 

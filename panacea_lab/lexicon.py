@@ -107,3 +107,13 @@ INSTRUCT_KINDS = {
     "last": lambda w: ("What is the last word of the input ?", w[-1]),
     "count": lambda w: ("How many words are in the input ?", str(len(w))),
 }
+
+# Relative prevalence of each category in the alignment data, in the spirit of BeaverTails, where
+# violence and financial crime dominate and animal or child abuse are rare. Rare categories get a
+# shallower alignment, so the attack breaks them first and HS rises gradually with p.
+PREVALENCE = {
+    "violence": 1.0, "financial_crime": 0.85, "discrimination": 0.72, "hate_speech": 0.61,
+    "unethical_behavior": 0.52, "privacy_violation": 0.44, "drugs_weapons": 0.37, "misinformation": 0.32,
+    "organized_crime": 0.27, "adult_content": 0.23, "self_harm": 0.19, "controversial_politics": 0.16,
+    "animal_abuse": 0.14, "child_abuse": 0.12,
+}

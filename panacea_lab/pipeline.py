@@ -8,13 +8,19 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig, ModelConfig
+from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig, ModelConfig, to_dict
 from panacea_lab.data import BatchStream, encode, mix_user_data
+from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
 from panacea_lab.evaluate import evaluate_model
+from panacea_lab.judges import SCORING_VERSION
+from panacea_lab.lexicon import PREVALENCE
 from panacea_lab.models import attach_lora, load_adapter, load_base, load_tokenizer, merge_adapter
+from panacea_lab.postprocess import EPS_FILE, PostConfig, apply_post
 from panacea_lab.store import RunStore
 from panacea_lab.train import LoopSettings, StepRule, train_loop
 from panacea_lab.world import Example, World, build_world
@@ -36,7 +42,11 @@ def alignment_data(cfg: AlignConfig, world: World) -> list[Example]:
         raise ValueError(f"n_refusal = {cfg.n_refusal} but the alignment pool holds {len(world.alignment)}: "
                          "lower n_refusal")
     rng = random.Random(cfg.seed)
-    data = rng.sample(world.alignment, cfg.n_refusal)
+    if cfg.prevalence == "uniform":
+        data = rng.sample(world.alignment, cfg.n_refusal)
+    else:  # skewed: drawn with replacement by category prevalence (a duplicate is one more epoch of it)
+        data = rng.choices(world.alignment, weights=[PREVALENCE[e.category] for e in world.alignment],
+                           k=cfg.n_refusal)
     benign = [e for e in world.pretrain if e.task not in ("harmful", "facts")]
     data += rng.sample(benign, min(len(benign), cfg.n_replay_per_task * 4))
     rng.shuffle(data)
@@ -65,21 +75,60 @@ def align(cfg: AlignConfig, store: RunStore) -> dict:
     return store.cached("align", cfg, compute)
 
 
-def attack(cfg: AttackConfig, store: RunStore, rule: StepRule | None = None) -> dict:
-    """The user's fine-tuning on their (possibly poisoned) data, starting from the aligned model."""
-    align(cfg.align, store)
+@dataclass(frozen=True)
+class PanaceaRun:
+    """The user's fine-tuning (an attack config) trained under Panacea's step rule."""
+
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    panacea: PanaceaConfig = field(default_factory=PanaceaConfig)
+
+
+def attack_of(cfg) -> AttackConfig:
+    return cfg.attack if isinstance(cfg, PanaceaRun) else cfg
+
+
+def harmful_stream(cfg: AttackConfig, batch_size: int, seed: int) -> BatchStream:
+    """Batches of the defender's harmful pool (disjoint from the attacker's)."""
+    tok, world = get_tokenizer(cfg.align.model), get_world(cfg.align.world_seed)
+    rows = [encode(tok, ex, cfg.align.model.max_length) for ex in world.defender_pool]
+    return BatchStream(rows, batch_size, tok.pad_token_id, seed)
+
+
+def attack(cfg: AttackConfig | PanaceaRun, store: RunStore) -> dict:
+    """The user's fine-tuning on their (possibly poisoned) data, starting from the aligned model.
+
+    With a PanaceaRun the step rule is Panacea's; the stored adapter is the trained w (before eps)
+    and the last eps is stored beside it, so "with eps" and "without" are two evaluations of one run.
+    """
+    plain = attack_of(cfg)
+    align(plain.align, store)
 
     def compute():
-        tok = get_tokenizer(cfg.align.model)
-        world = get_world(cfg.align.world_seed)
-        model = start_of_finetuning(cfg, store)
-        data = mix_user_data(world.task_train[cfg.task], world.attacker_pool, cfg.n, cfg.p, cfg.seed)
-        settings = LoopSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, desc=f"finetune p={cfg.p}")
-        result = fit(model, data, tok, cfg.align.model.max_length, settings, cfg.seed, rule)
+        world = get_world(plain.align.world_seed)
+        model = start_of_finetuning(plain, store)
+        data = mix_user_data(world.task_train[plain.task], world.attacker_pool, plain.n, plain.p, plain.seed)
+        rule = None
+        if isinstance(cfg, PanaceaRun):
+            rule = PanaceaRule(cfg.panacea, harmful_stream(plain, cfg.panacea.harmful_batch_size, plain.seed + 1),
+                               apply_eps=False)
+        settings = LoopSettings(epochs=plain.epochs, lr=plain.lr, batch_size=plain.batch_size,
+                                desc=f"finetune p={plain.p}" + (" panacea" if rule else ""))
+        result = fit(model, data, get_tokenizer(plain.align.model), plain.align.model.max_length, settings,
+                     plain.seed, rule)
         n_harm = sum(e.task == "harmful" for e in data)
-        return {"train": result, "n_harmful": n_harm}, lambda d: model.save_pretrained(d / "adapter")
 
-    return store.cached("attack", cfg, compute)
+        def write(d):
+            model.save_pretrained(d / "adapter")
+            if rule is not None:
+                save_file({k: v.contiguous() for k, v in rule.eps_by_name().items()}, str(d / EPS_FILE))
+
+        return {"train": result, "n_harmful": n_harm}, write
+
+    return store.cached(stage_name(cfg), cfg, compute)
+
+
+def stage_name(cfg) -> str:
+    return "panacea" if isinstance(cfg, PanaceaRun) else "attack"
 
 
 def start_of_finetuning(cfg: AttackConfig, store: RunStore):
@@ -98,33 +147,47 @@ def load_stage_model(stage: str, cfg, store: RunStore):
         return load_base(cfg if isinstance(cfg, ModelConfig) else cfg.model)
     if stage == "align":
         return load_adapter(load_base(cfg.model), store.path("align", cfg) / "adapter", trainable=False)
-    if stage == "attack":
-        base = load_base(cfg.align.model)
-        if cfg.adapter == "fresh":
-            base = merge_adapter(load_adapter(base, store.path("align", cfg.align) / "adapter", trainable=False))
-        return load_adapter(base, store.path("attack", cfg) / "adapter", trainable=False)
-    raise ValueError(f"stage = {stage!r}: use base, align or attack")
+    if stage in ("attack", "panacea"):
+        plain = attack_of(cfg)
+        base = load_base(plain.align.model)
+        if plain.adapter == "fresh":
+            base = merge_adapter(load_adapter(base, store.path("align", plain.align) / "adapter", trainable=False))
+        return load_adapter(base, store.path(stage, cfg) / "adapter", trainable=False)
+    raise ValueError(f"stage = {stage!r}: use base, align, attack or panacea")
 
 
 @dataclass(frozen=True)
 class EvalJob:
-    """What is evaluated (a stage and its config) and how; hashed like any config."""
+    """What is evaluated (a stage, its config, a post-fine-tuning transform) and how; hashed like a config."""
 
     stage: str
     target: dict
     eval: EvalConfig = field(default_factory=EvalConfig)
     world_seed: int = 0
+    post: PostConfig = field(default_factory=PostConfig)
+    scoring_version: int = SCORING_VERSION
 
 
-def evaluate(stage: str, cfg, store: RunStore, eval_cfg: EvalConfig = EvalConfig()) -> dict:
-    from panacea_lab.config import to_dict
+def _lineage(stage: str, cfg) -> tuple[ModelConfig, int]:
+    if isinstance(cfg, ModelConfig):
+        return cfg, 0
+    align_cfg = cfg if stage == "align" else attack_of(cfg).align
+    return align_cfg.model, align_cfg.world_seed
 
-    model_cfg = cfg if isinstance(cfg, ModelConfig) else (cfg.model if stage == "align" else cfg.align.model)
-    world_seed = 0 if isinstance(cfg, ModelConfig) else (cfg.world_seed if stage == "align" else cfg.align.world_seed)
-    job = EvalJob(stage, to_dict(cfg), eval_cfg, world_seed)
+
+def evaluate(stage: str, cfg, store: RunStore, eval_cfg: EvalConfig = EvalConfig(),
+             post: PostConfig = PostConfig()) -> dict:
+    """Evaluate a stage's model (after an optional post-fine-tuning transform), cached."""
+    model_cfg, world_seed = _lineage(stage, cfg)
+    job = EvalJob(stage, to_dict(cfg), eval_cfg, world_seed, post)
 
     def compute():
         model = load_stage_model(stage, cfg, store)
+        harmful = None
+        if post.method.startswith("antidote"):
+            harmful = harmful_stream(attack_of(cfg), 16, post.seed).epoch()
+        stage_dir = store.path(stage, cfg) if stage != "base" else Path()
+        model = apply_post(model, post, stage_dir, harmful)
         return evaluate_model(model, get_tokenizer(model_cfg), get_world(world_seed), eval_cfg), None
 
     return store.cached("eval", job, compute)

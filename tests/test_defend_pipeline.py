@@ -1,0 +1,94 @@
+"""Panacea as a cached stage, and post-fine-tuning transforms applied before evaluation."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import panacea_lab.pipeline as pipeline
+from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig
+from panacea_lab.defenses.panacea import PanaceaConfig
+from panacea_lab.perturb import gaussian_noise, global_norm
+from panacea_lab.postprocess import EPS_FILE, PostConfig, apply_post, lora_names
+
+EVAL = EvalConfig(n_harmful=6, n_task=4, max_new_tokens=12, tasks=("sentiment",))
+
+
+@pytest.fixture
+def run(tiny_cfg):
+    align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1, batch_size=8)
+    attack = AttackConfig(align=align, n=20, p=0.2, epochs=1, batch_size=10)
+    return pipeline.PanaceaRun(attack, PanaceaConfig(rho=0.4, lam=0.1, harmful_batch_size=4))
+
+
+def _lora(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_panacea_stage_stores_w_and_its_last_eps(run, store):
+    res = pipeline.attack(run, store)
+    log = res["train"]["log"]
+    assert len(log) == 2 and all({"h", "h_eps", "grad_h_norm"} <= set(r) for r in log)
+    eps = load_file(str(store.path("panacea", run) / EPS_FILE))
+    assert global_norm(eps) == pytest.approx(0.4, rel=1e-5)
+    assert res["train"]["finalize"] == {"eps_norm": pytest.approx(0.4, rel=1e-5), "eps_applied": False}
+
+    plain = pipeline.load_stage_model("panacea", run, store)
+    w = _lora(plain)
+    assert set(eps) == set(w)
+    with_eps = _lora(apply_post(plain, PostConfig(method="eps"), store.path("panacea", run)))
+    for n in w:
+        assert torch.equal(with_eps[n], w[n] + eps[n])
+
+
+def test_plain_attack_and_panacea_are_separate_stages(run, store):
+    pipeline.attack(run, store)
+    assert store.load("attack", run.attack) is None
+    pipeline.attack(run.attack, store)
+    assert store.load("attack", run.attack) is not None
+
+
+def test_noise_and_same_norm_transforms(run, store):
+    pipeline.attack(run.attack, store)
+    model = pipeline.load_stage_model("attack", run.attack, store)
+    before = _lora(model)
+    apply_post(model, PostConfig(method="noise", std=0.05, seed=3), store.path("attack", run.attack))
+    noise = gaussian_noise(before, 0.05, 3)
+    for n, p in model.named_parameters():
+        if n in before:
+            torch.testing.assert_close(p.detach(), before[n] + noise[n], rtol=0, atol=0)
+    model2 = pipeline.load_stage_model("attack", run.attack, store)
+    apply_post(model2, PostConfig(method="random_direction", norm=2.5, seed=1), store.path("attack", run.attack))
+    moved = {n: p.detach() - before[n] for n, p in model2.named_parameters() if n in before}
+    assert global_norm(moved) == pytest.approx(2.5, rel=1e-4)
+
+
+def test_eps_transform_refuses_a_run_without_eps(run, store, tmp_path):
+    pipeline.attack(run.attack, store)
+    model = pipeline.load_stage_model("attack", run.attack, store)
+    with pytest.raises(FileNotFoundError, match="Panacea"):
+        apply_post(model, PostConfig(method="eps"), store.path("attack", run.attack))
+
+
+def test_post_transforms_are_separately_cached_evaluations(run, store):
+    pipeline.attack(run, store)
+    plain = pipeline.evaluate("panacea", run, store, EVAL)
+    with_eps = pipeline.evaluate("panacea", run, store, EVAL, PostConfig(method="eps"))
+    antidoted = pipeline.evaluate("panacea", run, store, EVAL, PostConfig(method="antidote", n_batches=1))
+    assert len({plain["key"], with_eps["key"], antidoted["key"]}) == 3
+    assert with_eps["config"]["post"]["method"] == "eps"
+
+
+def test_lora_names_cover_every_adapter_tensor(run, store):
+    pipeline.attack(run.attack, store)
+    model = pipeline.load_stage_model("attack", run.attack, store)
+    names = lora_names(model)
+    assert names and all(("lora_A" in n) or ("lora_B" in n) for n in names)
+    assert len(names) == 2 * 2 * len(run.attack.align.model.lora_targets)  # A and B, 2 layers
+
+
+@pytest.mark.parametrize("kw,field", [({"method": "blur"}, "method"), ({"std": -1.0}, "std"),
+                                      ({"dense_ratio": 1.5}, "dense_ratio")])
+def test_bad_post_config(kw, field):
+    with pytest.raises(ValueError, match=f"^{field} = "):
+        PostConfig(**kw)
