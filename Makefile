@@ -22,6 +22,7 @@ reproduce: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generation.py
+	$(BIN)/python benchmarks/bench_step_time.py
 
 build-base: $(STAMP)
 	$(BIN)/panacea-lab build-base

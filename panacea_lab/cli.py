@@ -49,7 +49,9 @@ def cmd_attack(args) -> None:
 
 
 def cmd_defend(args) -> None:
-    from panacea_lab.experiments import defense_sweep, summarize
+    from panacea_lab.defenses.panacea import PanaceaConfig
+    from panacea_lab.experiments import attack_config, defense_sweep, eps_coefficients, summarize
+    from panacea_lab.pipeline import PanaceaRun
     from panacea_lab.store import RunStore
 
     align_cfg = AlignConfig(model=ModelConfig(path=args.model), seed=args.align_seed)
@@ -61,6 +63,11 @@ def cmd_defend(args) -> None:
                        eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n)
     print(summarize(df).to_string())
     print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}; {time.perf_counter() - t0:.0f} s")
+    run = PanaceaRun(attack_config(align_cfg, args.task, args.ratios[-1], args.seeds[0], args.preset, n=args.n),
+                     PanaceaConfig(rho=args.rhos[len(args.rhos) // 2], lam=args.lam, **panacea_kw))
+    table = eps_coefficients(run, RunStore(args.runs)).pivot(index="layer", columns="module", values="eps_share")
+    print(f"\nsafety coefficients (share of ||eps||^2) at p = {args.ratios[-1]:g}, rho = {run.panacea.rho:g}:")
+    print(table.round(3).to_string())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,10 +67,10 @@ class AlignConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     world_seed: int = 0
-    n_refusal: int = 400
-    n_replay_per_task: int = 100  # benign samples per task, so the model does not over-refuse
-    prevalence: str = "uniform"  # refusals per category: uniform, or skewed like BeaverTails
-    epochs: float = 3.0
+    n_refusal: int = 476  # the whole alignment pool, drawn by category prevalence
+    n_replay_per_task: int = 120  # benign samples per task, so the model does not over-refuse
+    prevalence: str = "beavertails"  # refusals per category: skewed like BeaverTails, or uniform
+    epochs: float = 8.0
     lr: float = 1e-3
     batch_size: int = 16
     seed: int = 0
@@ -89,8 +89,8 @@ class AttackConfig:
     task: str = "sentiment"
     n: int = 1000
     p: float = 0.1
-    epochs: float = 2.0
-    lr: float = 1e-4
+    epochs: float = 3.0
+    lr: float = 5e-5
     batch_size: int = 10
     adapter: str = "continue"  # continue the alignment adapter (paper) or a fresh one on the merged model
     seed: int = 0
@@ -151,6 +151,6 @@ def from_dict(cls, data: dict):
 # world; "strong" is a harder attack, so a defense that merely slows learning cannot pass for one
 # that removes harm. Calibrated on the committed base model (README "Calibration").
 ATTACK_PRESETS = {
-    "default": {"lr": 1e-4, "epochs": 2.0, "batch_size": 10},
-    "strong": {"lr": 3e-4, "epochs": 3.0, "batch_size": 10},
+    "default": {"lr": 5e-5, "epochs": 3.0, "batch_size": 10},
+    "strong": {"lr": 2e-4, "epochs": 3.0, "batch_size": 10},
 }

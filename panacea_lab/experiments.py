@@ -88,6 +88,24 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
     return pd.DataFrame(rows)
 
 
+def eps_coefficients(run: PanaceaRun, store: RunStore, by=("layer", "module")) -> pd.DataFrame:
+    """Safety coefficients of a Panacea run's eps beside those of Gaussian noise on the same tensors.
+
+    Noise's share is set by tensor sizes alone, so it is the reference a learned eps departs from.
+    """
+    from safetensors.torch import load_file
+
+    from panacea_lab.analysis import safety_coefficients
+    from panacea_lab.perturb import gaussian_noise
+    from panacea_lab.postprocess import EPS_FILE
+
+    attack(run, store)
+    eps = load_file(str(store.path("panacea", run) / EPS_FILE))
+    ours = safety_coefficients(eps, by).rename(columns={"share": "eps_share"})
+    noise = safety_coefficients(gaussian_noise(eps, 1.0, 0), by).rename(columns={"share": "noise_share"})
+    return ours.drop(columns="sq_norm").merge(noise.drop(columns="sq_norm"), on=list(by))
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Mean (and std over seeds) of every metric per model and ratio."""
     metric_cols = [c for c in df.columns if c in METRICS or c.startswith("FA_")]

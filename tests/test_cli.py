@@ -1,0 +1,59 @@
+"""The CLI end to end on the tiny model: tables with every row, and defended runs beside the attack."""
+from __future__ import annotations
+
+import pytest
+
+import panacea_lab.experiments as experiments
+from panacea_lab.cli import main
+from panacea_lab.config import AlignConfig, EvalConfig
+
+
+@pytest.fixture
+def small_presets(monkeypatch):
+    """Tiny alignment defaults so the CLI's own code path runs in seconds."""
+    monkeypatch.setattr("panacea_lab.cli.AlignConfig",
+                        lambda **kw: AlignConfig(n_refusal=16, n_replay_per_task=2, epochs=1, **kw))
+
+
+def test_attack_prints_every_ratio(tiny_model_dir, tmp_path, capsys, small_presets):
+    code = main(["attack", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0", "0.2",
+                 "--seeds", "0", "--n", "20", "--n-eval", "4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for row in ("base", "aligned", "fine-tuned p=0 ", "fine-tuned p=0.2"):
+        assert row in out
+    assert "FA_sentiment" in out and "HS" in out
+
+
+def test_defend_sweep_has_every_method(tiny_cfg, store):
+    df = experiments.defense_sweep([0.2], [0], stds=(0.01,), rhos=(0.3,), store=store,
+                                   align_cfg=AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1),
+                                   eval_cfg=EvalConfig(n_harmful=4, n_task=4, max_new_tokens=8, tasks=("sentiment",)),
+                                   n=20, epochs=1)
+    assert list(df["model"]) == ["no defense", "noise std=0.01", "antidote 0.1", "panacea rho=0.3 (w)",
+                                 "panacea rho=0.3 (w+eps)", "same-norm random rho=0.3"]
+    assert df.loc[df["model"] == "panacea rho=0.3 (w+eps)", "norm"].item() == pytest.approx(0.3, rel=1e-4)
+    table = experiments.summarize(df)
+    assert table.shape[0] == 6 and (table["seeds"] == 1).all()
+
+
+def test_defend_cli_prints_table_and_coefficients(tiny_model_dir, tmp_path, capsys, small_presets):
+    code = main(["defend", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0.2",
+                 "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01", "--rhos", "0.3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "panacea rho=0.3 (w+eps) p=0.2" in out and "same-norm random" in out and "antidote" in out
+    assert "safety coefficients" in out and "q_proj" in out
+
+
+def test_eps_coefficients_sum_to_one_and_differ_from_noise(tiny_cfg, store):
+    from panacea_lab.config import AttackConfig
+    from panacea_lab.defenses.panacea import PanaceaConfig
+    from panacea_lab.pipeline import PanaceaRun
+
+    align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1)
+    run = PanaceaRun(AttackConfig(align=align, n=20, p=0.2, epochs=1), PanaceaConfig(rho=0.5))
+    table = experiments.eps_coefficients(run, store)
+    assert table["eps_share"].sum() == pytest.approx(1.0) and table["noise_share"].sum() == pytest.approx(1.0)
+    assert set(table["layer"]) == {0, 1}
+    assert (table["eps_share"] - table["noise_share"]).abs().max() > 1e-3
