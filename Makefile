@@ -18,7 +18,8 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 reproduce: $(STAMP)
-	$(BIN)/panacea-lab attack --task sentiment --ratios 0 0.01 0.05 0.1 0.2 --seeds 0 1 2
+	$(BIN)/panacea-lab attack --task sentiment --ratios 0 0.01 0.05 0.1 0.2 --seeds 0 1 2 \
+		--figure figures/attack_vs_ratio.png
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generation.py

@@ -46,6 +46,11 @@ def cmd_attack(args) -> None:
     print(summarize(df).to_string())
     print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, n = {args.n}; {time.perf_counter() - t0:.0f} s "
           "(cached stages are reused)")
+    if args.figure:
+        from panacea_lab import plots
+
+        fig = plots.metric_vs_ratio(df, metrics=("HS", "other", f"FA_{args.task}"))
+        print(f"figure: {plots.save_figure(fig, args.figure, df)} (+ .csv)")
 
 
 def cmd_defend(args) -> None:
@@ -83,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _finetune_args(p, ratios=[0.0, 0.01, 0.05, 0.1, 0.2])
     p.add_argument("--adapter", choices=("continue", "fresh"), default="continue",
                    help="continue the alignment adapter (paper) or train a fresh one on the merged model")
+    p.add_argument("--figure", default=None, help="also save HS / other / FA against p as this PNG (+ CSV)")
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("defend", help="compare post-fine-tuning defenses on the same fine-tuned models")

@@ -30,6 +30,14 @@ def check(ok: bool, field_name: str, value, must: str) -> None:
         raise ConfigError(f"{field_name} = {value!r}: {must}")
 
 
+def coerce_numbers(obj) -> None:
+    """Store ints given for float fields as floats, so `epochs=8` and `epochs=8.0` hash alike."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(obj, f.name, float(value))
+
+
 def _positive(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -50,6 +58,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # off unless a user asks for it
 
     def __post_init__(self):
+        coerce_numbers(self)
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         _positive(self, "lora_r", "lora_alpha", "max_length")
         check(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "must be in [0, 1)")
@@ -76,6 +85,7 @@ class AlignConfig:
     seed: int = 0
 
     def __post_init__(self):
+        coerce_numbers(self)
         _positive(self, "n_refusal", "epochs", "lr", "batch_size")
         check(self.n_replay_per_task >= 0, "n_replay_per_task", self.n_replay_per_task, "must be >= 0")
         check(self.prevalence in PREVALENCES, "prevalence", self.prevalence, f"use one of {PREVALENCES}")
@@ -96,6 +106,7 @@ class AttackConfig:
     seed: int = 0
 
     def __post_init__(self):
+        coerce_numbers(self)
         check(self.task in TASKS, "task", self.task, f"use one of {', '.join(TASKS)}")
         check(0.0 <= self.p <= 1.0, "p", self.p, "the harmful ratio must be in [0, 1]")
         _positive(self, "n", "epochs", "lr", "batch_size")
@@ -114,6 +125,7 @@ class EvalConfig:
     batch_size: int = 64
 
     def __post_init__(self):
+        coerce_numbers(self)
         object.__setattr__(self, "tasks", tuple(self.tasks))
         _positive(self, "n_harmful", "n_task", "max_new_tokens", "batch_size")
         check(self.judge in JUDGES, "judge", self.judge, f"use one of {JUDGES}")

@@ -143,6 +143,9 @@ def start_of_finetuning(cfg: AttackConfig, store: RunStore):
 
 def load_stage_model(stage: str, cfg, store: RunStore):
     """Rebuild the finished model of a stage from the base weights and stored adapters."""
+    if stage != "base" and store.load(stage, cfg) is None:
+        raise FileNotFoundError(f"no completed {stage!r} run for this config in {store.root}: run the stage first "
+                                "(e.g. `panacea-lab attack` / `panacea-lab defend` with the same settings)")
     if stage == "base":
         return load_base(cfg if isinstance(cfg, ModelConfig) else cfg.model)
     if stage == "align":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from panacea_lab.config import check
+from panacea_lab.config import check, coerce_numbers
 from panacea_lab.defenses.antidote import antidote
 from panacea_lab.defenses.random_noise import noise_perturbation
 from panacea_lab.perturb import add_, named_trainable, random_direction
@@ -33,6 +33,7 @@ class PostConfig:
     seed: int = 0
 
     def __post_init__(self):
+        coerce_numbers(self)
         check(self.method in POST_METHODS, "method", self.method, f"use one of {', '.join(POST_METHODS)}")
         check(self.std >= 0, "std", self.std, "the noise std must be >= 0")
         check(self.norm >= 0, "norm", self.norm, "must be >= 0")

@@ -16,10 +16,12 @@ def small_presets(monkeypatch):
 
 
 def test_attack_prints_every_ratio(tiny_model_dir, tmp_path, capsys, small_presets):
+    figure = tmp_path / "fig" / "attack.png"
     code = main(["attack", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0", "0.2",
-                 "--seeds", "0", "--n", "20", "--n-eval", "4"])
+                 "--seeds", "0", "--n", "20", "--n-eval", "4", "--figure", str(figure)])
     out = capsys.readouterr().out
     assert code == 0
+    assert figure.read_bytes().startswith(b"\x89PNG") and figure.with_suffix(".csv").exists()
     for row in ("base", "aligned", "fine-tuned p=0 ", "fine-tuned p=0.2"):
         assert row in out
     assert "FA_sentiment" in out and "HS" in out

@@ -55,3 +55,9 @@ def test_cli_rejects_bad_input_and_writes_nothing(tmp_path, capsys):
     assert code == 2
     assert "path = " in capsys.readouterr().err
     assert not runs.exists()
+
+
+def test_int_and_float_spellings_hash_alike(tiny_cfg):
+    a = AttackConfig(align=AlignConfig(model=tiny_cfg, epochs=8), epochs=3)
+    b = AttackConfig(align=AlignConfig(model=tiny_cfg, epochs=8.0), epochs=3.0)
+    assert config_hash(a) == config_hash(b) and isinstance(a.epochs, float)

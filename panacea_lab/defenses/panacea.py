@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from panacea_lab.config import check
+from panacea_lab.config import check, coerce_numbers
 from panacea_lab.data import BatchStream
 from panacea_lab.train import StepRule, lm_loss, trainable_parameters
 
@@ -35,6 +35,7 @@ class PanaceaConfig:
     h_const: bool = False  # treat h(w) as a constant (off by default: the paper's objective)
 
     def __post_init__(self):
+        coerce_numbers(self)
         check(self.rho >= 0, "rho", self.rho, "the perturbation radius must be >= 0")
         check(self.lam >= 0, "lam", self.lam, "lambda must be >= 0")
         check(self.clamp > 0, "clamp", self.clamp, "must be > 0")
