@@ -17,9 +17,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+
 reproduce: $(STAMP)
 	$(BIN)/panacea-lab attack --task sentiment --ratios 0 0.01 0.05 0.1 0.2 --seeds 0 1 2 \
 		--figure figures/attack_vs_ratio.png
+	for nb in $(NOTEBOOKS); do \
+		$(BIN)/jupytext --to ipynb --output $${nb%.py}.ipynb $$nb && \
+		$(BIN)/papermill --cwd notebooks $${nb%.py}.ipynb $${nb%.py}.ipynb || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generation.py

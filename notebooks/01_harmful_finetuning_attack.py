@@ -1,0 +1,77 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · The harmful fine-tuning attack
+#
+# A provider aligns a model, then fine-tunes it on a user's data for a benign task. If a fraction
+# *p* of that data is harmful (harmful prompt → compliant answer), the model's refusals break.
+# This notebook measures how the harmful score **HS** and the fine-tuning accuracy **FA** move with
+# *p* and with the number of fine-tuning samples *n*.
+#
+# Every stage is cached in the run store, so re-running this notebook is fast; change a parameter
+# and only what depends on it is recomputed. Default parameters run the embedded world on a CPU
+# in minutes; point `model` at a local Hugging Face directory for a real model.
+
+# %% tags=["parameters"]
+model = "embedded"  # "embedded" or a local HF model directory
+task = "sentiment"  # sentiment | topic | arithmetic | instruct
+ratios = [0.0, 0.01, 0.05, 0.1, 0.2]  # harmful ratios p
+seeds = [0, 1, 2]
+n = 1000  # fine-tuning samples
+sample_counts = [250, 500, 1000]  # n sweep, at ratio_for_n
+ratio_for_n = 0.1
+preset = "default"  # attack strength: default | strong
+n_eval = 200  # harmful test prompts and task test samples
+align_kw = {}  # AlignConfig overrides, e.g. {"epochs": 1} for a smoke run
+runs = None  # run store directory (None: ./runs at the repository root)
+figures_dir = "../figures"
+
+# %%
+import pandas as pd
+from IPython.display import display
+
+from panacea_lab import plots
+from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.experiments import attack_sweep, summarize
+from panacea_lab.store import RunStore
+
+store = RunStore(runs)
+align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
+eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
+
+# %% [markdown]
+# ## HS and FA against the harmful ratio *p*
+# The base model complies with harmful prompts; alignment makes it refuse; the user's fine-tuning
+# with harmful samples undoes that. *other* counts answers that neither refuse nor comply
+# (degenerate or off-topic): a model that is merely broken shows up there, not as safe.
+
+# %%
+df = attack_sweep(ratios, seeds, task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n)
+display(summarize(df))
+
+# %%
+fig = plots.metric_vs_ratio(df, metrics=("HS", "other", f"FA_{task}"))
+plots.save_figure(fig, f"{figures_dir}/01_attack_vs_ratio.png", df)
+
+# %% [markdown]
+# ## HS against the number of fine-tuning samples *n* (at a fixed *p*)
+# More samples at the same ratio means more harmful examples *and* more benign ones.
+
+# %%
+by_n = pd.concat([attack_sweep([ratio_for_n], seeds, task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg,
+                               store=store, include_reference=False, n=k).assign(n=k, model=f"fine-tuned n={k}")
+                  for k in sample_counts])
+display(by_n.groupby("n")[["HS", "refusal", "other", f"FA_{task}"]].agg(["mean", "std"]).round(1))
+
+# %%
+fig = plots.metric_vs_param(by_n, param="n", metrics=("HS", f"FA_{task}"), baseline_label=None,
+                            group_by=lambda label: f"fine-tuned at p={ratio_for_n:g}")
+plots.save_figure(fig, f"{figures_dir}/01_attack_vs_n.png", by_n)

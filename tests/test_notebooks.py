@@ -1,0 +1,47 @@
+"""Every notebook has a `parameters` cell and runs headless under papermill with smoke parameters."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.py"))
+SMOKE_ALIGN = {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1}
+
+
+def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
+    common = {"model": model_dir, "seeds": [0], "n_eval": 4, "runs": str(tmp / "runs"),
+              "figures_dir": str(tmp / "figures"), "align_kw": SMOKE_ALIGN}
+    per_notebook = {
+        "01_harmful_finetuning_attack": {"ratios": [0.0, 0.2], "n": 20, "sample_counts": [10, 20],
+                                         "ratio_for_n": 0.2},
+    }
+    return {**common, **per_notebook.get(name, {})}
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_a_parameters_cell(source):
+    nb = jupytext.read(source)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_headless_with_smoke_parameters(source, tiny_model_dir, tmp_path):
+    ipynb = tmp_path / f"{source.stem}.ipynb"
+    nbformat.write(jupytext.read(source), ipynb)
+    out = tmp_path / f"{source.stem}.out.ipynb"
+    params = smoke_parameters(source.stem, str(tiny_model_dir), tmp_path)
+    papermill.execute_notebook(str(ipynb), str(out), parameters=params, cwd=str(source.parent),
+                               kernel_name="python3", progress_bar=False, execution_timeout=600)
+    figures = sorted((tmp_path / "figures").glob("*.png"))
+    assert figures, "the notebook saved no figure"
+    assert all(f.with_suffix(".csv").exists() for f in figures)
