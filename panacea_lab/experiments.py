@@ -54,12 +54,13 @@ def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default"
 
 def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default", stds=(0.01, 0.02, 0.04, 0.08),
                   rhos=(0.5, 1.0, 2.0), lam: float = 1e-3, panacea_kw: dict | None = None,
-                  antidote_ratio: float = 0.1, align_cfg: AlignConfig | None = None,
+                  antidote_ratio: float | None = 0.1, align_cfg: AlignConfig | None = None,
                   eval_cfg: EvalConfig | None = None, store: RunStore | None = None, **overrides) -> pd.DataFrame:
     """Every post-fine-tuning defense on the same fine-tuned models, per ratio and seed.
 
-    Rows: no defense; noise per std; Panacea per rho, before and after its eps; a random direction
-    of exactly ||eps|| added to Panacea's trained w (the same-norm control); Antidote.
+    Rows: no defense; noise per std; Antidote (unless `antidote_ratio` is None); Panacea per rho,
+    before and after its eps, and a random direction of exactly ||eps|| added to Panacea's trained w
+    (the same-norm control). Empty `stds` / `rhos` skip those families.
     """
     store, align_cfg = store or RunStore(), align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig(tasks=(task,))
@@ -75,8 +76,9 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
             add("no defense", "attack", cfg)
             for std in stds:
                 add(f"noise std={std:g}", "attack", cfg, PostConfig(method="noise", std=std, seed=seed), std=std)
-            add(f"antidote {antidote_ratio:g}", "attack", cfg,
-                PostConfig(method="antidote", dense_ratio=antidote_ratio, seed=seed))
+            if antidote_ratio is not None:
+                add(f"antidote {antidote_ratio:g}", "attack", cfg,
+                    PostConfig(method="antidote", dense_ratio=antidote_ratio, seed=seed))
             for rho in rhos:
                 run = PanaceaRun(cfg, PanaceaConfig(rho=rho, lam=lam, **(panacea_kw or {})))
                 res = attack(run, store)

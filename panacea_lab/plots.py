@@ -116,26 +116,31 @@ def _one_ratio(df: pd.DataFrame, p: float | None) -> pd.DataFrame:
 
 
 def metric_vs_ratio(df: pd.DataFrame, metrics: str | Sequence[str] = ("HS", "FA_sentiment"),
-                    reference: bool = True) -> Figure:
-    """Each metric against p for the fine-tuned runs (mean ± 1 std over seeds): the attack's dose-response.
+                    reference: bool = True, series: Sequence[str] = ("fine-tuned",)) -> Figure:
+    """Each metric against p per series (mean ± 1 std over seeds): the attack's dose-response.
 
-    Base and aligned models are dashed reference lines: how far the attack moves the model from them.
+    `series` names the `model` labels drawn (defense labels to compare defenses across p). Base and
+    aligned models are dashed reference lines: how far the attack moves the model from them.
     """
     metrics = _as_tuple(metrics)
     df = _frame(df, ("model", "p", *metrics), "attack sweep")
-    tuned = df[df["model"] == "fine-tuned"].dropna(subset=["p"])
+    tuned = df[df["model"].isin(series)].dropna(subset=["p"])
     if tuned.empty:
-        raise ValueError("the attack sweep has no 'fine-tuned' rows with a ratio p: it produced no attack runs "
+        raise ValueError(f"the sweep has no {list(series)} rows with a ratio p: it produced no such runs "
                          f"(models present: {sorted(map(str, df['model'].unique()))})")
     fig, axes = _subplots(len(metrics))
     for ax, metric in zip(axes, metrics):
         _scored(tuned, metric, "fine-tuned run")
-        stats = _seed_stats(tuned, "p", metric)
-        _band(ax, stats.index, stats["mean"], stats["std"], PALETTE[0], "fine-tuned (mean ± 1 std over seeds)")
+        for j, name in enumerate(series):
+            rows = tuned[tuned["model"] == name]
+            if rows[metric].notna().any():
+                stats = _seed_stats(rows, "p", metric)
+                label = f"{name} (mean ± 1 std over seeds)" if len(series) == 1 else name
+                _band(ax, stats.index, stats["mean"], stats["std"], PALETTE[j % len(PALETTE)], label)
         for i, name in enumerate(("base", "aligned") if reference else ()):
             ref = df.loc[df["model"] == name, metric].dropna()
             if len(ref):
-                ax.axhline(ref.mean(), linestyle="--", color=PALETTE[i + 1], label=name)
+                ax.axhline(ref.mean(), linestyle="--", color=PALETTE[len(series) + i], label=name)
         _finish(ax, _label("p"), _label(metric), f"{_short(metric)} vs harmful ratio p")
     return fig
 
@@ -246,6 +251,17 @@ def coefficient_heatmap(coeffs: pd.DataFrame, value: str = "eps_share", normalis
     per = {"total": "map sums to 1", "layer": "each layer sums to 1", "module": "each module sums to 1",
            None: "as given"}[normalise]
     _finish(ax, "module", "decoder layer", f"{value} by layer and module ({per})")
+    return fig
+
+
+def grid_heatmap(df: pd.DataFrame, index: str, columns: str, value: str, title: str) -> Figure:
+    """An ablation grid (e.g. rho x lambda), each cell the mean of `value` over seeds."""
+    table = _frame(df, (index, columns, value), "ablation").pivot_table(index=index, columns=columns, values=value,
+                                                                      aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(2.4 + 0.9 * table.shape[1], 1.8 + 0.45 * table.shape[0]), layout="constrained")
+    sns.heatmap(table, ax=ax, cmap="viridis", annot=True, fmt=".1f", annot_kws={"fontsize": 8},
+                cbar_kws={"label": _label(value)})
+    _finish(ax, columns, index, title)
     return fig
 
 

@@ -18,6 +18,10 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
     per_notebook = {
         "01_harmful_finetuning_attack": {"ratios": [0.0, 0.2], "n": 20, "sample_counts": [10, 20],
                                          "ratio_for_n": 0.2},
+        "02_random_perturbation": {"ratio": 0.2, "n": 20, "stds": [0.01, 0.05]},
+        "03_panacea": {"ratios": [0.2], "n": 20, "stds": [0.01], "rhos": [0.3], "ablation_rhos": [0.3],
+                       "ablation_lams": [1e-3, 1e-1], "ablation_ratio": 0.2},
+        "04_safety_coefficients": {"ratios": [0.2], "n": 20, "rho": 0.3},
     }
     return {**common, **per_notebook.get(name, {})}
 

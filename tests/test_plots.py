@@ -215,7 +215,21 @@ def test_a_missing_column_is_named(call, column):
 def test_empty_or_unscored_inputs_say_what_produced_nothing():
     with pytest.raises(ValueError, match="empty"):
         training_curves([])
-    with pytest.raises(ValueError, match="no 'fine-tuned' rows"):
+    with pytest.raises(ValueError, match=r"no \['fine-tuned'\] rows"):
         metric_vs_ratio(attack_frame().query("model != 'fine-tuned'"))
     with pytest.raises(ValueError, match="not scored"):
         metric_vs_ratio(attack_frame(), metrics="FA_topic")
+
+
+def test_metric_vs_ratio_draws_one_band_per_named_series():
+    frame = attack_frame()
+    other = frame[frame["model"] == "fine-tuned"].assign(model="noise std=0.02", HS=lambda d: d["HS"] / 2)
+    both = pd.concat([frame, other])
+    fig = metric_vs_ratio(both, metrics="HS", reference=False, series=("fine-tuned", "noise std=0.02"))
+    ax = fig.axes[0]
+    means = [list(line.get_ydata()) for line in ax.lines]
+    expected = [list(both[both["model"] == m].groupby("p")["HS"].mean()) for m in ("fine-tuned", "noise std=0.02")]
+    assert len(means) == 2
+    for got, want in zip(means, expected):
+        assert got == pytest.approx(want)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"fine-tuned", "noise std=0.02"}
