@@ -23,7 +23,7 @@ from panacea_lab.models import attach_lora, load_adapter, load_base, load_tokeni
 from panacea_lab.postprocess import EPS_FILE, PostConfig, apply_post
 from panacea_lab.store import RunStore
 from panacea_lab.train import LoopSettings, StepRule, train_loop
-from panacea_lab.world import Example, World, build_world
+from panacea_lab.world import TASKS, Example, World, build_world
 
 
 @lru_cache(maxsize=4)
@@ -48,7 +48,7 @@ def alignment_data(cfg: AlignConfig, world: World) -> list[Example]:
         data = rng.choices(world.alignment, weights=[PREVALENCE[e.category] for e in world.alignment],
                            k=cfg.n_refusal)
     benign = [e for e in world.pretrain if e.task not in ("harmful", "facts")]
-    data += rng.sample(benign, min(len(benign), cfg.n_replay_per_task * 4))
+    data += rng.sample(benign, min(len(benign), cfg.n_replay_per_task * len(TASKS)))  # tasks mixed
     rng.shuffle(data)
     return data
 
