@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # bad input: one line, no traceback
         print(f"panacea-lab: {err}", file=sys.stderr)
         return 2
     return 0

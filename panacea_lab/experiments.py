@@ -36,19 +36,18 @@ def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default"
     store = store or RunStore()
     align_cfg = align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig()
-    rows = []
+    configs = [(seed, p, attack_config(align_cfg, task, p, seed, preset, **overrides)) for seed in seeds for p in ratios]
+    rows = []  # every config above is validated before anything is trained or written
     if include_reference:  # base and aligned are scored on every task: alignment must not cost FA
         ref_eval = dataclasses.replace(eval_cfg, tasks=TASKS)
         rows.append(_row("base", evaluate("base", align_cfg.model, store, ref_eval), p=None, seed=None))
         align(align_cfg, store)
         rows.append(_row("aligned", evaluate("align", align_cfg, store, ref_eval), p=None, seed=None))
-    for seed in seeds:
-        for p in ratios:
-            cfg = attack_config(align_cfg, task, p, seed, preset, **overrides)
-            result = attack(cfg, store)
-            ev = evaluate("attack", cfg, store, eval_cfg)
-            rows.append(_row("fine-tuned", ev, p=p, seed=seed, preset=preset,
-                             train_seconds=result["train"]["train_seconds"]))
+    for seed, p, cfg in configs:
+        result = attack(cfg, store)
+        ev = evaluate("attack", cfg, store, eval_cfg)
+        rows.append(_row("fine-tuned", ev, p=p, seed=seed, preset=preset,
+                         train_seconds=result["train"]["train_seconds"]))
     return pd.DataFrame(rows)
 
 
@@ -64,29 +63,29 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
     """
     store, align_cfg = store or RunStore(), align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig(tasks=(task,))
+    configs = [(seed, p, attack_config(align_cfg, task, p, seed, preset, **overrides)) for seed in seeds for p in ratios]
+    panaceas = [PanaceaConfig(rho=rho, lam=lam, **(panacea_kw or {})) for rho in rhos]  # validated up front
     rows = []
-    for seed in seeds:
-        for p in ratios:
-            cfg = attack_config(align_cfg, task, p, seed, preset, **overrides)
-            attack(cfg, store)
+    for seed, p, cfg in configs:
+        attack(cfg, store)
 
-            def add(label, stage, run, post=PostConfig(), **extra):
-                rows.append(_row(label, evaluate(stage, run, store, eval_cfg, post), p=p, seed=seed, **extra))
+        def add(label, stage, run, post=PostConfig(), **extra):
+            rows.append(_row(label, evaluate(stage, run, store, eval_cfg, post), p=p, seed=seed, **extra))
 
-            add("no defense", "attack", cfg)
-            for std in stds:
-                add(f"noise std={std:g}", "attack", cfg, PostConfig(method="noise", std=std, seed=seed), std=std)
-            if antidote_ratio is not None:
-                add(f"antidote {antidote_ratio:g}", "attack", cfg,
-                    PostConfig(method="antidote", dense_ratio=antidote_ratio, seed=seed))
-            for rho in rhos:
-                run = PanaceaRun(cfg, PanaceaConfig(rho=rho, lam=lam, **(panacea_kw or {})))
-                res = attack(run, store)
-                eps_norm = res["train"]["finalize"]["eps_norm"]
-                add(f"panacea rho={rho:g} (w)", "panacea", run, rho=rho)
-                add(f"panacea rho={rho:g} (w+eps)", "panacea", run, PostConfig(method="eps"), rho=rho, norm=eps_norm)
-                add(f"same-norm random rho={rho:g}", "panacea", run,
-                    PostConfig(method="random_direction", norm=eps_norm, seed=seed), rho=rho, norm=eps_norm)
+        add("no defense", "attack", cfg)
+        for std in stds:
+            add(f"noise std={std:g}", "attack", cfg, PostConfig(method="noise", std=std, seed=seed), std=std)
+        if antidote_ratio is not None:
+            add(f"antidote {antidote_ratio:g}", "attack", cfg,
+                PostConfig(method="antidote", dense_ratio=antidote_ratio, seed=seed))
+        for rho, pcfg in zip(rhos, panaceas):
+            run = PanaceaRun(cfg, pcfg)
+            res = attack(run, store)
+            eps_norm = res["train"]["finalize"]["eps_norm"]
+            add(f"panacea rho={rho:g} (w)", "panacea", run, rho=rho)
+            add(f"panacea rho={rho:g} (w+eps)", "panacea", run, PostConfig(method="eps"), rho=rho, norm=eps_norm)
+            add(f"same-norm random rho={rho:g}", "panacea", run,
+                PostConfig(method="random_direction", norm=eps_norm, seed=seed), rho=rho, norm=eps_norm)
     return pd.DataFrame(rows)
 
 

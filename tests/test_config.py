@@ -61,3 +61,11 @@ def test_int_and_float_spellings_hash_alike(tiny_cfg):
     a = AttackConfig(align=AlignConfig(model=tiny_cfg, epochs=8), epochs=3)
     b = AttackConfig(align=AlignConfig(model=tiny_cfg, epochs=8.0), epochs=3.0)
     assert config_hash(a) == config_hash(b) and isinstance(a.epochs, float)
+
+
+@pytest.mark.parametrize("args,field", [(["--n", "0"], "n = 0"), (["--ratios", "1.5"], "p = 1.5")])
+def test_cli_bad_attack_setting_fails_before_any_stage_runs(tiny_model_dir, tmp_path, capsys, args, field):
+    runs = tmp_path / "runs"
+    code = main(["attack", "--model", str(tiny_model_dir), "--runs", str(runs), "--seeds", "0", *args])
+    assert code == 2 and field in capsys.readouterr().err
+    assert not runs.exists()  # not even the base evaluation or the alignment was written
