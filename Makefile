@@ -27,6 +27,13 @@ reproduce: $(STAMP)
 		$(BIN)/papermill --cwd notebooks $${nb%.py}.ipynb $${nb%.py}.ipynb || exit 1; \
 	done
 
+# Re-render every figure from the run store; fails (naming the stage) rather than train anything.
+figures: $(STAMP)
+	for nb in $(NOTEBOOKS); do \
+		$(BIN)/jupytext --to ipynb --output $${nb%.py}.ipynb $$nb && \
+		PANACEA_CACHE_ONLY=1 $(BIN)/papermill --cwd notebooks $${nb%.py}.ipynb $${nb%.py}.ipynb || exit 1; \
+	done
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generation.py
 	$(BIN)/python benchmarks/bench_step_time.py

@@ -57,8 +57,11 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 class RunStore:
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, read_only: bool | None = None):
+        """`read_only` (default: env PANACEA_CACHE_ONLY=1) serves cached stages and refuses to compute;
+        `make figures` uses it to re-render every figure without training."""
         self.root = Path(root) if root is not None else DEFAULT_ROOT
+        self.read_only = os.environ.get("PANACEA_CACHE_ONLY") == "1" if read_only is None else read_only
 
     def path(self, stage: str, cfg) -> Path:
         return self.root / stage / config_hash(cfg)
@@ -93,6 +96,9 @@ class RunStore:
         hit = self.load(stage, cfg)
         if hit is not None:
             return hit
+        if self.read_only:
+            raise FileNotFoundError(f"stage {stage!r} ({config_hash(cfg)}) is not in the run store {self.root} and the "
+                                    "store is read-only: compute it first (`make reproduce`)")
         t0 = time.perf_counter()
         result, writer = compute()
         result.setdefault("timings", {})["stage_seconds"] = time.perf_counter() - t0

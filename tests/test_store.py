@@ -53,3 +53,14 @@ def test_write_json_atomic_replaces_whole_file(tmp_path):
 
 def test_store_root_is_configurable(tmp_path):
     assert RunStore(tmp_path).path("align", EvalConfig()).is_relative_to(tmp_path)
+
+
+def test_read_only_store_serves_cache_and_refuses_to_compute(tmp_path, monkeypatch):
+    cfg = EvalConfig(n_harmful=6)
+    RunStore(tmp_path).cached("demo", cfg, lambda: ({"v": 1}, None))
+    ro = RunStore(tmp_path, read_only=True)
+    assert ro.cached("demo", cfg, lambda: ({"v": 2}, None))["v"] == 1
+    with pytest.raises(FileNotFoundError, match="read-only"):
+        ro.cached("demo", EvalConfig(n_harmful=7), lambda: ({"v": 3}, None))
+    monkeypatch.setenv("PANACEA_CACHE_ONLY", "1")
+    assert RunStore(tmp_path).read_only
