@@ -18,8 +18,8 @@
 # %% tags=["parameters"]
 model = "embedded"
 task = "sentiment"
-ratios = [0.05, 0.1, 0.2]
-seeds = [0]
+ratios = [0.1]  # each (ratio, seed) is one Panacea run, ~3 min on 2 cores; shared with notebook 03
+seeds = [0, 1]
 rho = 1.0
 lam = 1e-3
 n = 1000
