@@ -103,8 +103,8 @@ def random_direction(params: Mapping[str, Tensor], norm: float, seed: int) -> De
 
 
 def global_norm(delta: Mapping[str, Tensor]) -> float:
-    """One L2 norm over every tensor together (accumulated in float64)."""
-    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in delta.values()))
+    """One L2 norm over every tensor together (accumulated in float64, one device sync, not one per tensor)."""
+    return math.sqrt(float(sum(t.detach().double().pow(2).sum() for t in delta.values())))
 
 
 # ------------------------------------------------------------------------------ applying

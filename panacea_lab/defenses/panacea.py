@@ -20,6 +20,7 @@ import torch
 
 from panacea_lab.config import check, coerce_numbers
 from panacea_lab.data import BatchStream
+from panacea_lab.perturb import global_norm
 from panacea_lab.train import StepRule, lm_loss, trainable_parameters
 
 
@@ -46,10 +47,6 @@ class PanaceaConfig:
 def _grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     """Copies of the current gradients (zeros where a parameter got none)."""
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-
-
-def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.sqrt(sum((t.detach().float() ** 2).sum() for t in tensors))
 
 
 class PanaceaRule(StepRule):
@@ -82,7 +79,7 @@ class PanaceaRule(StepRule):
         harmful = next(self.batches).to(batch.input_ids.device)
         loss_h = lm_loss(model, harmful)
         g_h = self._backward(params, loss_h)
-        norm_h = global_norm(g_h)
+        norm_h = global_norm(dict(zip(self.names, g_h)))
         eps = [cfg.rho * g / (norm_h + 1e-12) for g in g_h]  # fresh tensors, not views of .grad
         saved = [p.detach().clone() for p in params]
         with torch.no_grad():
@@ -107,7 +104,7 @@ class PanaceaRule(StepRule):
             with torch.no_grad():
                 for name, e in zip(self.names, self.eps):
                     params[name].add_(e.to(params[name].dtype))
-        return {"eps_norm": float(global_norm(self.eps)), "eps_applied": self.apply_eps}
+        return {"eps_norm": global_norm(dict(zip(self.names, self.eps))), "eps_applied": self.apply_eps}
 
     def eps_by_name(self) -> dict[str, torch.Tensor]:
         """The last eps as a name -> tensor dict (for safety coefficients and the same-norm control)."""
