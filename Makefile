@@ -19,20 +19,22 @@ test: $(STAMP)
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
-reproduce: $(STAMP)
-	$(BIN)/panacea-lab attack --task sentiment --ratios 0 0.01 0.05 0.1 0.2 --seeds 0 1 2 \
-		--figure figures/attack_vs_ratio.png
+# Every notebook: jupytext source -> notebooks/NN_*.ipynb, executed in place by papermill; figures/ gets
+# each figure's PNG and CSV. $(1) prefixes papermill (e.g. an environment setting).
+define run_notebooks
+	mkdir -p figures
 	for nb in $(NOTEBOOKS); do \
-		$(BIN)/jupytext --to ipynb --output $${nb%.py}.ipynb $$nb && \
-		$(BIN)/papermill --cwd notebooks $${nb%.py}.ipynb $${nb%.py}.ipynb || exit 1; \
+		$(BIN)/jupytext -q --to ipynb --output $${nb%.py}.ipynb $$nb && \
+		$(1) $(BIN)/papermill -k python3 --cwd notebooks $${nb%.py}.ipynb $${nb%.py}.ipynb || exit 1; \
 	done
+endef
+
+reproduce: $(STAMP)
+	$(call run_notebooks,)
 
 # Re-render every figure from the run store; fails (naming the stage) rather than train anything.
 figures: $(STAMP)
-	for nb in $(NOTEBOOKS); do \
-		$(BIN)/jupytext --to ipynb --output $${nb%.py}.ipynb $$nb && \
-		PANACEA_CACHE_ONLY=1 $(BIN)/papermill --cwd notebooks $${nb%.py}.ipynb $${nb%.py}.ipynb || exit 1; \
-	done
+	$(call run_notebooks,PANACEA_CACHE_ONLY=1)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generation.py

@@ -28,6 +28,9 @@ seeds = [0, 1, 2]
 n = 1000  # fine-tuning samples
 sample_counts = [250, 500, 1000]  # n sweep, at ratio_for_n
 ratio_for_n = 0.1
+step_ratios = [0.05, 0.1]  # HS along fine-tuning steps, one run per ratio and seed
+score_every = 30  # score a checkpoint every k optimiser steps
+n_eval_steps = 100  # harmful prompts and task samples per checkpoint
 preset = "default"  # attack strength: default | strong
 n_eval = 200  # harmful test prompts and task test samples
 align_kw = {}  # AlignConfig overrides, e.g. {"epochs": 1} for a smoke run
@@ -40,8 +43,9 @@ from IPython.display import display
 
 from panacea_lab import plots
 from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
-from panacea_lab.experiments import attack_sweep, summarize
+from panacea_lab.experiments import attack_config, attack_sweep, summarize
 from panacea_lab.store import RunStore
+from panacea_lab.trajectory import Trajectory, trajectory
 
 store = RunStore(runs)
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
@@ -75,3 +79,21 @@ display(by_n.groupby("n")[["HS", "refusal", "other", f"FA_{task}"]].agg(["mean",
 fig = plots.metric_vs_param(by_n, param="n", metrics=("HS", f"FA_{task}"), baseline_label=None,
                             group_by=lambda label: f"fine-tuned at p={ratio_for_n:g}")
 plots.save_figure(fig, f"{figures_dir}/01_attack_vs_n.png", by_n)
+
+# %% [markdown]
+# ## HS against fine-tuning steps
+# One fine-tuning run per ratio, scored in place every few steps (step 0 is the aligned model).
+# Does refusal erode steadily as harmful samples accumulate, or break at once?
+
+# %%
+steps = pd.DataFrame([
+    {**point, "run": f"p={p:g}", "seed": seed}
+    for p in step_ratios for seed in seeds
+    for point in trajectory(Trajectory(attack_config(align_cfg, task, p, seed, preset, n=n), every=score_every,
+                                       eval=EvalConfig(n_harmful=n_eval_steps, n_task=n_eval_steps, tasks=(task,))),
+                            store)["points"]])
+display(steps.groupby(["run", "step"])[["HS", "other", f"FA_{task}"]].mean().round(1).unstack("run"))
+
+# %%
+fig = plots.metric_vs_step(steps, metrics=("HS", f"FA_{task}"))
+plots.save_figure(fig, f"{figures_dir}/01_hs_vs_steps.png", steps)

@@ -54,12 +54,12 @@ def alignment_data(cfg: AlignConfig, world: World) -> list[Example]:
 
 
 def fit(model, examples: list[Example], tokenizer, max_length: int, settings: LoopSettings, seed: int,
-        rule: StepRule | None = None) -> dict:
+        rule: StepRule | None = None, on_step=None) -> dict:
     """Encode, batch (seeded) and run the one loop."""
     rows = [encode(tokenizer, ex, max_length) for ex in examples]
     stream = BatchStream(rows, settings.batch_size, tokenizer.pad_token_id, seed)
     torch.manual_seed(seed)
-    return train_loop(model, stream, settings, rule)
+    return train_loop(model, stream, settings, rule, on_step=on_step)
 
 
 # --------------------------------------------------------------------------------- stages
@@ -104,18 +104,7 @@ def attack(cfg: AttackConfig | PanaceaRun, store: RunStore) -> dict:
     align(plain.align, store)
 
     def compute():
-        world = get_world(plain.align.world_seed)
-        model = start_of_finetuning(plain, store)
-        data = mix_user_data(world.task_train[plain.task], world.attacker_pool, plain.n, plain.p, plain.seed)
-        rule = None
-        if isinstance(cfg, PanaceaRun):
-            rule = PanaceaRule(cfg.panacea, harmful_stream(plain, cfg.panacea.harmful_batch_size, plain.seed + 1),
-                               apply_eps=False)
-        settings = LoopSettings(epochs=plain.epochs, lr=plain.lr, batch_size=plain.batch_size,
-                                desc=f"finetune p={plain.p}" + (" panacea" if rule else ""))
-        result = fit(model, data, get_tokenizer(plain.align.model), plain.align.model.max_length, settings,
-                     plain.seed, rule)
-        n_harm = sum(e.task == "harmful" for e in data)
+        model, rule, result, n_harm = finetune(cfg, store)
 
         def write(d):
             model.save_pretrained(d / "adapter")
@@ -125,6 +114,24 @@ def attack(cfg: AttackConfig | PanaceaRun, store: RunStore) -> dict:
         return {"train": result, "n_harmful": n_harm}, write
 
     return store.cached(stage_name(cfg), cfg, compute)
+
+
+def finetune(cfg: AttackConfig | PanaceaRun, store: RunStore, on_step=None):
+    """Run the user's fine-tuning (no caching): returns the model, the step rule, the loop's result
+    and the number of harmful samples in the user's data."""
+    plain = attack_of(cfg)
+    world = get_world(plain.align.world_seed)
+    model = start_of_finetuning(plain, store)
+    data = mix_user_data(world.task_train[plain.task], world.attacker_pool, plain.n, plain.p, plain.seed)
+    rule = None
+    if isinstance(cfg, PanaceaRun):
+        rule = PanaceaRule(cfg.panacea, harmful_stream(plain, cfg.panacea.harmful_batch_size, plain.seed + 1),
+                           apply_eps=False)
+    settings = LoopSettings(epochs=plain.epochs, lr=plain.lr, batch_size=plain.batch_size,
+                            desc=f"finetune p={plain.p}" + (" panacea" if rule else ""))
+    result = fit(model, data, get_tokenizer(plain.align.model), plain.align.model.max_length, settings,
+                 plain.seed, rule, on_step)
+    return model, rule, result, sum(e.task == "harmful" for e in data)
 
 
 def stage_name(cfg) -> str:

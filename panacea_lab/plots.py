@@ -179,6 +179,21 @@ def metric_vs_param(df: pd.DataFrame, param: str = "std", metrics: str | Sequenc
     return fig
 
 
+def metric_vs_step(df: pd.DataFrame, metrics: str | Sequence[str] = ("HS", "FA_sentiment"),
+                   hue: str = "run") -> Figure:
+    """Each metric along fine-tuning steps, one line per `hue` value (mean ± 1 std over seeds)."""
+    metrics = _as_tuple(metrics)
+    df = _frame(df, ("step", hue, *metrics), "trajectory")
+    fig, axes = _subplots(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        _scored(df, metric, "checkpoint")
+        for i, (name, rows) in enumerate(df.groupby(hue, sort=False)):
+            stats = _seed_stats(rows, "step", metric)
+            _band(ax, stats.index, stats["mean"], stats["std"], PALETTE[i % len(PALETTE)], str(name))
+        _finish(ax, _label("step"), _label(metric), f"{_short(metric)} during fine-tuning")
+    return fig
+
+
 def pareto(df: pd.DataFrame, x: str = "FA_sentiment", y: str = "HS",
            group_by: str | Callable[[str], str] | None = None) -> Figure:
     """Every run (mean over seeds) as a point, and each method family's Pareto front as a step line.

@@ -64,8 +64,12 @@ def _schedule(total: int, warmup_ratio: float):
 
 
 def train_loop(model, stream: BatchStream, cfg: LoopSettings, rule: StepRule | None = None,
-               accelerator: Accelerator | None = None) -> dict:
-    """Train `model`'s trainable parameters; return the per-step log and the stage's timings."""
+               accelerator: Accelerator | None = None, on_step=None) -> dict:
+    """Train `model`'s trainable parameters; return the per-step log and the stage's timings.
+
+    `on_step(model, steps_done)` runs after each update (e.g. to score checkpoints along the way);
+    it must leave the model's weights as it found them. Its time is excluded from train_seconds.
+    """
     rule = rule or StepRule()
     accelerator = accelerator or Accelerator()
     params = trainable_parameters(model)
@@ -77,7 +81,7 @@ def train_loop(model, stream: BatchStream, cfg: LoopSettings, rule: StepRule | N
     model, optimizer = accelerator.prepare(model, optimizer)
     rule.prepare(model, accelerator)
     model.train()
-    log, batches, t0 = [], stream.forever(), time.perf_counter()
+    log, batches, t0, paused = [], stream.forever(), time.perf_counter(), 0.0
     bar = tqdm(range(total), desc=cfg.desc, leave=False, mininterval=2.0)
     for step in bar:
         batch = next(batches).to(accelerator.device)
@@ -89,8 +93,13 @@ def train_loop(model, stream: BatchStream, cfg: LoopSettings, rule: StepRule | N
         if step % cfg.log_every == 0 or step == total - 1:
             log.append({"step": step, **scalars, "grad_norm": float(grad_norm)})
             bar.set_postfix(loss=f"{scalars.get('loss', float('nan')):.3f}", refresh=False)
+        if on_step is not None:
+            t_hook = time.perf_counter()
+            on_step(accelerator.unwrap_model(model), step + 1)
+            model.train()
+            paused += time.perf_counter() - t_hook
     model.eval()
-    train_seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t0 - paused
     final = rule.finalize(accelerator.unwrap_model(model))
     return {"log": log, "steps": total, "train_seconds": train_seconds,
             "seconds_per_step": train_seconds / total, "finalize": final}

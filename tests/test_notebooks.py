@@ -16,14 +16,21 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
     common = {"model": model_dir, "seeds": [0], "n_eval": 4, "runs": str(tmp / "runs"),
               "figures_dir": str(tmp / "figures"), "align_kw": SMOKE_ALIGN}
     per_notebook = {
+        "00_workshop": {"p": 0.2, "n": 20, "stds": [0.01], "rho": 0.3},
         "01_harmful_finetuning_attack": {"ratios": [0.0, 0.2], "n": 20, "sample_counts": [10, 20],
-                                         "ratio_for_n": 0.2},
+                                         "ratio_for_n": 0.2, "step_ratios": [0.2], "score_every": 2,
+                                         "n_eval_steps": 4},
         "02_random_perturbation": {"ratio": 0.2, "n": 20, "stds": [0.01, 0.05]},
         "03_panacea": {"ratios": [0.2], "n": 20, "stds": [0.01], "rhos": [0.3], "ablation_rhos": [0.3],
                        "ablation_lams": [1e-3, 1e-1], "ablation_ratio": 0.2},
         "04_safety_coefficients": {"ratios": [0.2], "n": 20, "rho": 0.3},
+        "05_system_overhead": {"steps": 2, "warmup": 1, "batch_size": 4},
     }
     return {**common, **per_notebook.get(name, {})}
+
+
+def declared_parameters(ipynb: Path) -> set[str]:
+    return set(papermill.inspect_notebook(str(ipynb)))
 
 
 def test_there_are_notebooks():
@@ -43,7 +50,11 @@ def test_notebook_runs_headless_with_smoke_parameters(source, tiny_model_dir, tm
     ipynb = tmp_path / f"{source.stem}.ipynb"
     nbformat.write(jupytext.read(source), ipynb)
     out = tmp_path / f"{source.stem}.out.ipynb"
-    params = smoke_parameters(source.stem, str(tiny_model_dir), tmp_path)
+    declared = declared_parameters(ipynb)
+    params = {k: v for k, v in smoke_parameters(source.stem, str(tiny_model_dir), tmp_path).items()
+              if k in declared or k not in ("seeds", "n_eval", "align_kw")}  # those three are optional
+    unknown = set(params) - declared
+    assert not unknown, f"smoke parameters {sorted(unknown)} are not declared in the notebook's parameters cell"
     papermill.execute_notebook(str(ipynb), str(out), parameters=params, cwd=str(source.parent),
                                kernel_name="python3", progress_bar=False, execution_timeout=600)
     figures = sorted((tmp_path / "figures").glob("*.png"))

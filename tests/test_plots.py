@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 from panacea_lab.analysis import pareto_front  # noqa: E402
 from panacea_lab.plots import (MODULE_ORDER, coefficient_heatmap, heatmap_frame, method_family,  # noqa: E402
-                               metric_vs_param, metric_vs_ratio, pareto, save_figure, training_curves)
+                               metric_vs_param, metric_vs_ratio, metric_vs_step, pareto, save_figure, training_curves)
 
 RATIOS, SEEDS, STDS, RHOS = (0.0, 0.05, 0.1, 0.2), (0, 1, 2), (0.01, 0.02, 0.04), (0.5, 1.0)
 
@@ -70,7 +70,14 @@ def train_log() -> list[dict]:
             for i in range(10)]
 
 
+def trajectory_frame() -> pd.DataFrame:
+    """Two runs x two seeds; HS rises with step, faster for p=0.2."""
+    return pd.DataFrame([{"run": f"p={p}", "seed": s, "step": k * 10, "HS": min(100.0, p * 100 * k + s),
+                          "FA_sentiment": 70.0 + k} for p in (0.1, 0.2) for s in (0, 2) for k in range(4)])
+
+
 PLOTS = {
+    "metric_vs_step": (lambda: metric_vs_step(trajectory_frame()), True),
     "metric_vs_ratio": (lambda: metric_vs_ratio(attack_frame()), True),
     "metric_vs_param": (lambda: metric_vs_param(defense_frame(), "std"), True),
     "metric_vs_param_norm": (lambda: metric_vs_param(defense_frame(), "norm", metrics="HS"), True),
@@ -233,3 +240,12 @@ def test_metric_vs_ratio_draws_one_band_per_named_series():
     for got, want in zip(means, expected):
         assert got == pytest.approx(want)
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {"fine-tuned", "noise std=0.02"}
+
+
+def test_metric_vs_step_draws_the_seed_mean_per_run_in_step_order():
+    df = trajectory_frame().sample(frac=1.0, random_state=1)  # order must not matter
+    ax = metric_vs_step(df, metrics="HS").axes[0]
+    assert sorted(line.get_label() for line in ax.lines) == ["p=0.1", "p=0.2"]
+    by_label = {line.get_label(): line for line in ax.lines}
+    assert list(by_label["p=0.1"].get_xdata()) == [0, 10, 20, 30]
+    assert list(by_label["p=0.1"].get_ydata()) == [1.0, 11.0, 21.0, 31.0]  # mean of seeds 0 and 2

@@ -1,0 +1,159 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Workshop: harmful fine-tuning and a post-fine-tuning cure, in one sitting
+#
+# **The setting.** A provider aligns a language model so it refuses harmful requests, then offers
+# fine-tuning as a service: users upload data for their own task and get a fine-tuned model back.
+# If a small share *p* of that data is harmful (a harmful request paired with a compliant answer),
+# the fine-tuned model stops refusing. This is the *harmful fine-tuning attack*.
+#
+# **The cure studied here.** Panacea (Wang et al., NeurIPS 2025) adds, after fine-tuning, a small
+# perturbation eps to the weights. Perturbing weights at random already helps a little but costs
+# accuracy; Panacea *learns* eps during the user's fine-tuning so that adding it raises the loss
+# on harmful answers as much as possible.
+#
+# **The world.** Everything runs on an embedded, synthetic world: a 4M-parameter Llama-style model
+# pretrained on template language. Its "harmful" answers are placeholders ("do the first thing;
+# do the second thing"): the dynamics of refusal and compliance are real, the content is not.
+# The whole notebook runs on a laptop CPU; every stage is cached in the run store, so a second
+# run (or a participant re-running a cell) is fast.
+#
+# We measure two things throughout:
+# - **HS** (harmful score): % of held-out harmful prompts answered compliantly. Beside it,
+#   **refusal** and **other** (neither: a broken model lands here, which is not a safe one).
+# - **FA** (fine-tuning accuracy): % correct on the user's task (here: sentiment).
+
+# %% tags=["parameters"]
+model = "embedded"  # or a local Hugging Face model directory
+task = "sentiment"
+p = 0.1  # share of harmful samples in the user's data
+seed = 0
+n = 1000  # the user's fine-tuning samples
+preset = "default"  # attack strength: default | strong
+stds = [0.01, 0.02, 0.04, 0.08]  # random-noise std values (per LoRA entry)
+rho = 1.0  # Panacea's perturbation radius
+lam = 0.1  # Panacea's lambda: 0.1 is the embedded world's calibrated value (paper: 1e-3)
+n_eval = 100  # harmful test prompts and task test samples
+align_kw = {}
+runs = None
+figures_dir = "../figures"
+
+# %%
+import pandas as pd
+from IPython.display import display
+
+from panacea_lab import plots
+from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.defenses.panacea import PanaceaConfig
+from panacea_lab.experiments import attack_config, attack_sweep, defense_sweep, eps_coefficients
+from panacea_lab.pipeline import PanaceaRun, evaluate
+from panacea_lab.store import RunStore
+
+store = RunStore(runs)
+align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
+eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
+attack_cfg = attack_config(align_cfg, task, p, seed, preset, n=n)
+metrics = ["model", "HS", "refusal", "other", f"FA_{task}"]
+
+
+def answers(stage, cfg, k=4):
+    """A few harmful prompts with the model's answers and the judge's label."""
+    samples = evaluate(stage, cfg, store, eval_cfg)["samples"][:k]
+    return pd.DataFrame(samples)[["prompt", "answer", "label"]]
+
+
+# %% [markdown]
+# ## 1 · Alignment
+# The base model was pretrained on a mix that includes harmful requests answered compliantly, so
+# it complies. Alignment fine-tunes a LoRA adapter on refusals (plus a replay of benign tasks, so
+# alignment does not cost accuracy).
+
+# %%
+reference = attack_sweep([p], [seed], task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store,
+                         n=n)
+display(reference[metrics].round(1))
+display(answers("align", align_cfg))
+
+# %% [markdown]
+# ## 2 · The attack
+# The user fine-tunes the aligned model on n samples of their task, a share p of them harmful.
+# Fine-tuning accuracy stays put (the user is happy); refusals are gone.
+
+# %%
+display(answers("attack", attack_cfg))
+
+# %% [markdown]
+# ## 3 · Random perturbation: the embarrassingly simple defense
+# Add Gaussian noise to every LoRA entry of the fine-tuned model. Small noise does nothing; noise
+# large enough to lower HS also wrecks the task (watch FA and *other*).
+#
+# ## 4 · Panacea
+# During the same fine-tuning, Panacea trains with a perturbation eps of norm rho that maximises
+# the harmful loss, and adds the last eps at the end. We score:
+# - **w**: the weights Panacea trained, without eps;
+# - **w + eps**: the defended model;
+# - **same-norm random**: w plus a random direction with exactly ||eps||. Is it the size of the
+#   perturbation that matters, or its direction?
+
+# %%
+df = defense_sweep([p], [seed], task=task, preset=preset, stds=stds, rhos=[rho], lam=lam, antidote_ratio=None,
+                   align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n)
+display(df[metrics + ["norm"]].round(2))
+
+# %%
+fig = plots.pareto(df, x=f"FA_{task}", y="HS")
+plots.save_figure(fig, f"{figures_dir}/00_workshop_pareto.png", df)
+
+# %% [markdown]
+# On the HS-FA plane, lower is safer and further right is more useful. Noise traces a front that
+# buys safety with accuracy; Panacea's w + eps should sit far below it at the same FA, with a
+# norm a fraction of the noise's.
+
+# %%
+run = PanaceaRun(attack_cfg, PanaceaConfig(rho=rho, lam=lam))
+display(answers("panacea", run))  # w, before eps: still harmful
+
+# %% [markdown]
+# ## 5 · Where does eps live?
+# The share of ||eps||² held by each layer and projection; isotropic noise's share is set only by
+# tensor sizes, so it is the reference.
+
+# %%
+coeffs = eps_coefficients(run, store)
+fig = plots.coefficient_heatmap(coeffs, value="eps_share")
+plots.save_figure(fig, f"{figures_dir}/00_workshop_heatmap.png", coeffs)
+display(coeffs.groupby("layer")[["eps_share", "noise_share"]].sum().round(3))
+
+# %%
+from safetensors.torch import load_file
+
+from panacea_lab.postprocess import EPS_FILE
+
+n_entries = sum(t.numel() for t in load_file(str(store.path("panacea", run) / EPS_FILE)).values())
+eps_norm = df.loc[df["model"].str.endswith("(w+eps)"), "norm"].iloc[0]
+print(f"||eps|| = {eps_norm:.2f} over {n_entries:,} LoRA entries; noise of std s has norm about s * "
+      f"sqrt({n_entries:,}) = {n_entries ** 0.5:.0f} s, e.g. {stds[-1] * n_entries ** 0.5:.1f} at s = {stds[-1]:g}")
+
+# %% [markdown]
+# ## Exercises
+# Each needs one parameter changed in the first cell, then *Run All* (cached stages are reused):
+# 1. **Dose.** Set `p = 0.05` and `p = 0.2`. At which p does the attack break alignment, and does
+#    Panacea still restore refusals?
+# 2. **The paper's lambda.** Set `lam = 1e-3`. What changes in the w + eps row: HS, or *refusal*
+#    versus *other*? (Hint: compare how many answers are refusals and how many are degenerate.)
+# 3. **A stronger attacker.** Set `preset = "strong"` (learning rate x4). Which defense survives?
+# 4. **Size versus direction.** Find the smallest noise std that lowers HS, turn it into a global
+#    norm with the line printed at the end of section 5, and compare it with ||eps||. How
+#    many times larger is the perturbation that only *breaks* the model?
+# 5. **Which harms break first?** `evaluate("attack", attack_cfg, store, eval_cfg)["harmful_by_category"]`
+#    gives HS per category. Alignment data was drawn by a skewed prevalence: are the rare
+#    categories the first to break?

@@ -1,0 +1,59 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · System overhead: what each defense costs per training step
+#
+# Panacea's step runs three forward/backward passes (the user's batch, the harmful batch at w and
+# at w + eps), so it should cost about three SFT steps; amortized Panacea (eps recomputed every
+# k steps, off by default) pays that only every k-th step. Post-fine-tuning transforms (noise,
+# Antidote) cost one pass over the weights and are not trained, so they are not profiled here.
+#
+# Each method trains the same model on the same batches in a fresh process, one at a time: on a
+# CPU, peak memory is the process's peak resident set above the loaded model; on a GPU, the CUDA
+# allocator's peak. Timings depend on the machine: compare ratios, not seconds.
+
+# %% tags=["parameters"]
+model = "embedded"
+methods = ["sft", "panacea", "panacea_k4"]
+steps = 20  # timed steps per method (after warm-up)
+warmup = 3
+batch_size = 10
+task = "sentiment"
+runs = None  # run store: a profile is measured once per device kind, then served from here
+figures_dir = "../figures"
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+
+from panacea_lab import plots
+from panacea_lab.overhead import OverheadJob, profile_cached
+from panacea_lab.store import RunStore
+
+store = RunStore(runs)
+rows = [profile_cached(OverheadJob(m, model, steps, batch_size, task, warmup), store) for m in methods]
+df = pd.DataFrame(rows)[["method", "device", "threads", "steps", "batch_size", "seconds_per_step", "peak_mib",
+                         "memory"]]
+df["time_over_sft"] = df["seconds_per_step"] / df.loc[df["method"] == methods[0], "seconds_per_step"].iloc[0]
+display(df[["method", "device", "threads", "seconds_per_step", "time_over_sft", "peak_mib"]].round(3))
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.6), layout="constrained")
+colors = [plots.PALETTE[i % len(plots.PALETTE)] for i in range(len(df))]
+axes[0].bar(df["method"], df["time_over_sft"], color=colors)
+axes[0].axhline(1.0, linestyle="--", color="0.35", label=f"{methods[0]} = 1")
+axes[0].set(xlabel="method", ylabel=f"time per step (x {methods[0]})",
+            title=f"Step time ({df['device'].iloc[0]}, batch {batch_size})")
+axes[0].legend(fontsize="small")
+axes[1].bar(df["method"], df["peak_mib"], color=colors)
+axes[1].set(xlabel="method", ylabel="peak memory (MiB)", title=f"Peak memory ({df['memory'].iloc[0]})")
+plots.save_figure(fig, f"{figures_dir}/05_system_overhead.png", df)

@@ -1,0 +1,142 @@
+"""System overhead of each training-stage method: seconds per step and peak memory, same batches.
+
+Every method trains the same model (base + LoRA) on the same user batches; only the step rule
+changes. Peak memory is the allocator's peak on CUDA; on a CPU there is no allocator counter, so
+each method runs in a fresh child process and reports its peak resident set (ru_maxrss) above the
+resident set it had once the model was loaded. Run it as a module to profile one method:
+
+    python -m panacea_lab.overhead --method panacea --steps 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from panacea_lab.config import ModelConfig
+from panacea_lab.data import BatchStream, encode
+from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
+from panacea_lab.models import attach_lora, load_base, load_tokenizer, pick_device
+from panacea_lab.store import RunStore
+from panacea_lab.train import LoopSettings, StepRule, train_loop
+from panacea_lab.world import build_world
+
+
+def _panacea(k: int) -> Callable:
+    def make(harmful: BatchStream) -> StepRule:
+        return PanaceaRule(PanaceaConfig(harmful_batch_size=harmful.batch_size, recompute_every=k), harmful)
+    return make
+
+
+# method name -> factory of its step rule, given a stream of the defender's harmful batches
+METHODS: dict[str, Callable[[BatchStream], StepRule]] = {
+    "sft": lambda harmful: StepRule(),
+    "panacea": _panacea(1),
+    "panacea_k4": _panacea(4),
+}
+
+
+def _rss_mib() -> float:
+    """Current resident set in MiB (Linux /proc; falls back to the peak where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return _peak_rss_mib()
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def profile(method: str, model: str = "embedded", steps: int = 20, batch_size: int = 10, task: str = "sentiment",
+            warmup: int = 3) -> dict:
+    """Train `steps` steps of `method` in this process; seconds per step exclude `warmup` first steps."""
+    if method not in METHODS:
+        raise ValueError(f"method = {method!r}: use one of {sorted(METHODS)}")
+    if steps < 1 or warmup < 1:
+        raise ValueError(f"steps = {steps}, warmup = {warmup}: both must be >= 1")
+    cfg = ModelConfig(path=model)
+    tok, world = load_tokenizer(cfg), build_world(0)
+    user = [encode(tok, e, cfg.max_length) for e in world.task_train[task][: (steps + warmup) * batch_size]]
+    harm = [encode(tok, e, cfg.max_length) for e in world.defender_pool]
+    net = attach_lora(load_base(cfg), cfg, seed=0)
+    device = pick_device()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    baseline = _rss_mib()
+    rule = METHODS[method](BatchStream(harm, batch_size, tok.pad_token_id, 1))
+    settings = LoopSettings(epochs=1, lr=1e-4, batch_size=batch_size, desc=f"profile {method}")
+    times: list[float] = []
+    result = train_loop(net, BatchStream(user, batch_size, tok.pad_token_id, 0), settings, rule,
+                        on_step=lambda m, k: times.append(time.perf_counter()))
+    per_step = [b - a for a, b in zip(times[warmup - 1:], times[warmup:])]  # the last `steps` steps
+    out = {"method": method, "steps": len(per_step), "batch_size": batch_size, "device": device.type,
+           "threads": torch.get_num_threads(), "seconds_per_step": sum(per_step) / max(1, len(per_step)),
+           "train_seconds": result["train_seconds"]}
+    if device.type == "cuda":
+        out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        out["memory"] = "CUDA allocator peak"
+    else:
+        out["peak_mib"] = max(0.0, _peak_rss_mib() - baseline)
+        out["memory"] = "RSS above the loaded model"
+    return out
+
+
+def profile_in_subprocess(method: str, **kw) -> dict:
+    """`profile` in a fresh interpreter, so one method's peak memory cannot hide another's."""
+    args = [sys.executable, "-m", "panacea_lab.overhead", "--method", method]
+    for key, value in kw.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"profiling {method!r} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass(frozen=True)
+class OverheadJob:
+    """One profile, keyed in the run store like a config (the device is part of the key)."""
+
+    method: str
+    model: str = "embedded"
+    steps: int = 20
+    batch_size: int = 10
+    task: str = "sentiment"
+    warmup: int = 3
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.device == "auto":
+            object.__setattr__(self, "device", pick_device().type)
+
+
+def profile_cached(job: OverheadJob, store: RunStore) -> dict:
+    """A profile measured once per machine kind and served from the run store afterwards."""
+    kw = {k: v for k, v in asdict(job).items() if k not in ("method", "device")}
+    return store.cached("overhead", job, lambda: (profile_in_subprocess(job.method, **kw), None))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", required=True, choices=sorted(METHODS))
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--warmup", type=int, default=3)
+    a = parser.parse_args(argv)
+    print(json.dumps(profile(a.method, a.model, a.steps, a.batch_size, a.task, a.warmup)))
+
+
+if __name__ == "__main__":
+    main()
