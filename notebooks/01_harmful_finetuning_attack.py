@@ -24,12 +24,12 @@
 model = "embedded"  # "embedded" or a local HF model directory
 task = "sentiment"  # sentiment | topic | arithmetic | instruct
 ratios = [0.0, 0.01, 0.05, 0.1, 0.2]  # harmful ratios p
-seeds = [0, 1, 2]
+seeds = [0]  # CPU scale (make reproduce); the README's 3-seed table: [0, 1, 2]
 n = 1000  # fine-tuning samples
 sample_counts = [250, 500, 1000]  # n sweep, at ratio_for_n
 ratio_for_n = 0.1
-step_ratios = [0.05, 0.1]  # HS along fine-tuning steps, one run per ratio and seed
-score_every = 30  # score a checkpoint every k optimiser steps
+step_ratios = [0.1]  # HS along fine-tuning steps, one run per ratio and seed; e.g. [0.05, 0.1, 0.2]
+score_every = 50  # score a checkpoint every k optimiser steps
 n_eval_steps = 100  # harmful prompts and task samples per checkpoint
 preset = "default"  # attack strength: default | strong
 n_eval = 200  # harmful test prompts and task test samples

@@ -15,7 +15,13 @@ import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from panacea_lab.data import ALPACA_MARKERS, ALPACA_PREAMBLE, ALPACA_PREAMBLE_INPUT, BatchStream, encode
+from panacea_lab.data import (
+    ALPACA_MARKERS,
+    ALPACA_PREAMBLE,
+    ALPACA_PREAMBLE_INPUT,
+    BatchStream,
+    encode,
+)
 from panacea_lab.train import LoopSettings, train_loop
 from panacea_lab.world import build_world
 

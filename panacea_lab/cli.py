@@ -6,7 +6,15 @@ import sys
 import time
 import warnings
 
-from panacea_lab.config import ATTACK_PRESETS, EMBEDDED_MODEL, JUDGES, AlignConfig, ConfigError, EvalConfig, ModelConfig
+from panacea_lab.config import (
+    ATTACK_PRESETS,
+    EMBEDDED_MODEL,
+    JUDGES,
+    AlignConfig,
+    ConfigError,
+    EvalConfig,
+    ModelConfig,
+)
 from panacea_lab.world import TASKS
 
 
@@ -55,7 +63,12 @@ def cmd_attack(args) -> None:
 
 def cmd_defend(args) -> None:
     from panacea_lab.defenses.panacea import PanaceaConfig
-    from panacea_lab.experiments import attack_config, defense_sweep, eps_coefficients, summarize
+    from panacea_lab.experiments import (
+        attack_config,
+        defense_sweep,
+        eps_coefficients,
+        summarize,
+    )
     from panacea_lab.pipeline import PanaceaRun
     from panacea_lab.store import RunStore
 

@@ -10,8 +10,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from panacea_lab.world import TASKS
+
+if TYPE_CHECKING:  # the defenses import this module; their configs are resolved at run time
+    from panacea_lab.defenses.booster import BoosterConfig
+    from panacea_lab.defenses.repnoise import RepNoiseConfig
+    from panacea_lab.defenses.vaccine import VaccineConfig
 
 EMBEDDED_MODEL = "embedded"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +42,12 @@ def coerce_numbers(obj) -> None:
         value = getattr(obj, f.name)
         if f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(obj, f.name, float(value))
+
+
+def new_field(default=None, **kw):
+    """A field added after results were stored: left out of `to_dict` (and so of the config hash)
+    while it holds its default, so every result stored before it existed keeps its key."""
+    return field(default=default, metadata={"omit_default": True}, **kw)
 
 
 def _positive(obj, *names: str) -> None:
@@ -65,7 +77,9 @@ class ModelConfig:
         check(bool(self.lora_targets), "lora_targets", self.lora_targets, "name at least one module, e.g. q_proj")
         check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
               "use auto, float32, bfloat16 or float16")
-        from panacea_lab.models import resolve_model_path  # late import: models imports this module
+        from panacea_lab.models import (
+            resolve_model_path,  # late import: models imports this module
+        )
 
         resolve_model_path(self.path)  # raises ConfigError naming `path` when it is missing
 
@@ -83,12 +97,34 @@ class AlignConfig:
     lr: float = 1e-3
     batch_size: int = 16
     seed: int = 0
+    # alignment-stage defenses (at most one; none = plain SFT): their configs, added after results existed
+    vaccine: VaccineConfig | None = new_field(None)
+    repnoise: RepNoiseConfig | None = new_field(None)
+    booster: BoosterConfig | None = new_field(None)
 
     def __post_init__(self):
         coerce_numbers(self)
         _positive(self, "n_refusal", "epochs", "lr", "batch_size")
         check(self.n_replay_per_task >= 0, "n_replay_per_task", self.n_replay_per_task, "must be >= 0")
         check(self.prevalence in PREVALENCES, "prevalence", self.prevalence, f"use one of {PREVALENCES}")
+        from panacea_lab.defenses import (
+            ALIGNMENT_DEFENSES,  # late import: the defenses import this module
+        )
+
+        for name, cls in ALIGNMENT_DEFENSES.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):  # from to_dict / JSON
+                object.__setattr__(self, name, value := cls(**value))
+            check(value is None or isinstance(value, cls), name, value, f"pass a {cls.__name__} or None")
+        chosen = [n for n in ALIGNMENT_DEFENSES if getattr(self, n) is not None]
+        check(len(chosen) <= 1, "vaccine/repnoise/booster", chosen, "set at most one alignment-stage defense")
+
+    @property
+    def defense(self) -> str:
+        """The alignment method's name: sft, or the one defense set."""
+        from panacea_lab.defenses import ALIGNMENT_DEFENSES
+
+        return next((n for n in ALIGNMENT_DEFENSES if getattr(self, n) is not None), "sft")
 
 
 @dataclass(frozen=True)
@@ -133,8 +169,21 @@ class EvalConfig:
             check(t in TASKS, "tasks", self.tasks, f"each task must be one of {', '.join(TASKS)}")
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg):
+    """Like dataclasses.asdict, but new fields at their default are omitted (see `new_field`)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.metadata.get("omit_default") and value == f.default:
+                continue
+            out[f.name] = to_dict(value)
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(to_dict(v) for v in cfg)
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
 
 
 def config_hash(cfg) -> str:

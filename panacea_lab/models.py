@@ -11,7 +11,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from panacea_lab.config import EMBEDDED_MODEL, EMBEDDED_MODEL_DIR, ConfigError, ModelConfig
+from panacea_lab.config import (
+    EMBEDDED_MODEL,
+    EMBEDDED_MODEL_DIR,
+    ConfigError,
+    ModelConfig,
+)
 
 
 def resolve_model_path(path: str) -> str:

@@ -13,13 +13,29 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig, ModelConfig, to_dict
+from panacea_lab.config import (
+    AlignConfig,
+    AttackConfig,
+    EvalConfig,
+    ModelConfig,
+    to_dict,
+)
 from panacea_lab.data import BatchStream, encode, mix_user_data
+from panacea_lab.defenses.booster import BoosterRule
+from panacea_lab.defenses.lisa import LisaConfig, LisaRule
 from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
+from panacea_lab.defenses.repnoise import RepNoiseRule
+from panacea_lab.defenses.vaccine import VaccineRule
 from panacea_lab.evaluate import evaluate_model
 from panacea_lab.judges import SCORING_VERSION
 from panacea_lab.lexicon import PREVALENCE
-from panacea_lab.models import attach_lora, load_adapter, load_base, load_tokenizer, merge_adapter
+from panacea_lab.models import (
+    attach_lora,
+    load_adapter,
+    load_base,
+    load_tokenizer,
+    merge_adapter,
+)
 from panacea_lab.postprocess import EPS_FILE, PostConfig, apply_post
 from panacea_lab.store import RunStore
 from panacea_lab.train import LoopSettings, StepRule, train_loop
@@ -68,8 +84,8 @@ def align(cfg: AlignConfig, store: RunStore) -> dict:
         tok = get_tokenizer(cfg.model)
         model = attach_lora(load_base(cfg.model), cfg.model, cfg.seed)
         data = alignment_data(cfg, get_world(cfg.world_seed))
-        settings = LoopSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, desc="align")
-        result = fit(model, data, tok, cfg.model.max_length, settings, cfg.seed)
+        settings = LoopSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, desc=f"align {cfg.defense}")
+        result = fit(model, data, tok, cfg.model.max_length, settings, cfg.seed, alignment_rule(cfg))
         return {"train": result, "n_samples": len(data)}, lambda d: model.save_pretrained(d / "adapter")
 
     return store.cached("align", cfg, compute)
@@ -83,15 +99,37 @@ class PanaceaRun:
     panacea: PanaceaConfig = field(default_factory=PanaceaConfig)
 
 
+@dataclass(frozen=True)
+class LisaRun:
+    """The user's fine-tuning under Lisa's Bi-State rule (alignment steps interleaved, proximal term)."""
+
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    lisa: LisaConfig = field(default_factory=LisaConfig)
+
+
+FINETUNE_STAGES = {AttackConfig: "attack", PanaceaRun: "panacea", LisaRun: "lisa"}
+
+
 def attack_of(cfg) -> AttackConfig:
-    return cfg.attack if isinstance(cfg, PanaceaRun) else cfg
+    return cfg if isinstance(cfg, AttackConfig) else cfg.attack
 
 
-def harmful_stream(cfg: AttackConfig, batch_size: int, seed: int) -> BatchStream:
+def harmful_stream(cfg: AlignConfig, batch_size: int, seed: int) -> BatchStream:
     """Batches of the defender's harmful pool (disjoint from the attacker's)."""
-    tok, world = get_tokenizer(cfg.align.model), get_world(cfg.align.world_seed)
-    rows = [encode(tok, ex, cfg.align.model.max_length) for ex in world.defender_pool]
+    tok, world = get_tokenizer(cfg.model), get_world(cfg.world_seed)
+    rows = [encode(tok, ex, cfg.model.max_length) for ex in world.defender_pool]
     return BatchStream(rows, batch_size, tok.pad_token_id, seed)
+
+
+def alignment_rule(cfg: AlignConfig) -> StepRule | None:
+    """The alignment stage's step rule: plain SFT, or the one alignment-stage defense the config sets."""
+    if cfg.vaccine is not None:
+        return VaccineRule(cfg.vaccine)
+    if cfg.repnoise is not None:
+        return RepNoiseRule(cfg.repnoise, harmful_stream(cfg, cfg.repnoise.harmful_batch_size, cfg.seed + 1))
+    if cfg.booster is not None:
+        return BoosterRule(cfg.booster, harmful_stream(cfg, cfg.booster.harmful_batch_size, cfg.seed + 1))
+    return None
 
 
 def attack(cfg: AttackConfig | PanaceaRun, store: RunStore) -> dict:
@@ -108,7 +146,7 @@ def attack(cfg: AttackConfig | PanaceaRun, store: RunStore) -> dict:
 
         def write(d):
             model.save_pretrained(d / "adapter")
-            if rule is not None:
+            if isinstance(rule, PanaceaRule):
                 save_file({k: v.contiguous() for k, v in rule.eps_by_name().items()}, str(d / EPS_FILE))
 
         return {"train": result, "n_harmful": n_harm}, write
@@ -123,19 +161,30 @@ def finetune(cfg: AttackConfig | PanaceaRun, store: RunStore, on_step=None):
     world = get_world(plain.align.world_seed)
     model = start_of_finetuning(plain, store)
     data = mix_user_data(world.task_train[plain.task], world.attacker_pool, plain.n, plain.p, plain.seed)
-    rule = None
-    if isinstance(cfg, PanaceaRun):
-        rule = PanaceaRule(cfg.panacea, harmful_stream(plain, cfg.panacea.harmful_batch_size, plain.seed + 1),
-                           apply_eps=False)
+    rule = finetune_rule(cfg)
     settings = LoopSettings(epochs=plain.epochs, lr=plain.lr, batch_size=plain.batch_size,
-                            desc=f"finetune p={plain.p}" + (" panacea" if rule else ""))
+                            desc=f"finetune p={plain.p} {stage_name(cfg)}")
     result = fit(model, data, get_tokenizer(plain.align.model), plain.align.model.max_length, settings,
                  plain.seed, rule, on_step)
     return model, rule, result, sum(e.task == "harmful" for e in data)
 
 
+def finetune_rule(cfg) -> StepRule | None:
+    """The fine-tuning stage's step rule: plain SFT (the attack), Panacea or Lisa."""
+    plain = attack_of(cfg)
+    if isinstance(cfg, PanaceaRun):
+        harmful = harmful_stream(plain.align, cfg.panacea.harmful_batch_size, plain.seed + 1)
+        return PanaceaRule(cfg.panacea, harmful, apply_eps=False)
+    if isinstance(cfg, LisaRun):
+        tok = get_tokenizer(plain.align.model)
+        rows = [encode(tok, ex, plain.align.model.max_length)
+                for ex in alignment_data(plain.align, get_world(plain.align.world_seed))]
+        return LisaRule(cfg.lisa, BatchStream(rows, cfg.lisa.align_batch_size, tok.pad_token_id, plain.seed + 2))
+    return None
+
+
 def stage_name(cfg) -> str:
-    return "panacea" if isinstance(cfg, PanaceaRun) else "attack"
+    return FINETUNE_STAGES[type(cfg)]
 
 
 def start_of_finetuning(cfg: AttackConfig, store: RunStore):
@@ -157,13 +206,13 @@ def load_stage_model(stage: str, cfg, store: RunStore):
         return load_base(cfg if isinstance(cfg, ModelConfig) else cfg.model)
     if stage == "align":
         return load_adapter(load_base(cfg.model), store.path("align", cfg) / "adapter", trainable=False)
-    if stage in ("attack", "panacea"):
+    if stage in FINETUNE_STAGES.values():
         plain = attack_of(cfg)
         base = load_base(plain.align.model)
         if plain.adapter == "fresh":
             base = merge_adapter(load_adapter(base, store.path("align", plain.align) / "adapter", trainable=False))
         return load_adapter(base, store.path(stage, cfg) / "adapter", trainable=False)
-    raise ValueError(f"stage = {stage!r}: use base, align, attack or panacea")
+    raise ValueError(f"stage = {stage!r}: use base, align or one of {sorted(FINETUNE_STAGES.values())}")
 
 
 @dataclass(frozen=True)
@@ -195,7 +244,7 @@ def evaluate(stage: str, cfg, store: RunStore, eval_cfg: EvalConfig = EvalConfig
         model = load_stage_model(stage, cfg, store)
         harmful = None
         if post.method.startswith("antidote"):
-            harmful = harmful_stream(attack_of(cfg), 16, post.seed).epoch()
+            harmful = harmful_stream(attack_of(cfg).align, 16, post.seed).epoch()
         stage_dir = store.path(stage, cfg) if stage != "base" else Path()
         model = apply_post(model, post, stage_dir, harmful)
         return evaluate_model(model, get_tokenizer(model_cfg), get_world(world_seed), eval_cfg), None

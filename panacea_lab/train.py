@@ -41,6 +41,17 @@ class StepRule:
 
     def prepare(self, model, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
+        self.params = trainable_parameters(model)
+        by_id = {id(p): n for n, p in accelerator.unwrap_model(model).named_parameters()}
+        self.names = [by_id[id(p)] for p in self.params]  # names as the unwrapped model spells them
+
+    def backward_copy(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        """Backward of `loss` alone; returns copies of the gradients (zeros where a tensor got none),
+        so the next backward cannot alias them. Each call is a full backward, so DDP syncs each."""
+        for p in self.params:
+            p.grad = None
+        self.accelerator.backward(loss)
+        return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
 
     def gradient(self, model, batch: Batch, step: int) -> dict[str, float]:
         """Leave this step's gradient in `.grad` of every trainable parameter; return scalars to log."""

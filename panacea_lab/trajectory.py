@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from panacea_lab.config import AttackConfig, EvalConfig, check, coerce_numbers
 from panacea_lab.evaluate import evaluate_model
 from panacea_lab.judges import SCORING_VERSION
-from panacea_lab.pipeline import PanaceaRun, align, attack_of, evaluate, finetune, get_tokenizer, get_world
+from panacea_lab.pipeline import (
+    PanaceaRun,
+    align,
+    attack_of,
+    evaluate,
+    finetune,
+    get_tokenizer,
+    get_world,
+)
 from panacea_lab.store import RunStore
 
 

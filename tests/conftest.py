@@ -37,6 +37,19 @@ def tiny_cfg(tiny_model_dir):
     return ModelConfig(path=str(tiny_model_dir), lora_r=4, lora_alpha=8, max_length=96)
 
 
+def lora_with_random_b(cfg: ModelConfig):
+    """The model with a LoRA adapter whose B is random, in train mode: B = 0 at init would hide every
+    A gradient, so a formula test would check only half of the tensors."""
+    from panacea_lab.models import attach_lora, load_base
+
+    model = attach_lora(load_base(cfg), cfg, seed=0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
+    return model.train()
+
+
 @pytest.fixture
 def store(tmp_path):
     return RunStore(tmp_path / "runs")

@@ -4,9 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from panacea_lab.defenses.antidote import (antidote, antidote_deltas, input_feature_norms, lora_delta,
-                                           lora_linear_layers, prune_top_scores_per_row, pruned_per_row,
-                                           random_prune_per_row)
+from panacea_lab.defenses.antidote import (
+    antidote,
+    antidote_deltas,
+    input_feature_norms,
+    lora_delta,
+    lora_linear_layers,
+    prune_top_scores_per_row,
+    pruned_per_row,
+    random_prune_per_row,
+)
 from panacea_lab.models import attach_lora, load_base
 from panacea_lab.perturb import add_, gaussian_noise, named_trainable
 

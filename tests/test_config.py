@@ -4,7 +4,16 @@ from __future__ import annotations
 import pytest
 
 from panacea_lab.cli import main
-from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, EvalConfig, ModelConfig, config_hash, from_dict, to_dict
+from panacea_lab.config import (
+    AlignConfig,
+    AttackConfig,
+    ConfigError,
+    EvalConfig,
+    ModelConfig,
+    config_hash,
+    from_dict,
+    to_dict,
+)
 
 
 @pytest.mark.parametrize("build,field", [
@@ -69,3 +78,22 @@ def test_cli_bad_attack_setting_fails_before_any_stage_runs(tiny_model_dir, tmp_
     code = main(["attack", "--model", str(tiny_model_dir), "--runs", str(runs), "--seeds", "0", *args])
     assert code == 2 and field in capsys.readouterr().err
     assert not runs.exists()  # not even the base evaluation or the alignment was written
+
+
+def test_a_new_field_at_its_default_keeps_old_hashes_and_changes_them_when_set():
+    from dataclasses import dataclass
+
+    from panacea_lab.config import config_hash, new_field, to_dict
+
+    @dataclass(frozen=True)
+    class Old:
+        a: int = 1
+
+    @dataclass(frozen=True)
+    class New:
+        a: int = 1
+        extra: str | None = new_field(None)
+
+    assert to_dict(New()) == {"a": 1} and config_hash(New()) == config_hash(Old())
+    assert config_hash(New(extra="vaccine")) != config_hash(Old())
+    assert to_dict(New(extra="x")) == {"a": 1, "extra": "x"}

@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 
 from panacea_lab.base_model import build_tokenizer
-from panacea_lab.data import IGNORE_INDEX, BatchStream, encode, format_prompt, mix_user_data
+from panacea_lab.data import (
+    IGNORE_INDEX,
+    BatchStream,
+    encode,
+    format_prompt,
+    mix_user_data,
+)
 
 
 @pytest.fixture(scope="module")

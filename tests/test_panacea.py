@@ -4,23 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import lora_with_random_b
 from torch.func import functional_call
 
 from panacea_lab.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
 from panacea_lab.data import BatchStream, encode
 from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
-from panacea_lab.models import attach_lora, load_base
 
 
 def _setup(tiny_cfg, world, **cfg):
     tok = build_tokenizer(world.all_texts())
-    model = attach_lora(load_base(tiny_cfg), tiny_cfg, seed=0)
-    with torch.no_grad():  # B = 0 at init would hide the A gradients; give every tensor a role
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
-    model.train()
+    model = lora_with_random_b(tiny_cfg)
     user = BatchStream([encode(tok, e, 96) for e in world.task_train["sentiment"][:6]], 6, tok.pad_token_id, 0)
     harm_rows = [encode(tok, e, 96) for e in world.defender_pool[:5]]
     rule = PanaceaRule(PanaceaConfig(harmful_batch_size=5, **cfg), BatchStream(harm_rows, 5, tok.pad_token_id, 7))

@@ -6,10 +6,22 @@ import math
 import pytest
 import torch
 
-from panacea_lab.defenses.random_noise import apply_random_noise_, noise_perturbation, same_norm_control
+from panacea_lab.defenses.random_noise import (
+    apply_random_noise_,
+    noise_perturbation,
+    same_norm_control,
+)
 from panacea_lab.models import attach_lora, load_base
-from panacea_lab.perturb import (add_, applied, gaussian_noise, global_norm, named_trainable, norms_by_layer_module,
-                                 parse_param_name, random_direction)
+from panacea_lab.perturb import (
+    add_,
+    applied,
+    gaussian_noise,
+    global_norm,
+    named_trainable,
+    norms_by_layer_module,
+    parse_param_name,
+    random_direction,
+)
 
 
 @pytest.fixture

@@ -11,8 +11,18 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from panacea_lab.analysis import pareto_front  # noqa: E402
-from panacea_lab.plots import (MODULE_ORDER, coefficient_heatmap, heatmap_frame, method_family,  # noqa: E402
-                               metric_vs_param, metric_vs_ratio, metric_vs_step, pareto, save_figure, training_curves)
+from panacea_lab.plots import (  # noqa: E402
+    MODULE_ORDER,
+    coefficient_heatmap,
+    heatmap_frame,
+    method_family,
+    metric_vs_param,
+    metric_vs_ratio,
+    metric_vs_step,
+    pareto,
+    save_figure,
+    training_curves,
+)
 
 RATIOS, SEEDS, STDS, RHOS = (0.0, 0.05, 0.1, 0.2), (0, 1, 2), (0.01, 0.02, 0.04), (0.5, 1.0)
 

@@ -20,8 +20,9 @@ import torch
 
 from panacea_lab.config import check, coerce_numbers
 from panacea_lab.data import BatchStream
+from panacea_lab.defenses.common import gradient_at_shift, harmful_gradients
 from panacea_lab.perturb import global_norm
-from panacea_lab.train import StepRule, lm_loss, trainable_parameters
+from panacea_lab.train import StepRule, lm_loss
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,6 @@ class PanaceaConfig:
         check(self.recompute_every >= 1, "recompute_every", self.recompute_every, "must be >= 1")
 
 
-def _grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-    """Copies of the current gradients (zeros where a parameter got none)."""
-    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-
-
 class PanaceaRule(StepRule):
     name = "panacea"
 
@@ -59,41 +55,19 @@ class PanaceaRule(StepRule):
 
     def prepare(self, model, accelerator) -> None:
         super().prepare(model, accelerator)
-        self.params = trainable_parameters(model)
-        by_id = {id(p): n for n, p in accelerator.unwrap_model(model).named_parameters()}
-        self.names = [by_id[id(p)] for p in self.params]  # names as the unwrapped model spells them
         self.batches = self.harmful.forever()
-
-    def _backward(self, params, loss: torch.Tensor) -> list[torch.Tensor]:
-        for p in params:
-            p.grad = None
-        self.accelerator.backward(loss)
-        return _grads(params)
 
     def gradient(self, model, batch, step: int) -> dict[str, float]:
         if step % self.cfg.recompute_every != 0:  # amortized: plain SFT between Panacea steps
             return super().gradient(model, batch, step)
-        params, cfg = self.params, self.cfg
-        loss_f = lm_loss(model, batch)
-        g_f = self._backward(params, loss_f)
-        harmful = next(self.batches).to(batch.input_ids.device)
-        loss_h = lm_loss(model, harmful)
-        g_h = self._backward(params, loss_h)
-        norm_h = global_norm(dict(zip(self.names, g_h)))
-        eps = [cfg.rho * g / (norm_h + 1e-12) for g in g_h]  # fresh tensors, not views of .grad
-        saved = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, e in zip(params, eps):
-                p.add_(e.to(p.dtype))
-        loss_h_eps = lm_loss(model, harmful)
-        g_h_eps = self._backward(params, torch.clamp(loss_h_eps, max=cfg.clamp))
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
-        for p, gf, gh, ghe in zip(params, g_f, g_h, g_h_eps):
+        cfg = self.cfg
+        g = harmful_gradients(self, model, batch, next(self.batches))
+        eps = g.direction(cfg.rho)
+        loss_h_eps, g_h_eps = gradient_at_shift(self, eps, lambda: lm_loss(model, g.harmful), clamp=cfg.clamp)
+        for p, gf, gh, ghe in zip(self.params, g.g_f, g.g_h, g_h_eps):
             p.grad = gf - cfg.lam * (ghe if cfg.h_const else ghe - gh)
         self.eps = eps
-        return {"loss": loss_f.item(), "h": loss_h.item(), "h_eps": loss_h_eps.item(), "grad_h_norm": float(norm_h)}
+        return {"loss": g.loss_f.item(), "h": g.loss_h.item(), "h_eps": loss_h_eps.item(), "grad_h_norm": g.norm_h}
 
     def finalize(self, model) -> dict:
         """Add the last eps to the trained weights (when `apply_eps`); report its norm per tensor."""

@@ -11,7 +11,14 @@ from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
 
-from panacea_lab.perturb import Delta, add_, gaussian_noise, global_norm, named_trainable, random_direction
+from panacea_lab.perturb import (
+    Delta,
+    add_,
+    gaussian_noise,
+    global_norm,
+    named_trainable,
+    random_direction,
+)
 
 
 def noise_perturbation(model: nn.Module, std: float, seed: int, names: Iterable[str] | None = None) -> Delta:

@@ -1,0 +1,62 @@
+"""Booster (Huang et al. 2024, "Booster: Tackling harmful fine-tuning for large language models via
+attenuating harmful perturbation", arXiv 2409.01586): an alignment-stage defense.
+
+Per alignment step, with f the alignment loss on the loop's batch and h the LM loss on a batch of
+harmful data held by the defender:
+  G_h = grad h(w);  w' = w - alpha * G_h / ||G_h||   (||.|| one global L2 norm over all trainable tensors)
+  update with grad f(w) + lam * (G_h - grad h(w'))
+i.e. the gradient of f(w) + lam * (h(w) - h(w - alpha * G_h / ||G_h||)) with the normalised step held
+constant: the model is trained so that one harmful (normalised) gradient step lowers the harmful
+loss as little as possible. The same harmful batch is used at w and at w'.
+
+Defaults lam = 5, alpha = 0.1 are Booster's own scripts (script/alignment/smooth_align.sh);
+Panacea's scripts run Booster as a baseline with lam = 100, alpha = 0.01. Unlike the official code
+(which undoes the step by adding it back), w is restored from a saved copy, bit for bit, and each
+gradient comes from its own backward pass (so the rule also holds under DDP).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from panacea_lab.config import check, coerce_numbers
+from panacea_lab.data import BatchStream
+from panacea_lab.defenses.common import gradient_at_shift, harmful_gradients
+from panacea_lab.train import StepRule, lm_loss
+
+
+@dataclass(frozen=True)
+class BoosterConfig:
+    """Booster's knobs: lam weighs the harmful-perturbation regulariser, alpha is the inner step size."""
+
+    lam: float = 5.0
+    alpha: float = 0.1
+    harmful_batch_size: int = 10
+
+    def __post_init__(self):
+        coerce_numbers(self)
+        check(self.lam >= 0, "lam", self.lam, "the regulariser weight must be >= 0 (0 is plain SFT)")
+        check(self.alpha > 0, "alpha", self.alpha, "the inner harmful step size must be > 0")
+        check(self.harmful_batch_size > 0, "harmful_batch_size", self.harmful_batch_size, "must be > 0")
+
+
+class BoosterRule(StepRule):
+    name = "booster"
+
+    def __init__(self, cfg: BoosterConfig, harmful: BatchStream):
+        self.cfg, self.harmful = cfg, harmful
+
+    def prepare(self, model, accelerator) -> None:
+        super().prepare(model, accelerator)
+        self.batches = self.harmful.forever()
+
+    def gradient(self, model, batch, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        g = harmful_gradients(self, model, batch, next(self.batches))
+        loss_h_after, g_h_after = gradient_at_shift(self, g.direction(-cfg.alpha), lambda: lm_loss(model, g.harmful))
+        for p, gf, gh, gha in zip(self.params, g.g_f, g.g_h, g_h_after):
+            p.grad = gf + cfg.lam * (gh - gha)
+        return {"loss": g.loss_f.item(), "h": g.loss_h.item(), "h_after": loss_h_after.item(),
+                "grad_h_norm": g.norm_h}
+
+    def finalize(self, model) -> dict:
+        return {}

@@ -1,0 +1,87 @@
+"""Lisa (Huang et al. 2024, "Lazy safety alignment for large language models against harmful
+fine-tuning", NeurIPS 2024): a fine-tuning-stage rule, Bi-State optimisation with a proximal term.
+
+The steps cycle through two states, align_steps + finetune_steps long, starting with alignment as
+Lisa's Bi-State optimisation (and its official trainer, which starts in "alignment") does:
+  state 0, align:    align_steps steps on batches drawn from the defender's alignment stream
+                     (harmful prompt -> refusal); the loop's user batch of that step is ignored
+  state 1, finetune: finetune_steps steps on the loop's user batch
+At the first step of each state (step 0, and every step where state_at(step) != state_at(step - 1))
+the trainable weights are snapshotted (detached copies) as w_other: the weights the other state
+left. Each step's loss is
+  its state's LM loss + rho / 2 * sum over trainable tensors ||w - w_other||^2
+so the proximal term is 0 at the first step of a state and its gradient rho * (w - w_other) pulls
+the weights back towards where the other state ended (the official code records the same weights
+at each switch). As in Lisa the alignment steps are part of the step budget: the user's batches of
+alignment steps are skipped, not deferred, so the user data seen is finetune_steps / cycle of it.
+
+The loop gives the rule only the step index, so the rule tracks the switches itself; `prepare`
+resets the snapshot, so a rule reused for a new stage starts from its step 0 again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from panacea_lab.config import check, coerce_numbers
+from panacea_lab.data import BatchStream
+from panacea_lab.train import StepRule, lm_loss
+
+ALIGN, FINETUNE = 0, 1
+
+
+@dataclass(frozen=True)
+class LisaConfig:
+    """Lisa's knobs. Official defaults: 100 alignment / 900 fine-tuning steps per cycle, rho = 1."""
+
+    align_steps: int = 100
+    finetune_steps: int = 900
+    rho: float = 1.0
+    align_batch_size: int = 10  # the caller builds the alignment stream with this batch size
+
+    def __post_init__(self):
+        coerce_numbers(self)
+        check(self.align_steps > 0, "align_steps", self.align_steps, "must be > 0")
+        check(self.finetune_steps > 0, "finetune_steps", self.finetune_steps, "must be > 0")
+        check(self.rho >= 0, "rho", self.rho, "the proximal weight must be >= 0")
+        check(self.align_batch_size > 0, "align_batch_size", self.align_batch_size, "must be > 0")
+
+
+class LisaRule(StepRule):
+    name = "lisa"
+
+    def __init__(self, cfg: LisaConfig, alignment: BatchStream):
+        self.cfg, self.alignment = cfg, alignment
+        self.snapshot: list[torch.Tensor] | None = None
+
+    def state_at(self, step: int) -> int:
+        """0 (align) for the first align_steps steps of each cycle, 1 (finetune) for the rest."""
+        return ALIGN if step % (self.cfg.align_steps + self.cfg.finetune_steps) < self.cfg.align_steps else FINETUNE
+
+    def prepare(self, model, accelerator) -> None:
+        super().prepare(model, accelerator)
+        self.batches = self.alignment.forever()
+        self.snapshot, self.snapshot_step = None, None
+
+    def take_snapshot(self, step: int) -> None:
+        self.snapshot = [p.detach().clone() for p in self.params]
+        self.snapshot_step = step
+
+    def proximal(self) -> torch.Tensor:
+        """sum over trainable tensors ||w - w_other||^2 (differentiable in w)."""
+        return sum(((p - s) ** 2).sum() for p, s in zip(self.params, self.snapshot))
+
+    def gradient(self, model, batch, step: int) -> dict[str, float]:
+        state = self.state_at(step)
+        if self.snapshot is None or step == 0 or state != self.state_at(step - 1):
+            self.take_snapshot(step)
+        if state == ALIGN:
+            batch = next(self.batches).to(batch.input_ids.device)
+        loss = lm_loss(model, batch)
+        prox = self.proximal()
+        self.accelerator.backward(loss + self.cfg.rho / 2 * prox)
+        return {"loss": loss.item(), "prox": prox.item(), "state": float(state)}
+
+    def finalize(self, model) -> dict:
+        return {}

@@ -1,0 +1,135 @@
+"""RepNoise: the MMD estimator, and the rule's gradient against an independently computed loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from conftest import lora_with_random_b
+
+from panacea_lab.base_model import build_tokenizer
+from panacea_lab.config import ConfigError
+from panacea_lab.data import BatchStream, encode
+from panacea_lab.defenses.repnoise import RepNoiseConfig, RepNoiseRule, mmd
+from panacea_lab.train import LoopSettings, train_loop
+
+
+def _normal(n, d, seed, shift=0.0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) + shift
+
+
+def test_mmd_is_near_zero_for_one_distribution_and_grows_with_a_mean_shift():
+    y = _normal(2000, 8, 1)
+    for relative, bandwidths in [(True, (0.25, 0.5, 1.0, 2.0, 4.0)), (False, (4.0, 16.0, 64.0))]:
+        values = [mmd(_normal(2000, 8, 0, s), y, bandwidths, relative).item() for s in (0.0, 0.5, 1.0, 2.0)]
+        assert 0 <= values[0] < 0.01, values
+        assert values[1] > 5 * values[0], values
+        assert values == sorted(values) and len(set(values)) == 4, values
+
+
+def test_mmd_of_a_sample_with_itself_is_zero_and_mismatched_widths_fail():
+    x = _normal(50, 4, 0)
+    assert abs(mmd(x, x).item()) < 1e-6
+    with pytest.raises(ValueError, match="one width"):
+        mmd(x, _normal(50, 5, 0))
+
+
+def _setup(tiny_cfg, world, **cfg):
+    tok = build_tokenizer(world.all_texts())
+    model = lora_with_random_b(tiny_cfg)
+    with torch.no_grad():  # a final-norm weight of ones would make norm(norm(h)) == norm(h) and hide a double norm
+        model.get_base_model().model.norm.weight.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(2))
+    model.train()
+    refusals = BatchStream([encode(tok, e, 96) for e in world.alignment[:4]], 4, tok.pad_token_id, 0)
+    harm_rows = [encode(tok, e, 96) for e in world.defender_pool[:4]]
+    rule = RepNoiseRule(RepNoiseConfig(harmful_batch_size=4, **cfg), BatchStream(harm_rows, 4, tok.pad_token_id, 7))
+    harm = next(BatchStream(harm_rows, 4, tok.pad_token_id, 7).epoch())  # the batch the rule will draw
+    rule.prepare(model, Accelerator(cpu=True))
+    return model, rule, next(refusals.epoch()), harm
+
+
+def _reference_mmd(x, y):
+    z = torch.cat([x, y])
+    dist = torch.cdist(z, z) ** 2
+    n = len(z)
+    base = dist.detach().sum() / (n * n - n)
+    k = sum(torch.exp(-dist / (base * h)) for h in (0.25, 0.5, 1.0, 2.0, 4.0))
+    m = len(x)
+    return k[:m, :m].mean() + k[m:, m:].mean() - k[:m, m:].mean() - k[m:, :m].mean()
+
+
+def _expected_total(model, batch, harm, alpha, beta, step):
+    """The documented loss, from raw decoder-layer outputs captured by hooks (not hidden_states)."""
+    llama = model.get_base_model()
+    raw = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: raw.append(o[0] if isinstance(o, tuple) else o))
+             for layer in llama.model.layers]
+    try:
+        model(input_ids=harm.input_ids, attention_mask=harm.attention_mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    gen = torch.Generator().manual_seed(step)
+    answer = harm.labels != -100
+    mmds, lens = [], []
+    for h in raw:
+        normed = llama.model.norm(h)
+        x = (normed if h is raw[-1] else h)[answer]  # HF reports the last layer after the final norm
+        mmds.append(_reference_mmd(x, torch.randn(x.shape, generator=gen)))
+        logits = llama.lm_head(normed)
+        lens.append(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), harm.labels[:, 1:].reshape(-1),
+                                    ignore_index=-100))
+    ce = model(**batch.as_kwargs()).loss
+    noise, lens_ce = sum(mmds) / len(mmds), sum(lens) / len(lens)
+    return ce + beta * noise - alpha * torch.log(1 + lens_ce), (ce, noise, lens_ce)
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.5, 2.0), (0.0, 3.0), (1.0, 0.0)])
+def test_grad_equals_autograd_of_the_documented_loss(tiny_cfg, world, alpha, beta):
+    model, rule, batch, harm = _setup(tiny_cfg, world, alpha=alpha, beta=beta)
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, (ce, noise, lens) = _expected_total(model, batch, harm, alpha, beta, step=3)
+    expected = torch.autograd.grad(total, params, retain_graph=True)
+    plain = torch.autograd.grad(ce, params)
+    logged = rule.gradient(model, batch, step=3)
+    for p, g, g0 in zip(params, expected, plain):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+    assert sum((p.grad - g0).norm() for p, g0 in zip(params, plain)) > 1e-4  # the harmful terms act
+    assert logged["loss"] == pytest.approx(ce.item(), rel=1e-5)
+    assert logged["mmd"] == pytest.approx(noise.item(), rel=1e-4)
+    assert logged["lens_ce"] == pytest.approx(lens.item(), rel=1e-5)
+
+
+def test_with_zero_weights_the_step_is_plain_ce_exactly(tiny_cfg, world):
+    model, rule, batch, _ = _setup(tiny_cfg, world, alpha=0.0, beta=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    plain = torch.autograd.grad(model(**batch.as_kwargs()).loss, params)
+    rule.gradient(model, batch, step=0)
+    for p, g in zip(params, plain):
+        assert torch.equal(p.grad, g)
+
+
+def test_noise_is_seeded_by_the_step(tiny_cfg, world):
+    model, rule, _, harm = _setup(tiny_cfg, world)
+    with torch.no_grad():
+        a, b, c = (rule.harmful_terms(model, harm, s)[0] for s in (5, 5, 6))
+    assert a.item() == b.item() != c.item()
+
+
+def test_runs_in_the_loop(tiny_cfg, world):
+    model, rule, batch, _ = _setup(tiny_cfg, world)
+    tok = build_tokenizer(world.all_texts())
+    stream = BatchStream([encode(tok, e, 96) for e in world.alignment[:4]], 2, tok.pad_token_id, 0)
+    out = train_loop(model, stream, LoopSettings(epochs=1, lr=1e-3, batch_size=2), rule, Accelerator(cpu=True))
+    assert out["steps"] == 2 and {"loss", "mmd", "lens_ce"} <= set(out["log"][-1])
+    assert out["finalize"] == {}
+
+
+@pytest.mark.parametrize("field,value", [("alpha", -0.1), ("beta", -1.0), ("harmful_batch_size", 0)])
+def test_bad_repnoise_config(field, value):
+    with pytest.raises(ConfigError, match=f"^{field} = "):
+        RepNoiseConfig(**{field: value})
+
+
+def test_config_stores_ints_as_floats():
+    assert RepNoiseConfig(alpha=1).alpha == 1.0 and isinstance(RepNoiseConfig(alpha=1).alpha, float)
