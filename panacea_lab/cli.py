@@ -8,6 +8,7 @@ import warnings
 
 from panacea_lab.config import (
     ATTACK_PRESETS,
+    BASELINES,
     EMBEDDED_MODEL,
     JUDGES,
     AlignConfig,
@@ -46,8 +47,7 @@ def cmd_attack(args) -> None:
     from panacea_lab.experiments import attack_sweep, summarize
     from panacea_lab.store import RunStore
 
-    align_cfg = AlignConfig(model=ModelConfig(path=args.model), seed=args.align_seed)
-    eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,))
+    align_cfg, eval_cfg = _configs(args)
     t0 = time.perf_counter()
     df = attack_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, align_cfg=align_cfg,
                       eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n, adapter=args.adapter)
@@ -61,26 +61,57 @@ def cmd_attack(args) -> None:
         print(f"figure: {plots.save_figure(fig, args.figure, df)} (+ .csv)")
 
 
+def _defense_rows(args, align_cfg, eval_cfg):
+    from panacea_lab.experiments import defense_sweep
+    from panacea_lab.store import RunStore
+
+    panacea_kw = {"h_const": args.h_const, "recompute_every": args.recompute_every}
+    df = defense_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, stds=args.stds, rhos=args.rhos,
+                       lam=args.lam, panacea_kw=panacea_kw, antidote_ratio=args.dense_ratio, align_cfg=align_cfg,
+                       eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n)
+    return df, panacea_kw
+
+
+def _configs(args):
+    align_cfg = AlignConfig(model=ModelConfig(path=args.model), seed=args.align_seed)
+    return align_cfg, EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,))
+
+
+def cmd_compare(args) -> None:
+    import pandas as pd
+
+    from panacea_lab.baselines import baseline_sweep
+    from panacea_lab.experiments import summarize
+    from panacea_lab.store import RunStore
+
+    align_cfg, eval_cfg = _configs(args)
+    t0 = time.perf_counter()
+    ours = baseline_sweep(args.ratios, args.seeds, methods=args.methods, task=args.task, preset=args.preset,
+                          align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n)
+    post, _ = _defense_rows(args, align_cfg, eval_cfg)
+    post = post[~post["model"].str.startswith("same-norm") & (post["model"] != "no defense")]
+    print(summarize(pd.concat([ours, post], ignore_index=True)).to_string())
+    print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, Panacea lambda {args.lam:g}; "
+          f"{time.perf_counter() - t0:.0f} s (cached stages are reused)")
+
+
 def cmd_defend(args) -> None:
     from panacea_lab.defenses.panacea import PanaceaConfig
     from panacea_lab.experiments import (
         attack_config,
-        defense_sweep,
         eps_coefficients,
         summarize,
     )
     from panacea_lab.pipeline import PanaceaRun
     from panacea_lab.store import RunStore
 
-    align_cfg = AlignConfig(model=ModelConfig(path=args.model), seed=args.align_seed)
-    eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,))
-    panacea_kw = {"h_const": args.h_const, "recompute_every": args.recompute_every}
+    align_cfg, eval_cfg = _configs(args)
     t0 = time.perf_counter()
-    df = defense_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, stds=args.stds, rhos=args.rhos,
-                       lam=args.lam, panacea_kw=panacea_kw, antidote_ratio=args.dense_ratio, align_cfg=align_cfg,
-                       eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n)
+    df, panacea_kw = _defense_rows(args, align_cfg, eval_cfg)
     print(summarize(df).to_string())
     print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}; {time.perf_counter() - t0:.0f} s")
+    if not args.rhos:
+        return
     run = PanaceaRun(attack_config(align_cfg, args.task, args.ratios[-1], args.seeds[0], args.preset, n=args.n),
                      PanaceaConfig(rho=args.rhos[len(args.rhos) // 2], lam=args.lam, **panacea_kw))
     table = eps_coefficients(run, RunStore(args.runs)).pivot(index="layer", columns="module", values="eps_share")
@@ -107,14 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("defend", help="compare post-fine-tuning defenses on the same fine-tuned models")
     _common(p)
     _finetune_args(p, ratios=[0.05, 0.1, 0.2])
-    p.add_argument("--stds", type=float, nargs="+", default=[0.01, 0.02, 0.04, 0.08], help="noise std sweep")
-    p.add_argument("--rhos", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="Panacea perturbation radii")
-    p.add_argument("--lam", type=float, default=1e-3, help="Panacea lambda")
-    p.add_argument("--h-const", action="store_true", help="treat h(w) as a constant in Panacea's objective")
-    p.add_argument("--recompute-every", type=int, default=1, help="amortized Panacea: recompute eps every k steps")
-    p.add_argument("--dense-ratio", type=float, default=0.1, help="Antidote: share of each row pruned")
+    _post_finetuning_args(p, stds=[0.01, 0.02, 0.04, 0.08], rhos=[0.5, 1.0, 2.0])
     p.set_defaults(func=cmd_defend)
+
+    p = sub.add_parser("compare", help="the paper's baselines (Vaccine, RepNoise, Booster, Lisa) beside Panacea, "
+                                       "noise and Antidote on the same user data")
+    _common(p)
+    _finetune_args(p, ratios=[0.1])
+    _post_finetuning_args(p, stds=[0.04], rhos=[1.0])
+    p.add_argument("--methods", nargs="+", default=list(BASELINES), choices=BASELINES,
+                   help="alignment- and fine-tuning-stage baselines to train")
+    p.set_defaults(func=cmd_compare)
     return parser
+
+
+def _post_finetuning_args(parser: argparse.ArgumentParser, stds: list[float], rhos: list[float]) -> None:
+    parser.add_argument("--stds", type=float, nargs="*", default=stds, help="noise std sweep")
+    parser.add_argument("--rhos", type=float, nargs="*", default=rhos, help="Panacea perturbation radii")
+    parser.add_argument("--lam", type=float, default=1e-3, help="Panacea lambda (paper 1e-3; embedded world 0.1)")
+    parser.add_argument("--h-const", action="store_true", help="treat h(w) as a constant in Panacea's objective")
+    parser.add_argument("--recompute-every", type=int, default=1,
+                        help="amortized Panacea: recompute eps every k steps")
+    parser.add_argument("--dense-ratio", type=float, default=0.1, help="Antidote: share of each row pruned")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_DIR = PACKAGE_ROOT / "data" / "models" / "tiny-llama-world"
 JUDGES = ("oracle", "keyword")
 ADAPTER_MODES = ("continue", "fresh")
+BASELINES = ("sft", "vaccine", "repnoise", "booster", "lisa")  # the paper's comparison (panacea_lab.baselines)
 PREVALENCES = ("uniform", "beavertails")
 
 

@@ -23,7 +23,7 @@ def attack_config(align_cfg: AlignConfig, task: str, p: float, seed: int, preset
     return AttackConfig(align=align_cfg, task=task, p=p, seed=seed, **{**ATTACK_PRESETS[preset], **overrides})
 
 
-def _row(label: str, ev: dict, **extra) -> dict:
+def result_row(label: str, ev: dict, **extra) -> dict:
     row = {"model": label, **extra, **{m: ev[m] for m in METRICS}}
     row.update({f"FA_{task}": value for task, value in ev["FA"].items()})
     return row
@@ -40,13 +40,13 @@ def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default"
     rows = []  # every config above is validated before anything is trained or written
     if include_reference:  # base and aligned are scored on every task: alignment must not cost FA
         ref_eval = dataclasses.replace(eval_cfg, tasks=TASKS)
-        rows.append(_row("base", evaluate("base", align_cfg.model, store, ref_eval), p=None, seed=None))
+        rows.append(result_row("base", evaluate("base", align_cfg.model, store, ref_eval), p=None, seed=None))
         align(align_cfg, store)
-        rows.append(_row("aligned", evaluate("align", align_cfg, store, ref_eval), p=None, seed=None))
+        rows.append(result_row("aligned", evaluate("align", align_cfg, store, ref_eval), p=None, seed=None))
     for seed, p, cfg in configs:
         result = attack(cfg, store)
         ev = evaluate("attack", cfg, store, eval_cfg)
-        rows.append(_row("fine-tuned", ev, p=p, seed=seed, preset=preset,
+        rows.append(result_row("fine-tuned", ev, p=p, seed=seed, preset=preset,
                          train_seconds=result["train"]["train_seconds"]))
     return pd.DataFrame(rows)
 
@@ -70,7 +70,7 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
         attack(cfg, store)
 
         def add(label, stage, run, post=PostConfig(), **extra):
-            rows.append(_row(label, evaluate(stage, run, store, eval_cfg, post), p=p, seed=seed, **extra))
+            rows.append(result_row(label, evaluate(stage, run, store, eval_cfg, post), p=p, seed=seed, **extra))
 
         add("no defense", "attack", cfg)
         for std in stds:

@@ -59,3 +59,21 @@ def test_eps_coefficients_sum_to_one_and_differ_from_noise(tiny_cfg, store):
     assert table["eps_share"].sum() == pytest.approx(1.0) and table["noise_share"].sum() == pytest.approx(1.0)
     assert set(table["layer"]) == {0, 1}
     assert (table["eps_share"] - table["noise_share"]).abs().max() > 1e-3
+
+
+def test_compare_cli_prints_every_method_once(tiny_model_dir, tmp_path, capsys, small_presets, monkeypatch):
+    from panacea_lab import baselines
+    from panacea_lab.defenses.lisa import LisaConfig
+    from panacea_lab.defenses.vaccine import VaccineConfig
+
+    monkeypatch.setitem(baselines.ALIGNMENT_BASELINES, "vaccine", VaccineConfig(rho=1.0))
+    monkeypatch.setattr(baselines, "LISA_DEFAULT", LisaConfig(align_steps=1, finetune_steps=1, align_batch_size=4))
+    code = main(["compare", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0.2", "--seeds",
+                 "0", "--n", "20", "--n-eval", "4", "--stds", "0.01", "--rhos", "0.3", "--methods", "sft", "vaccine",
+                 "lisa"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for row in ("SFT (no defense) p=0.2", "Vaccine p=0.2", "Lisa p=0.2", "noise std=0.01 p=0.2", "antidote 0.1",
+                "panacea rho=0.3 (w+eps) p=0.2"):
+        assert out.count(row) == 1, row
+    assert "same-norm" not in out and "no defense p=" not in out  # the SFT row is the undefended model

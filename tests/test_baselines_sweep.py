@@ -1,0 +1,31 @@
+"""The baseline comparison: each method trains its own stages; an alignment-stage defense changes
+only the alignment the (plain) attack starts from."""
+from __future__ import annotations
+
+import pytest
+
+from panacea_lab import baselines
+from panacea_lab.config import AlignConfig, EvalConfig
+from panacea_lab.defenses.lisa import LisaConfig
+from panacea_lab.defenses.vaccine import VaccineConfig
+
+EVAL = EvalConfig(n_harmful=4, n_task=4, max_new_tokens=8, tasks=("sentiment",))
+
+
+def test_sweep_rows_and_stages(tiny_cfg, store, monkeypatch):
+    monkeypatch.setitem(baselines.ALIGNMENT_BASELINES, "vaccine", VaccineConfig(rho=1.0))
+    align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1, batch_size=8)
+    df = baselines.baseline_sweep([0.2], [0], methods=("sft", "vaccine", "lisa"), align_cfg=align, eval_cfg=EVAL,
+                                  store=store, lisa=LisaConfig(align_steps=1, finetune_steps=1, align_batch_size=4),
+                                  n=20, epochs=1)
+    assert list(df["model"]) == ["SFT (no defense)", "Vaccine", "Lisa"]
+    assert len(list((store.root / "align").iterdir())) == 2  # SFT and Vaccine alignments; Lisa reuses SFT's
+    assert len(list((store.root / "lisa").iterdir())) == 1
+    assert ((df["HS"] + df["refusal"] + df["other"]).round(6) == 100).all()
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match="rmu"):
+        baselines.baseline_sweep([0.1], [0], methods=("sft", "rmu"))
+    with pytest.raises(ValueError, match="alignment methods"):
+        baselines.aligned_with(AlignConfig(), "lisa")
