@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: reproduce test figures bench build-base clean-runs
+.PHONY: reproduce test ui-test figures bench build-base clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,24 +17,38 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
+# Notebook 04's explorer in a real browser: JupyterLab + Debian's headless Chromium (apt-get install chromium)
+# driven by Playwright; screenshots in runs/ui/.
+$(VENV)/.ui-installed: $(STAMP)
+	$(BIN)/pip install -q -e ".[test,ui]"
+	touch $@
+
+ui-test: $(VENV)/.ui-installed
+	OMP_NUM_THREADS=1 $(BIN)/python ui/explorer_ui_test.py
+
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
 # Every notebook: jupytext source -> notebooks/NN_*.ipynb, executed in place by papermill; figures/ gets
-# each figure's PNG and CSV. $(1) prefixes papermill (e.g. an environment setting).
+# each figure's PNG and CSV. $(1) prefixes papermill (an environment setting); $(2) names a parameter
+# set in notebooks/params/<set>/NN_*.yaml that overrides the notebook's CPU-scale defaults.
+SCALE ?=
 define run_notebooks
 	mkdir -p figures
 	for nb in $(NOTEBOOKS); do \
+		name=$$(basename $${nb%.py}); params=""; \
+		if [ -n "$(2)" ] && [ -f notebooks/params/$(2)/$$name.yaml ]; then params="-f params/$(2)/$$name.yaml"; fi; \
 		$(BIN)/jupytext -q --to ipynb --output $${nb%.py}.ipynb $$nb && \
-		$(1) $(BIN)/papermill -k python3 --cwd notebooks $${nb%.py}.ipynb $${nb%.py}.ipynb || exit 1; \
+		(cd notebooks && $(1) ../$(BIN)/papermill -k python3 $$params $$name.ipynb $$name.ipynb) || exit 1; \
 	done
 endef
 
+# CPU scale by default (about 20 min on 2 cores from an empty run store); SCALE=full for the paper's grid.
 reproduce: $(STAMP)
-	$(call run_notebooks,)
+	$(call run_notebooks,,$(SCALE))
 
 # Re-render every figure from the run store; fails (naming the stage) rather than train anything.
 figures: $(STAMP)
-	$(call run_notebooks,PANACEA_CACHE_ONLY=1)
+	$(call run_notebooks,PANACEA_CACHE_ONLY=1,$(SCALE))
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generation.py

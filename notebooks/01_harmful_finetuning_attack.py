@@ -29,6 +29,7 @@ n = 1000  # fine-tuning samples
 sample_counts = [250, 500, 1000]  # n sweep, at ratio_for_n
 ratio_for_n = 0.1
 step_ratios = [0.1]  # HS along fine-tuning steps, one run per ratio and seed; e.g. [0.05, 0.1, 0.2]
+step_alignments = ["sft"]  # and "vaccine", "repnoise", "booster": do alignment-stage defenses hold or fade?
 score_every = 50  # score a checkpoint every k optimiser steps
 n_eval_steps = 100  # harmful prompts and task samples per checkpoint
 preset = "default"  # attack strength: default | strong
@@ -43,6 +44,7 @@ from IPython.display import display
 
 from panacea_lab import plots
 from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.baselines import LABELS, aligned_with
 from panacea_lab.experiments import attack_config, attack_sweep, summarize
 from panacea_lab.store import RunStore
 from panacea_lab.trajectory import Trajectory, trajectory
@@ -82,16 +84,18 @@ plots.save_figure(fig, f"{figures_dir}/01_attack_vs_n.png", by_n)
 
 # %% [markdown]
 # ## HS against fine-tuning steps
-# One fine-tuning run per ratio, scored in place every few steps (step 0 is the aligned model).
-# Does refusal erode steadily as harmful samples accumulate, or break at once?
+# One fine-tuning run per ratio (and alignment method), scored in place every few steps; step 0
+# is the aligned model. Does refusal erode steadily as harmful samples accumulate, or break at
+# once? With `step_alignments` listing Vaccine, RepNoise or Booster, this is the paper's motivating
+# experiment: alignment-stage defenses start safe, but do they stay safe as fine-tuning goes on?
 
 # %%
+step_eval = EvalConfig(n_harmful=n_eval_steps, n_task=n_eval_steps, tasks=(task,))
 steps = pd.DataFrame([
-    {**point, "run": f"p={p:g}", "seed": seed}
-    for p in step_ratios for seed in seeds
-    for point in trajectory(Trajectory(attack_config(align_cfg, task, p, seed, preset, n=n), every=score_every,
-                                       eval=EvalConfig(n_harmful=n_eval_steps, n_task=n_eval_steps, tasks=(task,))),
-                            store)["points"]])
+    {**point, "run": f"{LABELS[method].split(' (')[0]} p={p:g}", "seed": seed}
+    for method in step_alignments for p in step_ratios for seed in seeds
+    for point in trajectory(Trajectory(attack_config(aligned_with(align_cfg, method), task, p, seed, preset, n=n),
+                                       every=score_every, eval=step_eval), store)["points"]])
 display(steps.groupby(["run", "step"])[["HS", "other", f"FA_{task}"]].mean().round(1).unstack("run"))
 
 # %%

@@ -31,6 +31,7 @@ lam = 0.1  # the embedded world's calibrated value (README); the paper's: 1e-3
 ablation_rhos = [1.0]  # rho x lambda grid, at ablation_ratio and the first seed; e.g. [0.5, 1, 2]
 ablation_lams = [1e-3, 1e-1]  # and [1e-3, 1e-2, 1e-1]
 ablation_ratio = 0.1
+baselines = ["sft", "lisa"]  # the paper's comparison: ["sft", "vaccine", "repnoise", "booster", "lisa"]
 n = 1000
 preset = "default"
 n_eval = 200
@@ -45,6 +46,7 @@ from IPython.display import display
 from panacea_lab import plots
 from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
 from panacea_lab.defenses.panacea import PanaceaConfig
+from panacea_lab.baselines import baseline_sweep
 from panacea_lab.experiments import attack_config, defense_sweep, summarize
 from panacea_lab.pipeline import PanaceaRun, attack
 from panacea_lab.store import RunStore
@@ -76,6 +78,20 @@ plots.save_figure(fig, f"{figures_dir}/03_defenses_vs_ratio.png", df[df["model"]
 for p in ratios:
     fig = plots.pareto(df[df["p"] == p], x=f"FA_{task}", y="HS")
     plots.save_figure(fig, f"{figures_dir}/03_pareto_p{p:g}.png", df[df["p"] == p])
+
+# %% [markdown]
+# ## The paper's baselines beside the post-fine-tuning defenses
+# Vaccine, RepNoise and Booster change the *alignment* (the user's fine-tuning that follows is the
+# plain attack); Lisa interleaves alignment steps into the fine-tuning with a proximal term. Each
+# runs at its paper-family defaults, not calibrated on this world.
+
+# %%
+post = df[df["model"].isin(methods[1:])]
+compared = pd.concat([baseline_sweep(ratios, seeds, methods=baselines, **common), post], ignore_index=True)
+display(summarize(compared))
+for p in ratios:
+    fig = plots.method_bars(compared, metrics=("HS", "other", f"FA_{task}"), p=p)
+    plots.save_figure(fig, f"{figures_dir}/03_baselines_p{p:g}.png", compared[compared["p"] == p])
 
 # %% [markdown]
 # ## rho x lambda ablation (HS of w + eps, and FA)

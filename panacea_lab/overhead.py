@@ -21,9 +21,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from panacea_lab.baselines import LISA_DEFAULT
 from panacea_lab.config import ModelConfig
 from panacea_lab.data import BatchStream, encode
+from panacea_lab.defenses.booster import BoosterConfig, BoosterRule
+from panacea_lab.defenses.lisa import LisaRule
 from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
+from panacea_lab.defenses.repnoise import RepNoiseConfig, RepNoiseRule
+from panacea_lab.defenses.vaccine import VaccineConfig, VaccineRule
 from panacea_lab.models import attach_lora, load_base, load_tokenizer, pick_device
 from panacea_lab.store import RunStore
 from panacea_lab.train import LoopSettings, StepRule, train_loop
@@ -31,16 +36,21 @@ from panacea_lab.world import build_world
 
 
 def _panacea(k: int) -> Callable:
-    def make(harmful: BatchStream) -> StepRule:
+    def make(harmful: BatchStream, alignment: BatchStream) -> StepRule:
         return PanaceaRule(PanaceaConfig(harmful_batch_size=harmful.batch_size, recompute_every=k), harmful)
     return make
 
 
-# method name -> factory of its step rule, given a stream of the defender's harmful batches
-METHODS: dict[str, Callable[[BatchStream], StepRule]] = {
-    "sft": lambda harmful: StepRule(),
+# method name -> factory of its step rule, given streams of the defender's harmful data and of the
+# alignment data. Alignment-stage rules are timed on the same batches: only the rule's cost differs.
+METHODS: dict[str, Callable[[BatchStream, BatchStream], StepRule]] = {
+    "sft": lambda harmful, alignment: StepRule(),
     "panacea": _panacea(1),
     "panacea_k4": _panacea(4),
+    "vaccine": lambda harmful, alignment: VaccineRule(VaccineConfig()),
+    "repnoise": lambda harmful, alignment: RepNoiseRule(RepNoiseConfig(), harmful),
+    "booster": lambda harmful, alignment: BoosterRule(BoosterConfig(), harmful),
+    "lisa": lambda harmful, alignment: LisaRule(LISA_DEFAULT, alignment),
 }
 
 
@@ -69,12 +79,14 @@ def profile(method: str, model: str = "embedded", steps: int = 20, batch_size: i
     tok, world = load_tokenizer(cfg), build_world(0)
     user = [encode(tok, e, cfg.max_length) for e in world.task_train[task][: (steps + warmup) * batch_size]]
     harm = [encode(tok, e, cfg.max_length) for e in world.defender_pool]
+    refusals = [encode(tok, e, cfg.max_length) for e in world.alignment]
     net = attach_lora(load_base(cfg), cfg, seed=0)
     device = pick_device()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = _rss_mib()
-    rule = METHODS[method](BatchStream(harm, batch_size, tok.pad_token_id, 1))
+    rule = METHODS[method](BatchStream(harm, batch_size, tok.pad_token_id, 1),
+                           BatchStream(refusals, batch_size, tok.pad_token_id, 2))
     settings = LoopSettings(epochs=1, lr=1e-4, batch_size=batch_size, desc=f"profile {method}")
     times: list[float] = []
     result = train_loop(net, BatchStream(user, batch_size, tok.pad_token_id, 0), settings, rule,

@@ -269,6 +269,24 @@ def coefficient_heatmap(coeffs: pd.DataFrame, value: str = "eps_share", normalis
     return fig
 
 
+def method_bars(df: pd.DataFrame, metrics: str | Sequence[str] = ("HS", "FA_sentiment"),
+                p: float | None = None) -> Figure:
+    """One bar per method (its label, in first-seen order): mean over seeds with a ±1 std error bar."""
+    metrics = _as_tuple(metrics)
+    df = _one_ratio(_frame(df, ("model", *metrics), "comparison"), p)
+    order = list(dict.fromkeys(df["model"]))
+    where = "" if "p" not in df.columns or df["p"].isna().all() else f" at p={df['p'].dropna().iloc[0]:g}"
+    fig, axes = _subplots(len(metrics), width=max(4.6, 0.55 * len(order) + 1.5), height=4.2)
+    for ax, metric in zip(axes, metrics):
+        _scored(df, metric, "method")
+        stats = df.groupby("model", sort=False)[metric].agg(["mean", "std"]).reindex(order).fillna({"std": 0.0})
+        ax.bar(range(len(order)), stats["mean"], yerr=stats["std"], capsize=3,
+               color=[PALETTE[i % len(PALETTE)] for i in range(len(order))])
+        ax.set_xticks(range(len(order)), order, rotation=40, ha="right", fontsize="small")
+        _finish(ax, "method", _label(metric), f"{_short(metric)} per method{where}")
+    return fig
+
+
 def grid_heatmap(df: pd.DataFrame, index: str, columns: str, value: str, title: str) -> Figure:
     """An ablation grid (e.g. rho x lambda), each cell the mean of `value` over seeds."""
     table = _frame(df, (index, columns, value), "ablation").pivot_table(index=index, columns=columns, values=value,

@@ -1,6 +1,7 @@
 """Every notebook has a `parameters` cell and runs headless under papermill with smoke parameters."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import jupytext
@@ -19,10 +20,11 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
         "00_workshop": {"p": 0.2, "n": 20, "stds": [0.01], "rho": 0.3},
         "01_harmful_finetuning_attack": {"ratios": [0.0, 0.2], "n": 20, "sample_counts": [10, 20],
                                          "ratio_for_n": 0.2, "step_ratios": [0.2], "score_every": 2,
-                                         "n_eval_steps": 4},
+                                         "n_eval_steps": 4, "step_alignments": ["sft", "vaccine"]},
         "02_random_perturbation": {"ratio": 0.2, "n": 20, "stds": [0.01, 0.05]},
         "03_panacea": {"ratios": [0.2], "n": 20, "stds": [0.01], "rhos": [0.3], "rho_shown": 0.3,
-                       "ablation_rhos": [0.3], "ablation_lams": [1e-3, 1e-1], "ablation_ratio": 0.2},
+                       "ablation_rhos": [0.3], "ablation_lams": [1e-3, 1e-1], "ablation_ratio": 0.2,
+                       "baselines": ["sft", "repnoise", "lisa"]},
         "04_safety_coefficients": {"ratios": [0.2], "n": 20, "rho": 0.3},
         "05_system_overhead": {"steps": 2, "warmup": 1, "batch_size": 4},
     }
@@ -60,3 +62,22 @@ def test_notebook_runs_headless_with_smoke_parameters(source, tiny_model_dir, tm
     figures = sorted((tmp_path / "figures").glob("*.png"))
     assert figures, "the notebook saved no figure"
     assert all(f.with_suffix(".csv").exists() for f in figures)
+
+
+PARAM_SETS = sorted((Path(__file__).resolve().parent.parent / "notebooks" / "params").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("param_file", PARAM_SETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_parameter_sets_name_only_declared_parameters(param_file, tmp_path):
+    import yaml
+
+    source = param_file.parents[2] / f"{param_file.stem}.py"
+    assert source.exists(), f"{param_file} names no notebook"
+    ipynb = tmp_path / f"{source.stem}.ipynb"
+    nbformat.write(jupytext.read(source), ipynb)
+    declared = papermill.inspect_notebook(str(ipynb))
+    values = yaml.safe_load(param_file.read_text())
+    assert set(values) <= set(declared), f"undeclared: {sorted(set(values) - set(declared))}"
+    for name, value in values.items():  # same kind of value as the default (a list stays a list)
+        default = ast.literal_eval(declared[name]["default"])
+        assert isinstance(value, type(default)) or isinstance(default, float) and isinstance(value, int), name

@@ -22,3 +22,4 @@ def test_bad_requests_fail_early(kw, match):
     with pytest.raises(ValueError, match=match):
         profile(**kw)
 
+

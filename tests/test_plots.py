@@ -15,6 +15,7 @@ from panacea_lab.plots import (  # noqa: E402
     MODULE_ORDER,
     coefficient_heatmap,
     heatmap_frame,
+    method_bars,
     method_family,
     metric_vs_param,
     metric_vs_ratio,
@@ -87,6 +88,7 @@ def trajectory_frame() -> pd.DataFrame:
 
 
 PLOTS = {
+    "method_bars": (lambda: method_bars(defense_frame(), metrics=("HS", "FA_sentiment")), False),
     "metric_vs_step": (lambda: metric_vs_step(trajectory_frame()), True),
     "metric_vs_ratio": (lambda: metric_vs_ratio(attack_frame()), True),
     "metric_vs_param": (lambda: metric_vs_param(defense_frame(), "std"), True),
@@ -259,3 +261,11 @@ def test_metric_vs_step_draws_the_seed_mean_per_run_in_step_order():
     by_label = {line.get_label(): line for line in ax.lines}
     assert list(by_label["p=0.1"].get_xdata()) == [0, 10, 20, 30]
     assert list(by_label["p=0.1"].get_ydata()) == [1.0, 11.0, 21.0, 31.0]  # mean of seeds 0 and 2
+
+
+def test_method_bars_show_the_seed_mean_of_each_method_in_order():
+    df = pd.DataFrame([{"model": m, "p": 0.1, "seed": s, "HS": h + s} for m, h in (("b", 10.0), ("a", 50.0))
+                       for s in (0, 2)])
+    ax = method_bars(df, metrics="HS").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["b", "a"]
+    assert [bar.get_height() for bar in ax.patches] == [11.0, 51.0]
