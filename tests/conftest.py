@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from panacea_lab.base_model import build_tokenizer
 from panacea_lab.config import ModelConfig
 from panacea_lab.store import RunStore
+from panacea_lab.testing import save_tiny_llama
 from panacea_lab.world import build_world
 
 torch.set_num_threads(1)  # two torch processes on 2 cores stall each other; tests stay single-threaded
@@ -21,15 +20,7 @@ def world():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, world):
     """A 2-layer, 32-wide Llama saved in HF format: small enough for exact, fast checks."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = build_tokenizer(world.all_texts())
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ DESIGN.md describes; that is the default, "attention" (`layers[i].self_attn`, ou
 `site="layer"` hooks the decoder layer's output hidden states instead (`layers[i]`). Either output
 may be a tensor or a tuple whose first item is the hidden states; both are handled.
 
-rho: the paper's main results use rho = 2; the default here, 20, is the value the project takes
-from the official scripts' runs (the Vaccine script takes rho as an argument; Booster's repo runs
-Vaccine with 5).
+rho: the default 20 is the value our issue tracker attributes to the official scripts; we could not
+confirm it (the Vaccine script takes rho as a required argument; the paper's main results use 2 and
+Booster's repo runs Vaccine with 5). None of these is calibrated on the embedded world.
 """
 from __future__ import annotations
 
