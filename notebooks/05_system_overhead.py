@@ -23,7 +23,7 @@
 # %% tags=["parameters"]
 model = "embedded"
 methods = ["sft", "panacea", "panacea_k4"]  # and "vaccine", "repnoise", "booster", "lisa"
-steps = 20  # timed steps per method (after warm-up)
+steps = 10  # timed steps per method (after warm-up)
 warmup = 3
 batch_size = 10
 task = "sentiment"

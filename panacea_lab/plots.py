@@ -29,7 +29,8 @@ PNG_METADATA = {"Software": None}  # matplotlib otherwise stamps its version: re
 ANNOTATE_MAX_CELLS = 80
 LABELS = {"HS": "harmful score HS (%)", "refusal": "refusal rate (%)", "other": "other / degenerate answers (%)",
           "p": "harmful ratio p", "std": "noise std (per LoRA entry)", "rho": "perturbation radius rho",
-          "norm": "global L2 norm", "step": "fine-tuning step"}
+          "norm": "global L2 norm", "step": "fine-tuning step", "n": "fine-tuning samples n",
+          "lam": "lambda", "seconds_per_step": "seconds per step"}
 _PARAM = re.compile(r"(?:^|\s)(?:\w+=)?[-+]?\d[\w.+-]*(?=\s|$)")
 
 
@@ -190,7 +191,8 @@ def metric_vs_step(df: pd.DataFrame, metrics: str | Sequence[str] = ("HS", "FA_s
         for i, (name, rows) in enumerate(df.groupby(hue, sort=False)):
             stats = _seed_stats(rows, "step", metric)
             _band(ax, stats.index, stats["mean"], stats["std"], PALETTE[i % len(PALETTE)], str(name))
-        _finish(ax, _label("step"), _label(metric), f"{_short(metric)} during fine-tuning")
+        only = f" ({df[hue].iloc[0]})" if df[hue].nunique() == 1 else ""  # one run: no legend, so name it
+        _finish(ax, _label("step"), _label(metric), f"{_short(metric)} during fine-tuning{only}")
     return fig
 
 

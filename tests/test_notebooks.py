@@ -24,7 +24,7 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
         "02_random_perturbation": {"ratio": 0.2, "n": 20, "stds": [0.01, 0.05]},
         "03_panacea": {"ratios": [0.2], "n": 20, "stds": [0.01], "rhos": [0.3], "rho_shown": 0.3,
                        "ablation_rhos": [0.3], "ablation_lams": [1e-3, 1e-1], "ablation_ratio": 0.2,
-                       "baselines": ["sft", "repnoise", "lisa"]},
+                       "baselines": ["sft", "repnoise", "lisa"], "baseline_ratios": [0.2]},
         "04_safety_coefficients": {"ratios": [0.2], "n": 20, "rho": 0.3},
         "05_system_overhead": {"steps": 2, "warmup": 1, "batch_size": 4},
     }
