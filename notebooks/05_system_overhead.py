@@ -23,8 +23,8 @@
 # %% tags=["parameters"]
 model = "embedded"
 methods = ["sft", "panacea", "panacea_k4"]  # and "vaccine", "repnoise", "booster", "lisa"
-steps = 10  # timed steps per method (after warm-up)
-warmup = 3
+steps = 8  # timed steps per method (after warm-up)
+warmup = 2
 batch_size = 10
 task = "sentiment"
 runs = None  # run store: a profile is measured once per device kind, then served from here

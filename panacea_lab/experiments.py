@@ -59,7 +59,9 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
 
     Rows: no defense; noise per std; Antidote (unless `antidote_ratio` is None); Panacea per rho,
     before and after its eps, and a random direction of exactly ||eps|| added to Panacea's trained w
-    (the same-norm control). Empty `stds` / `rhos` skip those families.
+    (the same-norm control), and one harmful-gradient ascent step of ||eps|| taken at the undefended
+    model (is Panacea's training needed, or only its last step's direction?). Empty `stds` / `rhos`
+    skip those families.
     """
     store, align_cfg = store or RunStore(), align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig(tasks=(task,))
@@ -86,6 +88,8 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
             add(f"panacea rho={rho:g} (w+eps)", "panacea", run, PostConfig(method="eps"), rho=rho, norm=eps_norm)
             add(f"same-norm random rho={rho:g}", "panacea", run,
                 PostConfig(method="random_direction", norm=eps_norm, seed=seed), rho=rho, norm=eps_norm)
+            add(f"harmful ascent rho={rho:g}", "attack", cfg,  # the eps-sized step without Panacea's training
+                PostConfig(method="harmful_ascent", norm=eps_norm, n_batches=1, seed=seed), rho=rho, norm=eps_norm)
     return pd.DataFrame(rows)
 
 

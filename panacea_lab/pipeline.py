@@ -243,7 +243,7 @@ def evaluate(stage: str, cfg, store: RunStore, eval_cfg: EvalConfig = EvalConfig
     def compute():
         model = load_stage_model(stage, cfg, store)
         harmful = None
-        if post.method.startswith("antidote"):
+        if post.method.startswith("antidote") or post.method == "harmful_ascent":
             harmful = harmful_stream(attack_of(cfg).align, 16, post.seed).epoch()
         stage_dir = store.path(stage, cfg) if stage != "base" else Path()
         model = apply_post(model, post, stage_dir, harmful)

@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 
 from panacea_lab.config import check, coerce_numbers
 from panacea_lab.defenses.antidote import antidote
+from panacea_lab.defenses.harmful_ascent import harmful_ascent
 from panacea_lab.defenses.random_noise import noise_perturbation
 from panacea_lab.perturb import add_, named_trainable, random_direction
 
-POST_METHODS = ("none", "noise", "random_direction", "eps", "antidote", "antidote_random")
+POST_METHODS = ("none", "noise", "random_direction", "eps", "antidote", "antidote_random", "harmful_ascent")
 EPS_FILE = "eps.safetensors"
 
 
@@ -27,9 +28,9 @@ class PostConfig:
 
     method: str = "none"
     std: float = 0.0  # noise: N(0, std^2) per LoRA entry
-    norm: float = 0.0  # random_direction: global L2 norm (the same-norm control passes ||eps||)
+    norm: float = 0.0  # random_direction / harmful_ascent: global L2 norm (the controls pass ||eps||)
     dense_ratio: float = 0.1  # antidote: share of each row's LoRA delta set to zero
-    n_batches: int = 4  # antidote: defender harmful batches for the activation norms
+    n_batches: int = 4  # antidote / harmful_ascent: defender harmful batches used
     seed: int = 0
 
     def __post_init__(self):
@@ -59,6 +60,8 @@ def apply_post(model, post: PostConfig, stage_dir: Path, harmful_batches=None):
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: method 'eps' applies only to a Panacea-trained run")
         add_(model, load_file(str(path)))
+    elif post.method == "harmful_ascent":
+        add_(model, harmful_ascent(model, itertools.islice(harmful_batches, post.n_batches), post.norm, names))
     else:
         batches = list(itertools.islice(harmful_batches, post.n_batches)) if harmful_batches is not None else None
         model, _ = antidote(model, batches, post.dense_ratio, "wanda" if post.method == "antidote" else "random",

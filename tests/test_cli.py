@@ -33,10 +33,10 @@ def test_defend_sweep_has_every_method(tiny_cfg, store):
                                    eval_cfg=EvalConfig(n_harmful=4, n_task=4, max_new_tokens=8, tasks=("sentiment",)),
                                    n=20, epochs=1)
     assert list(df["model"]) == ["no defense", "noise std=0.01", "antidote 0.1", "panacea rho=0.3 (w)",
-                                 "panacea rho=0.3 (w+eps)", "same-norm random rho=0.3"]
+                                 "panacea rho=0.3 (w+eps)", "same-norm random rho=0.3", "harmful ascent rho=0.3"]
     assert df.loc[df["model"] == "panacea rho=0.3 (w+eps)", "norm"].item() == pytest.approx(0.3, rel=1e-4)
     table = experiments.summarize(df)
-    assert table.shape[0] == 6 and (table["seeds"] == 1).all()
+    assert table.shape[0] == 7 and (table["seeds"] == 1).all()
 
 
 def test_defend_cli_prints_table_and_coefficients(tiny_model_dir, tmp_path, capsys, small_presets):

@@ -1,0 +1,40 @@
+"""A control for Panacea, not a method of the paper: one normalised gradient-ascent step on the
+harmful loss, taken post hoc at the *undefended* fine-tuned model.
+
+Panacea's eps is rho * G_h / ||G_h|| at the last step of a fine-tuning run trained under that
+perturbation. If the same-size step computed at the ordinary attacked model already restores
+refusals, the training under eps is not what makes Panacea work on this world; if it breaks the
+model instead, the training is what makes w tolerate its eps.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from panacea_lab.perturb import global_norm
+from panacea_lab.train import lm_loss
+
+
+def harmful_ascent(model, batches: Iterable, norm: float, names: list[str]) -> dict[str, torch.Tensor]:
+    """norm * G / ||G||, G the gradient of the mean harmful LM loss over `batches` w.r.t. `names`
+    (e.g. the LoRA tensors of a frozen model). The model's weights and requires_grad flags are unchanged."""
+    params = {n: p for n, p in model.named_parameters() if n in set(names)}
+    if not params:
+        raise ValueError("no parameter matched `names`: pass the LoRA tensor names of the model")
+    flags = {n: p.requires_grad for n, p in params.items()}
+    batches = list(batches)
+    if not batches:
+        raise ValueError("harmful_ascent needs at least one harmful batch")
+    device = next(iter(params.values())).device
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        loss = sum(lm_loss(model, b.to(device)) for b in batches) / len(batches)
+        grads = torch.autograd.grad(loss, list(params.values()))
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+    g = dict(zip(params, (x.detach() for x in grads)))
+    scale = norm / (global_norm(g) + 1e-12)
+    return {n: scale * x for n, x in g.items()}
