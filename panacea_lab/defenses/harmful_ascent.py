@@ -19,7 +19,8 @@ from panacea_lab.train import lm_loss
 def harmful_ascent(model, batches: Iterable, norm: float, names: list[str]) -> dict[str, torch.Tensor]:
     """norm * G / ||G||, G the gradient of the mean harmful LM loss over `batches` w.r.t. `names`
     (e.g. the LoRA tensors of a frozen model). The model's weights and requires_grad flags are unchanged."""
-    params = {n: p for n, p in model.named_parameters() if n in set(names)}
+    wanted = set(names)
+    params = {n: p for n, p in model.named_parameters() if n in wanted}
     if not params:
         raise ValueError("no parameter matched `names`: pass the LoRA tensor names of the model")
     flags = {n: p.requires_grad for n, p in params.items()}
