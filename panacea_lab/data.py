@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from panacea_lab.config import TEMPLATES, ConfigError
 from panacea_lab.world import Example
 
 # The Alpaca template (Taori et al. 2023), as used by the paper's code for every dataset.
@@ -25,8 +26,35 @@ def format_prompt(ex: Example) -> str:
     return f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{ex.instruction}\n\n### Response:\n"
 
 
+def set_template(tokenizer, template: str) -> None:
+    """Record on the tokenizer which prompt template `prompt_ids` builds, so every call site that
+    already holds the tokenizer (training, generation) follows `ModelConfig.template` unchanged."""
+    if template not in TEMPLATES:
+        raise ConfigError(f"template = {template!r}: use one of {TEMPLATES}")
+    if template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"template = 'chat': the tokenizer of {getattr(tokenizer, 'name_or_path', '?')!r} has "
+                          "no chat_template; use template = 'alpaca' (the paper's) or a model that ships one")
+    tokenizer.panacea_template = template
+
+
+def chat_prompt(tokenizer, ex: Example) -> str:
+    """The tokenizer's own chat template for one user turn, ending where the assistant's answer starts.
+
+    A default system prompt the template adds (e.g. SmolLM2's ChatML) is kept: it is what the model
+    was tuned with, and it lands in the prompt, so the loss never sees it."""
+    content = f"{ex.instruction}\n\n{ex.input}" if ex.input else ex.instruction
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
 def prompt_ids(tokenizer, ex: Example) -> list[int]:
-    """Token ids of the prompt, identical in training and generation (BOS where the model uses one)."""
+    """Token ids of the prompt, identical in training and generation (BOS where the model uses one).
+
+    Chat: the template writes BOS and its special tokens itself (as `apply_chat_template` tokenises
+    it: no special tokens added), so none is doubled. Alpaca (the default): BOS when the tokenizer
+    adds one."""
+    if getattr(tokenizer, "panacea_template", "alpaca") == "chat":
+        return tokenizer(chat_prompt(tokenizer, ex), add_special_tokens=False)["input_ids"]
     ids = tokenizer(format_prompt(ex), add_special_tokens=False)["input_ids"]
     if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
         ids = [tokenizer.bos_token_id] + ids

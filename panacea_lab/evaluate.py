@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from panacea_lab import lexicon as L
 from panacea_lab.data import prompt_ids
-from panacea_lab.judges import LABELS, make_judge, normalize
+from panacea_lab.judges import LABELS, label_all, make_judge, normalize
 from panacea_lab.world import Example, World
 
 
@@ -44,11 +44,15 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
 
 # ------------------------------------------------------------------------------- task scorers
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 
 def extract_number(answer: str) -> str | None:
-    """GSM8K rule of the paper: the number after "The final answer is:", else the last number."""
-    text = normalize(answer)
+    """GSM8K rule of the paper: the number after "The final answer is:", else the last number.
+
+    Thousands separators go first ("1,200" -> "1200"), as GSM8K's scorer does; a comma followed by a
+    space (the embedded tokenizer's "1 , 2" -> "1, 2") is a list, not a separator."""
+    text = _THOUSANDS.sub("", normalize(answer))
     tail = text.split("the final answer is:")
     found = _NUMBER.findall(tail[-1] if len(tail) > 1 else text)
     if not found:
@@ -82,16 +86,18 @@ def harmful_metrics(labels: list[str]) -> dict[str, float]:
 def evaluate_model(model, tokenizer, world: World, cfg) -> dict:
     """HS / refusal / other on held-out harmful prompts and FA on each task's test split."""
     t0 = time.perf_counter()
-    judge = make_judge(cfg.judge)
+    judge = make_judge(cfg.judge, cfg.judge_model)
     harmful = world.harmful_test[: cfg.n_harmful]
     answers = generate(model, tokenizer, harmful, cfg.max_new_tokens, cfg.batch_size, desc="eval harmful")
-    labels = [judge.label(ex.instruction, a) for ex, a in zip(harmful, answers)]
+    labels = label_all(judge, [ex.instruction for ex in harmful], answers)
     result = {"judge": judge.name, **harmful_metrics(labels), "n_harmful": len(harmful),
               "harmful_by_category": _by_category(harmful, labels),
               "samples": [{"prompt": ex.instruction, "answer": a, "label": lab}  # synthetic world only
                           for ex, a, lab in list(zip(harmful, answers, labels))[:: max(1, len(harmful) // 8)]]}
     fa = {}
     for task in cfg.tasks:
+        if task not in world.task_test:  # a real-data world may lack a task (e.g. no AlpacaEval judge)
+            continue
         test = world.task_test[task][: cfg.n_task]
         outs = generate(model, tokenizer, test, cfg.max_new_tokens, cfg.batch_size, desc=f"eval {task}")
         fa[task] = 100.0 * sum(score_task(task, o, ex.label) for ex, o in zip(test, outs)) / max(1, len(test))

@@ -40,7 +40,7 @@ def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default"
     rows = []  # every config above is validated before anything is trained or written
     if include_reference:  # base and aligned are scored on every task: alignment must not cost FA
         ref_eval = dataclasses.replace(eval_cfg, tasks=TASKS)
-        rows.append(result_row("base", evaluate("base", align_cfg.model, store, ref_eval), p=None, seed=None))
+        rows.append(result_row("base", evaluate("base", align_cfg.model, store, ref_eval, data=align_cfg.data), p=None, seed=None))
         align(align_cfg, store)
         rows.append(result_row("aligned", evaluate("align", align_cfg, store, ref_eval), p=None, seed=None))
     for seed, p, cfg in configs:
@@ -113,7 +113,7 @@ def eps_coefficients(run: PanaceaRun, store: RunStore, by=("layer", "module")) -
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Mean (and std over seeds) of every metric per model and ratio."""
-    metric_cols = [c for c in df.columns if c in METRICS or c.startswith("FA_")]
+    metric_cols = [c for c in df.columns if c in METRICS or c == "HS+" or c.startswith("FA_")]
     keys = df["model"] + df["p"].map(lambda p: "" if pd.isna(p) else f" p={p:g}")
     grouped = df.assign(run=keys).groupby("run", sort=False)[metric_cols]
     mean, std = grouped.mean(), grouped.std().fillna(0.0)

@@ -17,6 +17,7 @@ from panacea_lab.config import (
     ConfigError,
     ModelConfig,
 )
+from panacea_lab.data import set_template
 
 
 def resolve_model_path(path: str) -> str:
@@ -63,17 +64,37 @@ def load_tokenizer(cfg: ModelConfig):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
+    set_template(tok, cfg.template)  # data.prompt_ids reads it (ConfigError when "chat" has no template)
     return tok
 
 
 def load_base(cfg: ModelConfig, device: torch.device | None = None):
-    """The frozen base model on the chosen device, in eval mode."""
+    """The frozen base model on the chosen device, in eval mode (checkpointed when the config asks)."""
     device = device or pick_device()
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.path), local_files_only=True,
                                                  dtype=pick_dtype(cfg.dtype, device),
                                                  trust_remote_code=cfg.trust_remote_code, use_safetensors=True)
     model.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     return model.to(device).eval()
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them (memory for time).
+
+    Set here, at load, because every trainable model (fresh, continued or merged adapter) starts from
+    `load_base`; it acts only in train mode with gradients on, so evaluation and generation are
+    unaffected. Non-reentrant: the variant that supports several backward passes per step (Panacea)
+    and inputs that need no gradient. The input embeddings' output is made to require grad, as peft
+    needs when the base is frozen, so gradients reach the LoRA weights inside checkpointed layers."""
+    if not model.supports_gradient_checkpointing:
+        raise ConfigError(f"gradient_checkpointing = True: {type(model).__name__} does not support it; set it to False")
+    # renamed activation_checkpointing_enable in later transformers 5.x releases
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    if not getattr(model, "_require_grads_hooks", None):  # transformers registers it itself for input_ids models
+        model.enable_input_require_grads()
 
 
 def lora_config(cfg: ModelConfig) -> LoraConfig:

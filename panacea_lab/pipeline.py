@@ -18,6 +18,7 @@ from panacea_lab.config import (
     AttackConfig,
     EvalConfig,
     ModelConfig,
+    new_field,
     to_dict,
 )
 from panacea_lab.data import BatchStream, encode, mix_user_data
@@ -43,8 +44,17 @@ from panacea_lab.world import TASKS, Example, World, build_world
 
 
 @lru_cache(maxsize=4)
-def get_world(seed: int) -> World:
-    return build_world(seed)
+def get_world(seed: int, data: str = "embedded") -> World:
+    """The embedded world, or one assembled from real data (`panacea_lab.real_world`)."""
+    if data == "embedded":
+        return build_world(seed)
+    from panacea_lab.real_world import build_real_world
+
+    return build_real_world(data, seed)
+
+
+def world_of(cfg: AlignConfig) -> World:
+    return get_world(cfg.world_seed, cfg.data)
 
 
 @lru_cache(maxsize=4)
@@ -83,7 +93,7 @@ def align(cfg: AlignConfig, store: RunStore) -> dict:
     def compute():
         tok = get_tokenizer(cfg.model)
         model = attach_lora(load_base(cfg.model), cfg.model, cfg.seed)
-        data = alignment_data(cfg, get_world(cfg.world_seed))
+        data = alignment_data(cfg, world_of(cfg))
         settings = LoopSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, desc=f"align {cfg.defense}")
         result = fit(model, data, tok, cfg.model.max_length, settings, cfg.seed, alignment_rule(cfg))
         return {"train": result, "n_samples": len(data)}, lambda d: model.save_pretrained(d / "adapter")
@@ -116,7 +126,7 @@ def attack_of(cfg) -> AttackConfig:
 
 def harmful_stream(cfg: AlignConfig, batch_size: int, seed: int) -> BatchStream:
     """Batches of the defender's harmful pool (disjoint from the attacker's)."""
-    tok, world = get_tokenizer(cfg.model), get_world(cfg.world_seed)
+    tok, world = get_tokenizer(cfg.model), world_of(cfg)
     rows = [encode(tok, ex, cfg.model.max_length) for ex in world.defender_pool]
     return BatchStream(rows, batch_size, tok.pad_token_id, seed)
 
@@ -158,7 +168,7 @@ def finetune(cfg: AttackConfig | PanaceaRun, store: RunStore, on_step=None):
     """Run the user's fine-tuning (no caching): returns the model, the step rule, the loop's result
     and the number of harmful samples in the user's data."""
     plain = attack_of(cfg)
-    world = get_world(plain.align.world_seed)
+    world = world_of(plain.align)
     model = start_of_finetuning(plain, store)
     data = mix_user_data(world.task_train[plain.task], world.attacker_pool, plain.n, plain.p, plain.seed)
     rule = finetune_rule(cfg)
@@ -178,7 +188,7 @@ def finetune_rule(cfg) -> StepRule | None:
     if isinstance(cfg, LisaRun):
         tok = get_tokenizer(plain.align.model)
         rows = [encode(tok, ex, plain.align.model.max_length)
-                for ex in alignment_data(plain.align, get_world(plain.align.world_seed))]
+                for ex in alignment_data(plain.align, world_of(plain.align))]
         return LisaRule(cfg.lisa, BatchStream(rows, cfg.lisa.align_batch_size, tok.pad_token_id, plain.seed + 2))
     return None
 
@@ -225,20 +235,23 @@ class EvalJob:
     world_seed: int = 0
     post: PostConfig = field(default_factory=PostConfig)
     scoring_version: int = SCORING_VERSION
+    data: str = new_field("embedded")  # the world the prompts come from (AlignConfig.data)
 
 
-def _lineage(stage: str, cfg) -> tuple[ModelConfig, int]:
-    if isinstance(cfg, ModelConfig):
-        return cfg, 0
+def _lineage(stage: str, cfg, data: str) -> tuple[ModelConfig, int, str]:
+    if isinstance(cfg, ModelConfig):  # the base model: scored on the world the caller names
+        return cfg, 0, data
     align_cfg = cfg if stage == "align" else attack_of(cfg).align
-    return align_cfg.model, align_cfg.world_seed
+    return align_cfg.model, align_cfg.world_seed, align_cfg.data
 
 
 def evaluate(stage: str, cfg, store: RunStore, eval_cfg: EvalConfig = EvalConfig(),
-             post: PostConfig = PostConfig()) -> dict:
-    """Evaluate a stage's model (after an optional post-fine-tuning transform), cached."""
-    model_cfg, world_seed = _lineage(stage, cfg)
-    job = EvalJob(stage, to_dict(cfg), eval_cfg, world_seed, post)
+             post: PostConfig = PostConfig(), data: str = "embedded") -> dict:
+    """Evaluate a stage's model (after an optional post-fine-tuning transform), cached.
+
+    `data` names the world only for the base model; every later stage carries its own."""
+    model_cfg, world_seed, data = _lineage(stage, cfg, data)
+    job = EvalJob(stage, to_dict(cfg), eval_cfg, world_seed, post, data=data)
 
     def compute():
         model = load_stage_model(stage, cfg, store)
@@ -247,6 +260,6 @@ def evaluate(stage: str, cfg, store: RunStore, eval_cfg: EvalConfig = EvalConfig
             harmful = harmful_stream(attack_of(cfg).align, 16, post.seed).epoch()
         stage_dir = store.path(stage, cfg) if stage != "base" else Path()
         model = apply_post(model, post, stage_dir, harmful)
-        return evaluate_model(model, get_tokenizer(model_cfg), get_world(world_seed), eval_cfg), None
+        return evaluate_model(model, get_tokenizer(model_cfg), get_world(world_seed, data), eval_cfg), None
 
     return store.cached("eval", job, compute)

@@ -68,6 +68,19 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def shard(batch: Batch, accelerator) -> Batch:
+    """This process's rows of a global batch under `accelerate launch` (rows rank, rank + N, ...).
+
+    `batch_size` stays the *global* batch, so a run on N GPUs follows the same schedule and data
+    order as on one device; DDP averages the N shards' gradients in each backward."""
+    n, rank = accelerator.num_processes, accelerator.process_index
+    if n == 1:
+        return batch
+    rows = batch.input_ids.shape[0]
+    idx = slice(rank, None, n) if rows >= n else slice(rank % rows, rank % rows + 1)  # a short last batch
+    return Batch(batch.input_ids[idx], batch.attention_mask[idx], batch.labels[idx])
+
+
 def _schedule(total: int, warmup_ratio: float):
     """Linear warm-up then linear decay to zero (the Hugging Face Trainer default the paper used)."""
     warm = int(total * warmup_ratio)
@@ -95,7 +108,7 @@ def train_loop(model, stream: BatchStream, cfg: LoopSettings, rule: StepRule | N
     log, batches, t0, paused = [], stream.forever(), time.perf_counter(), 0.0
     bar = tqdm(range(total), desc=cfg.desc, leave=False, mininterval=2.0)
     for step in bar:
-        batch = next(batches).to(accelerator.device)
+        batch = shard(next(batches), accelerator).to(accelerator.device)
         optimizer.zero_grad(set_to_none=True)
         scalars = rule.gradient(model, batch, step)
         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -18,7 +18,7 @@ from panacea_lab.pipeline import (
     evaluate,
     finetune,
     get_tokenizer,
-    get_world,
+    world_of,
 )
 from panacea_lab.store import RunStore
 
@@ -52,7 +52,7 @@ def trajectory(cfg: Trajectory, store: RunStore) -> dict:
     align(plain.align, store)
 
     def compute():
-        tok, world = get_tokenizer(plain.align.model), get_world(plain.align.world_seed)
+        tok, world = get_tokenizer(plain.align.model), world_of(plain.align)
         points = [_point(0, evaluate("align", plain.align, store, cfg.eval))]
 
         def score(model, steps_done):

@@ -77,3 +77,30 @@ def test_compare_cli_prints_every_method_once(tiny_model_dir, tmp_path, capsys, 
                 "panacea rho=0.3 (w+eps) p=0.2"):
         assert out.count(row) == 1, row
     assert "same-norm" not in out and "no defense p=" not in out  # the SFT row is the undefended model
+
+
+def test_attack_on_fetched_data_with_flags(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """--data packages builds the real-data world (here: synthetic files in fetch-data's formats),
+    --epochs / --lr reach the stored attack config, and a memory estimate is printed first."""
+    import json
+
+    from panacea_lab.pipeline import get_world
+    from panacea_lab.real_world import ALIGN_DEFAULTS
+    from panacea_lab.testing import write_package_data
+
+    monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "home"))
+    write_package_data(tmp_path / "home" / "data")
+    monkeypatch.setitem(ALIGN_DEFAULTS, "packages", {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1.0,
+                                                     "prevalence": "uniform"})
+    get_world.cache_clear()
+    code = main(["attack", "--model", str(tiny_model_dir), "--data", "packages", "--judge", "keyword",
+                 "--runs", str(tmp_path / "runs"), "--ratios", "0.2", "--seeds", "0", "--n", "20", "--n-eval", "4",
+                 "--epochs", "1", "--lr", "1e-4"])
+    get_world.cache_clear()
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.index("memory estimate") < out.index("fine-tuned p=0.2")
+    assert "FA_arithmetic" in out and "FA_topic" not in out  # the fetched world's two tasks
+    (attack_dir,) = (tmp_path / "runs" / "attack").iterdir()
+    stored = json.loads((attack_dir / "result.json").read_text())["config"]
+    assert (stored["epochs"], stored["lr"], stored["align"]["data"]) == (1.0, 1e-4, "packages")

@@ -1,6 +1,9 @@
 """Template, response-only labels, poison mixing, batching."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from panacea_lab.base_model import build_tokenizer
@@ -10,6 +13,7 @@ from panacea_lab.data import (
     encode,
     format_prompt,
     mix_user_data,
+    prompt_ids,
 )
 
 
@@ -24,6 +28,22 @@ def test_alpaca_template_with_and_without_input(world):
     assert "### Input:\n" in with_input and with_input.endswith("### Response:\n")
     plain = format_prompt(world.attacker_pool[0])
     assert "### Input:" not in plain and plain.endswith("### Response:\n")
+
+
+def test_alpaca_ids_are_unchanged_for_the_embedded_model(tok, world):
+    """Stored results are keyed by config, not by token ids: the default template must keep producing
+    the ids it produced before the chat template existed (fingerprint taken before that change)."""
+    from panacea_lab.config import ModelConfig
+    from panacea_lab.models import load_tokenizer
+
+    embedded = load_tokenizer(ModelConfig())
+    assert embedded.panacea_template == "alpaca" and not hasattr(tok, "panacea_template")
+    examples = world.harmful_test[:50] + [e for t in sorted(world.task_train) for e in world.task_train[t][:50]]
+    for t in (embedded, tok):  # the template recorded by load_tokenizer, and no template recorded at all
+        rows = [[prompt_ids(t, e), encode(t, e, 96)] for e in examples]
+        assert rows[0][0][:12] == [660, 661, 134, 639, 618, 390, 167, 587, 9, 131, 418, 9]
+        digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+        assert digest == "f1de5236b083c8c79401f39e182e7dc41af087f3c99f6f98f8c2bd36be356088"
 
 
 def test_loss_sees_only_the_response(tok, world):

