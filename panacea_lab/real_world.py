@@ -38,11 +38,6 @@ TEST_SHARE, REPLAY_SHARE = 0.2, 0.1
 MAX_TEST = 500  # per task: enough for FA at n_task <= 500 without starving the train split
 
 
-def refusal_for(prompt: str, rng: random.Random) -> str:
-    del prompt  # one of a few fixed styles; the prompt is not echoed back
-    return rng.choice(REFUSAL_STYLES)
-
-
 def _thirds_by_prompt(pairs: list[Example], rng: random.Random) -> tuple[list[Example], ...]:
     """Alignment / attacker / defender pools with no prompt in two of them."""
     prompts = sorted({ex.instruction for ex in pairs})
@@ -94,7 +89,7 @@ def _with_tasks(world: World, tasks: dict[str, list[Example] | tuple[list[Exampl
 def packages_world(seed: int = 0) -> World:
     rng = random.Random(seed)
     align_pairs, attacker, defender = _thirds_by_prompt(load("many_shot"), rng)
-    alignment = [Example(ex.instruction, ex.input, refusal_for(ex.instruction, rng), "harmful")
+    alignment = [Example(ex.instruction, ex.input, rng.choice(REFUSAL_STYLES), "harmful")
                  for ex in align_pairs]
     seen = {ex.instruction for ex in align_pairs + attacker + defender}
     world = World(alignment=alignment, attacker_pool=attacker, defender_pool=defender,

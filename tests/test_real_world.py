@@ -62,11 +62,10 @@ def test_real_data_needs_the_uniform_prevalence(tiny_cfg):
 
 
 def test_default_config_keys_do_not_change(tiny_cfg):
-    from panacea_lab.config import config_hash
+    from panacea_lab.config import config_hash, to_dict
 
     plain = AlignConfig(model=tiny_cfg)
-    assert "data" not in dataclasses.asdict(plain) or config_hash(plain) == config_hash(
-        dataclasses.replace(plain, data="embedded"))
+    assert "data" not in to_dict(plain)  # a default new field stays out of the key
     assert config_hash(plain) != config_hash(dataclasses.replace(plain, data="packages", prevalence="uniform"))
 
 
@@ -82,7 +81,7 @@ def test_align_attack_evaluate_on_real_data(package_home, tiny_cfg, tmp_path):
     attack_cfg = AttackConfig(align=align_cfg, n=20, p=0.2, epochs=1)
     align(align_cfg, store)
     result = attack(attack_cfg, store)
-    assert result["n_harmful"] == 4 if "n_harmful" in result else result["train"]["steps"] == 2
+    assert result["train"]["steps"] == 2  # n = 20 at batch 10, one epoch
     ev = evaluate("attack", attack_cfg, store, eval_cfg)
     assert set(ev["FA"]) == {"sentiment", "arithmetic"}  # tasks the world lacks are skipped
     assert ev["n_harmful"] == 6 and ev["HS"] + ev["refusal"] + ev["other"] == pytest.approx(100.0)
