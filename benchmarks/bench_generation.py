@@ -12,9 +12,9 @@ import time
 import torch
 
 from panacea_lab.config import ModelConfig
-from panacea_lab.evaluate import generate
-from panacea_lab.models import load_base, load_tokenizer
-from panacea_lab.world import build_world
+from panacea_lab.evaluation.evaluate import generate
+from panacea_lab.models.loading import load_base, load_tokenizer
+from panacea_lab.data.world import build_world
 
 
 def main() -> None:

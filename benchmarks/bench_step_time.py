@@ -3,7 +3,7 @@
 Same model (the committed base + a LoRA adapter), same user batches; only the step rule changes.
 Panacea does three forward/backward passes per step, so about 3x is expected; its passes 2 and 3
 run on harmful batches, which are longer than sentiment ones. Each method runs in a fresh process
-(`panacea_lab.overhead`), one after another, so peaks do not mix and runs do not compete for cores.
+(`panacea_lab.analysis.overhead`), one after another, so peaks do not mix and runs do not compete for cores.
 
     .venv/bin/python benchmarks/bench_step_time.py [--steps 30] [--batch-size 10]
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from panacea_lab.overhead import METHODS, profile_in_subprocess
+from panacea_lab.analysis.overhead import METHODS, profile_in_subprocess
 
 
 def main() -> None:

@@ -51,12 +51,12 @@ figures_dir = "../figures"
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab import plots
+from panacea_lab.analysis import plots
 from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
 from panacea_lab.defenses.panacea import PanaceaConfig
-from panacea_lab.experiments import attack_config, attack_sweep, defense_sweep, eps_coefficients
-from panacea_lab.pipeline import PanaceaRun, evaluate
-from panacea_lab.store import RunStore
+from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients
+from panacea_lab.training.pipeline import PanaceaRun, evaluate
+from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
@@ -136,7 +136,7 @@ display(coeffs.groupby("layer")[["eps_share", "noise_share"]].sum().round(3))
 # %%
 from safetensors.torch import load_file
 
-from panacea_lab.postprocess import EPS_FILE
+from panacea_lab.defenses.post import EPS_FILE
 
 n_entries = sum(t.numel() for t in load_file(str(store.path("panacea", run) / EPS_FILE)).values())
 eps_norm = df.loc[df["model"].str.endswith("(w+eps)"), "norm"].iloc[0]

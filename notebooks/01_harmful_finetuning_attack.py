@@ -42,12 +42,12 @@ figures_dir = "../figures"
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab import plots
+from panacea_lab.analysis import plots
 from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
-from panacea_lab.baselines import LABELS, aligned_with
-from panacea_lab.experiments import attack_config, attack_sweep, summarize
-from panacea_lab.store import RunStore
-from panacea_lab.trajectory import Trajectory, trajectory
+from panacea_lab.analysis.baselines import LABELS, aligned_with
+from panacea_lab.analysis.sweeps import attack_config, attack_sweep, summarize
+from panacea_lab.training.store import RunStore
+from panacea_lab.analysis.trajectory import Trajectory, trajectory
 
 store = RunStore(runs)
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)

@@ -31,10 +31,10 @@ figures_dir = "../figures"
 # %%
 from IPython.display import display
 
-from panacea_lab import plots
+from panacea_lab.analysis import plots
 from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
-from panacea_lab.experiments import defense_sweep, summarize
-from panacea_lab.store import RunStore
+from panacea_lab.analysis.sweeps import defense_sweep, summarize
+from panacea_lab.training.store import RunStore
 
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))

@@ -44,13 +44,13 @@ figures_dir = "../figures"
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab import plots
+from panacea_lab.analysis import plots
 from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
 from panacea_lab.defenses.panacea import PanaceaConfig
-from panacea_lab.baselines import baseline_sweep
-from panacea_lab.experiments import attack_config, defense_sweep, summarize
-from panacea_lab.pipeline import PanaceaRun, attack
-from panacea_lab.store import RunStore
+from panacea_lab.analysis.baselines import baseline_sweep
+from panacea_lab.analysis.sweeps import attack_config, defense_sweep, summarize
+from panacea_lab.training.pipeline import PanaceaRun, attack
+from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)

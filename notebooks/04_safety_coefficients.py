@@ -32,12 +32,12 @@ figures_dir = "../figures"
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab import plots
+from panacea_lab.analysis import plots
 from panacea_lab.config import AlignConfig, ModelConfig
 from panacea_lab.defenses.panacea import PanaceaConfig
-from panacea_lab.experiments import attack_config, eps_coefficients
-from panacea_lab.pipeline import PanaceaRun
-from panacea_lab.store import RunStore
+from panacea_lab.analysis.sweeps import attack_config, eps_coefficients
+from panacea_lab.training.pipeline import PanaceaRun
+from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)

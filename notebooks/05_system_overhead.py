@@ -35,9 +35,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab import plots
-from panacea_lab.overhead import OverheadJob, profile_cached
-from panacea_lab.store import RunStore
+from panacea_lab.analysis import plots
+from panacea_lab.analysis.overhead import OverheadJob, profile_cached
+from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
 rows = [profile_cached(OverheadJob(m, model, steps, batch_size, task, warmup), store) for m in methods]

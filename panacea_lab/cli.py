@@ -17,12 +17,12 @@ from panacea_lab.config import (
     EvalConfig,
     ModelConfig,
 )
-from panacea_lab.world import TASKS
+from panacea_lab.data.world import TASKS
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=EMBEDDED_MODEL,
-                        help="base model: 'embedded', a preset (panacea_lab.presets, e.g. smollm2-135m, llama2-7b) "
+                        help="base model: 'embedded', a preset (panacea_lab.models.presets, e.g. smollm2-135m, llama2-7b) "
                              "or a local HF directory")
     parser.add_argument("--data", choices=DATA_SOURCES, default="embedded",
                         help="where every data role comes from: the synthetic world, `fetch-data`'s packages, or "
@@ -47,13 +47,13 @@ def _finetune_args(parser: argparse.ArgumentParser, ratios: list[float]) -> None
 
 def _attack_overrides(args) -> dict:
     from panacea_lab.config import AttackConfig
-    from panacea_lab.experiments import override_fields
+    from panacea_lab.analysis.sweeps import override_fields
 
     return {"n": args.n, **override_fields(AttackConfig, epochs=args.epochs, lr=args.lr)}
 
 
 def cmd_build_base(args) -> None:
-    from panacea_lab.base_model import pretrain
+    from panacea_lab.models.base_model import pretrain
 
     t0 = time.perf_counter()
     out = pretrain(args.out)
@@ -61,8 +61,8 @@ def cmd_build_base(args) -> None:
 
 
 def cmd_attack(args) -> None:
-    from panacea_lab.experiments import attack_sweep, summarize
-    from panacea_lab.store import RunStore
+    from panacea_lab.analysis.sweeps import attack_sweep, summarize
+    from panacea_lab.training.store import RunStore
 
     align_cfg, eval_cfg = _configs(args)
     t0 = time.perf_counter()
@@ -72,15 +72,15 @@ def cmd_attack(args) -> None:
     print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, n = {args.n}; {time.perf_counter() - t0:.0f} s "
           "(cached stages are reused)")
     if args.figure:
-        from panacea_lab import plots
+        from panacea_lab.analysis import plots
 
         fig = plots.metric_vs_ratio(df, metrics=("HS", "other", f"FA_{args.task}"))
         print(f"figure: {plots.save_figure(fig, args.figure, df)} (+ .csv)")
 
 
 def _defense_rows(args, align_cfg, eval_cfg):
-    from panacea_lab.experiments import defense_sweep
-    from panacea_lab.store import RunStore
+    from panacea_lab.analysis.sweeps import defense_sweep
+    from panacea_lab.training.store import RunStore
 
     panacea_kw = {"h_const": args.h_const, "recompute_every": args.recompute_every}
     df = defense_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, stds=args.stds, rhos=args.rhos,
@@ -91,17 +91,17 @@ def _defense_rows(args, align_cfg, eval_cfg):
 
 def _configs(args):
     """Configs from the flags; a real model's memory estimate is printed before anything runs."""
-    from panacea_lab.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
+    from panacea_lab.models.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
 
     model = preset_model_config(args.model) if args.model in PRESETS else ModelConfig(path=args.model)
     align_kw = {}
     if args.data != "embedded":
-        from panacea_lab.real_world import ALIGN_DEFAULTS
+        from panacea_lab.data.real_world import ALIGN_DEFAULTS
 
         align_kw = ALIGN_DEFAULTS[args.data]
     align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data, **align_kw)
     if args.model != EMBEDDED_MODEL:
-        from panacea_lab.models import pick_device
+        from panacea_lab.models.loading import pick_device
 
         print(format_estimate(estimate_memory(model, batch_size=10, seq_len=model.max_length, method="panacea",
                                               device="cuda" if pick_device().type == "cuda" else "cpu")))
@@ -112,9 +112,9 @@ def _configs(args):
 def cmd_compare(args) -> None:
     import pandas as pd
 
-    from panacea_lab.baselines import baseline_sweep
-    from panacea_lab.experiments import summarize
-    from panacea_lab.store import RunStore
+    from panacea_lab.analysis.baselines import baseline_sweep
+    from panacea_lab.analysis.sweeps import summarize
+    from panacea_lab.training.store import RunStore
 
     align_cfg, eval_cfg = _configs(args)
     t0 = time.perf_counter()
@@ -129,13 +129,13 @@ def cmd_compare(args) -> None:
 
 def cmd_defend(args) -> None:
     from panacea_lab.defenses.panacea import PanaceaConfig
-    from panacea_lab.experiments import (
+    from panacea_lab.analysis.sweeps import (
         attack_config,
         eps_coefficients,
         summarize,
     )
-    from panacea_lab.pipeline import PanaceaRun
-    from panacea_lab.store import RunStore
+    from panacea_lab.training.pipeline import PanaceaRun
+    from panacea_lab.training.store import RunStore
 
     align_cfg, eval_cfg = _configs(args)
     t0 = time.perf_counter()
@@ -153,7 +153,7 @@ def cmd_defend(args) -> None:
 
 
 def cmd_fetch_data(args) -> None:
-    from panacea_lab.fetch import fetch
+    from panacea_lab.data.fetch import fetch
     from panacea_lab.paths import data_dir
 
     t0 = time.perf_counter()
@@ -163,7 +163,7 @@ def cmd_fetch_data(args) -> None:
 
 
 def cmd_convert_smollm2(args) -> None:
-    from panacea_lab.smollm2 import convert
+    from panacea_lab.models.smollm2 import convert
 
     t0 = time.perf_counter()
     out = convert(args.out, force=args.force)

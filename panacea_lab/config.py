@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from panacea_lab.world import TASKS
+from panacea_lab.data.world import TASKS
 
 if TYPE_CHECKING:  # the defenses import this module; their configs are resolved at run time
     from panacea_lab.defenses.booster import BoosterConfig
@@ -24,7 +24,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_DIR = PACKAGE_ROOT / "data" / "models" / "tiny-llama-world"
 JUDGES = ("oracle", "keyword", "beaver-dam")
 ADAPTER_MODES = ("continue", "fresh")
-BASELINES = ("sft", "vaccine", "repnoise", "booster", "lisa")  # the paper's comparison (panacea_lab.baselines)
+BASELINES = ("sft", "vaccine", "repnoise", "booster", "lisa")  # the paper's comparison (panacea_lab.analysis.baselines)
 PREVALENCES = ("uniform", "beavertails")
 TEMPLATES = ("alpaca", "chat")
 # embedded: the synthetic world; packages: `panacea-lab fetch-data`; beavertails: the paper's files (data/README.md)
@@ -72,7 +72,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     max_length: int = 96
     trust_remote_code: bool = False  # off unless a user asks for it
-    # added with the real-model presets (panacea_lab.presets); at their defaults old results keep their keys
+    # added with the real-model presets (panacea_lab.models.presets); at their defaults old results keep their keys
     template: str = new_field("alpaca")  # "alpaca" (the paper's, every model) or "chat" (the tokenizer's own)
     gradient_checkpointing: bool = new_field(False)  # trade compute for memory on large models
 
@@ -85,7 +85,7 @@ class ModelConfig:
         check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
               "use auto, float32, bfloat16 or float16")
         check(self.template in TEMPLATES, "template", self.template, f"use one of {TEMPLATES}")
-        from panacea_lab.models import (
+        from panacea_lab.models.loading import (
             resolve_model_path,  # late import: models imports this module
         )
 
@@ -105,7 +105,7 @@ class AlignConfig:
     lr: float = 1e-3
     batch_size: int = 16
     seed: int = 0
-    # where every data role comes from: "embedded" (synthetic), or real data (panacea_lab.real_world)
+    # where every data role comes from: "embedded" (synthetic), or real data (panacea_lab.data.real_world)
     data: str = new_field("embedded")
     # alignment-stage defenses (at most one; none = plain SFT): their configs, added after results existed
     vaccine: VaccineConfig | None = new_field(None)
@@ -180,8 +180,8 @@ class EvalConfig:
         _positive(self, "n_harmful", "n_task", "max_new_tokens", "batch_size")
         check(self.judge in JUDGES, "judge", self.judge, f"use one of {JUDGES}")
         if self.judge == "beaver-dam":  # fail now, not after hours of training, when the weights are absent
-            from panacea_lab.models import resolve_model_path
-            from panacea_lab.moderation import BEAVER_DAM_ID
+            from panacea_lab.models.loading import resolve_model_path
+            from panacea_lab.evaluation.moderation import BEAVER_DAM_ID
 
             resolve_model_path(self.judge_model or BEAVER_DAM_ID)
         for t in self.tasks:

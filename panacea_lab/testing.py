@@ -9,8 +9,8 @@ def save_tiny_llama(out: str | Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from panacea_lab.base_model import build_tokenizer
-    from panacea_lab.world import build_world
+    from panacea_lab.models.base_model import build_tokenizer
+    from panacea_lab.data.world import build_world
 
     tok = build_tokenizer(build_world(0).all_texts())
     torch.manual_seed(0)
@@ -32,8 +32,8 @@ def write_package_data(data_root: str | Path, seed: int = 0) -> Path:
 
     import yaml
 
-    from panacea_lab.adapters import SOURCES
-    from panacea_lab.world import build_world
+    from panacea_lab.data.adapters import SOURCES
+    from panacea_lab.data.world import build_world
 
     world, root = build_world(seed), Path(data_root)
 
@@ -74,9 +74,9 @@ def write_paper_data(data_root: str | Path, seed: int = 0) -> Path:
     world (synthetic): RepNoise's refusal file, the 30k_test prompts, SST-2 train/validation."""
     import json
 
-    from panacea_lab.adapters.paper import paper_dir
-    from panacea_lab.moderation import BEAVER_DAM_CATEGORIES
-    from panacea_lab.world import build_world
+    from panacea_lab.data.adapters.paper import paper_dir
+    from panacea_lab.evaluation.moderation import BEAVER_DAM_CATEGORIES
+    from panacea_lab.data.world import build_world
 
     world, root = build_world(seed), Path(data_root) / paper_dir().name
 

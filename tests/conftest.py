@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from panacea_lab.config import ModelConfig
-from panacea_lab.store import RunStore
+from panacea_lab.training.store import RunStore
 from panacea_lab.testing import save_tiny_llama
-from panacea_lab.world import build_world
+from panacea_lab.data.world import build_world
 
 torch.set_num_threads(1)  # two torch processes on 2 cores stall each other; tests stay single-threaded
 
@@ -31,7 +31,7 @@ def tiny_cfg(tiny_model_dir):
 def lora_with_random_b(cfg: ModelConfig):
     """The model with a LoRA adapter whose B is random, in train mode: B = 0 at init would hide every
     A gradient, so a formula test would check only half of the tensors."""
-    from panacea_lab.models import attach_lora, load_base
+    from panacea_lab.models.loading import attach_lora, load_base
 
     model = attach_lora(load_base(cfg), cfg, seed=0)
     with torch.no_grad():

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from panacea_lab import adapters as A
-from panacea_lab.adapters import paper as P
-from panacea_lab.world import TASKS
+from panacea_lab.data import adapters as A
+from panacea_lab.data.adapters import paper as P
+from panacea_lab.data.world import TASKS
 
 UPSTREAM = Path(__file__).parent / "fixtures" / "upstream"
 PKG, PAPER = UPSTREAM / "packages", UPSTREAM / "paper"
@@ -205,7 +205,7 @@ def test_gsm8k_answer_format_and_numeric_label(home):
     assert ex[0].output == "Ann has 12 - 5 = <<12-5=7>>7 apples left.\nThe final answer is:  7"
     assert ex[0].instruction == ("Ann has 12 placeholder apples and gives away 5. How many are left?"
                                  "\nFirst think step by step and then answer the final number.\n")
-    from panacea_lab.evaluate import score_task
+    from panacea_lab.evaluation.evaluate import score_task
 
     assert score_task("arithmetic", ex[0].output, ex[0].label)  # the project's scorer reads our outputs
     # (a gold "1,200" in the worked answer needs a scorer that drops thousands separators, as the
@@ -297,8 +297,8 @@ def test_registry_paths_follow_panacea_home(home):
 
 
 def test_registry_destinations_are_where_fetch_data_puts_the_members():
-    """Each package source's `dest` is what panacea_lab.fetch writes for its `member`."""
-    fetch = pytest.importorskip("panacea_lab.fetch")
+    """Each package source's `dest` is what panacea_lab.data.fetch writes for its `member`."""
+    fetch = pytest.importorskip("panacea_lab.data.fetch")
     by_req = {s.req: s for s in fetch.SOURCES.values()}
     for name, src in A.SOURCES.items():
         if not src.package:

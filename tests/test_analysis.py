@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from panacea_lab.analysis import pareto_front, safety_coefficients
-from panacea_lab.perturb import norms_by_layer_module
+from panacea_lab.analysis.coefficients import pareto_front, safety_coefficients
+from panacea_lab.defenses.perturb import norms_by_layer_module
 
 
 def _name(layer: int, module: str, part: str) -> str:

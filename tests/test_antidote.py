@@ -14,8 +14,8 @@ from panacea_lab.defenses.antidote import (
     pruned_per_row,
     random_prune_per_row,
 )
-from panacea_lab.models import attach_lora, load_base
-from panacea_lab.perturb import add_, gaussian_noise, named_trainable
+from panacea_lab.models.loading import attach_lora, load_base
+from panacea_lab.defenses.perturb import add_, gaussian_noise, named_trainable
 
 CPU = torch.device("cpu")
 

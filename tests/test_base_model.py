@@ -6,10 +6,10 @@ import json
 import pytest
 
 from panacea_lab.config import EMBEDDED_MODEL_DIR, ModelConfig
-from panacea_lab.data import encode
-from panacea_lab.evaluate import generate, score_task
-from panacea_lab.judges import OracleJudge
-from panacea_lab.models import load_base, load_tokenizer
+from panacea_lab.data.batching import encode
+from panacea_lab.evaluation.evaluate import generate, score_task
+from panacea_lab.evaluation.judges import OracleJudge
+from panacea_lab.models.loading import load_base, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from panacea_lab import pipeline
+from panacea_lab.training import pipeline
 from panacea_lab.config import (
     AlignConfig,
     AttackConfig,

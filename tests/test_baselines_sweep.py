@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from panacea_lab import baselines
+from panacea_lab.analysis import baselines
 from panacea_lab.config import AlignConfig, EvalConfig
 from panacea_lab.defenses.lisa import LisaConfig
 from panacea_lab.defenses.vaccine import VaccineConfig

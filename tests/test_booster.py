@@ -9,11 +9,11 @@ from accelerate import Accelerator
 from conftest import lora_with_random_b
 from torch.func import functional_call
 
-from panacea_lab.base_model import build_tokenizer
+from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
-from panacea_lab.data import BatchStream, encode
+from panacea_lab.data.batching import BatchStream, encode
 from panacea_lab.defenses.booster import BoosterConfig, BoosterRule
-from panacea_lab.train import LoopSettings, train_loop
+from panacea_lab.training.loop import LoopSettings, train_loop
 
 
 def _setup(tiny_cfg, world, **cfg):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-import panacea_lab.experiments as experiments
+import panacea_lab.analysis.sweeps as experiments
 from panacea_lab.cli import main
 from panacea_lab.config import AlignConfig, EvalConfig
 
@@ -51,7 +51,7 @@ def test_defend_cli_prints_table_and_coefficients(tiny_model_dir, tmp_path, caps
 def test_eps_coefficients_sum_to_one_and_differ_from_noise(tiny_cfg, store):
     from panacea_lab.config import AttackConfig
     from panacea_lab.defenses.panacea import PanaceaConfig
-    from panacea_lab.pipeline import PanaceaRun
+    from panacea_lab.training.pipeline import PanaceaRun
 
     align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1)
     run = PanaceaRun(AttackConfig(align=align, n=20, p=0.2, epochs=1), PanaceaConfig(rho=0.5))
@@ -62,7 +62,7 @@ def test_eps_coefficients_sum_to_one_and_differ_from_noise(tiny_cfg, store):
 
 
 def test_compare_cli_prints_every_method_once(tiny_model_dir, tmp_path, capsys, small_presets, monkeypatch):
-    from panacea_lab import baselines
+    from panacea_lab.analysis import baselines
     from panacea_lab.defenses.lisa import LisaConfig
     from panacea_lab.defenses.vaccine import VaccineConfig
 
@@ -84,8 +84,8 @@ def test_attack_on_fetched_data_with_flags(tiny_model_dir, tmp_path, capsys, mon
     --epochs / --lr reach the stored attack config, and a memory estimate is printed first."""
     import json
 
-    from panacea_lab.pipeline import get_world
-    from panacea_lab.real_world import ALIGN_DEFAULTS
+    from panacea_lab.training.pipeline import get_world
+    from panacea_lab.data.real_world import ALIGN_DEFAULTS
     from panacea_lab.testing import write_package_data
 
     monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "home"))

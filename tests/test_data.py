@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from panacea_lab.base_model import build_tokenizer
-from panacea_lab.data import (
+from panacea_lab.models.base_model import build_tokenizer
+from panacea_lab.data.batching import (
     IGNORE_INDEX,
     BatchStream,
     encode,
@@ -34,7 +34,7 @@ def test_alpaca_ids_are_unchanged_for_the_embedded_model(tok, world):
     """Stored results are keyed by config, not by token ids: the default template must keep producing
     the ids it produced before the chat template existed (fingerprint taken before that change)."""
     from panacea_lab.config import ModelConfig
-    from panacea_lab.models import load_tokenizer
+    from panacea_lab.models.loading import load_tokenizer
 
     embedded = load_tokenizer(ModelConfig())
     assert embedded.panacea_template == "alpaca" and not hasattr(tok, "panacea_template")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import panacea_lab.pipeline as pipeline
+import panacea_lab.training.pipeline as pipeline
 from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig
 from panacea_lab.defenses.panacea import PanaceaConfig
-from panacea_lab.perturb import gaussian_noise, global_norm
-from panacea_lab.postprocess import EPS_FILE, PostConfig, apply_post, lora_names
+from panacea_lab.defenses.perturb import gaussian_noise, global_norm
+from panacea_lab.defenses.post import EPS_FILE, PostConfig, apply_post, lora_names
 
 EVAL = EvalConfig(n_harmful=6, n_task=4, max_new_tokens=12, tasks=("sentiment",))
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from panacea_lab.data import Batch
-from panacea_lab.train import shard
+from panacea_lab.data.batching import Batch
+from panacea_lab.training.loop import shard
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 

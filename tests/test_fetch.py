@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from panacea_lab import fetch
-from panacea_lab.fetch import FetchError, Source
+from panacea_lab.data import fetch
+from panacea_lab.data.fetch import FetchError, Source
 
 WHEEL_FILES = {
     "alpha/__init__.py": b"",

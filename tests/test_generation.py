@@ -1,8 +1,8 @@
 """Batched, left-padded greedy generation equals one-prompt-at-a-time generation."""
 from __future__ import annotations
 
-from panacea_lab.evaluate import generate
-from panacea_lab.models import load_base, load_tokenizer
+from panacea_lab.evaluation.evaluate import generate
+from panacea_lab.models.loading import load_base, load_tokenizer
 
 
 def test_batched_equals_one_at_a_time(tiny_cfg, world):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import lora_with_random_b
 
-from panacea_lab.data import BatchStream, encode
+from panacea_lab.data.batching import BatchStream, encode
 from panacea_lab.defenses.harmful_ascent import harmful_ascent
-from panacea_lab.perturb import add_, global_norm
-from panacea_lab.train import lm_loss
+from panacea_lab.defenses.perturb import add_, global_norm
+from panacea_lab.training.loop import lm_loss
 
 
 def test_step_has_the_norm_raises_the_harmful_loss_and_leaves_the_model(tiny_cfg, world, tokenizer_rows):
@@ -38,8 +38,8 @@ def test_needs_batches_and_matching_names(tiny_cfg):
 
 @pytest.fixture
 def tokenizer_rows():
-    from panacea_lab.base_model import build_tokenizer
-    from panacea_lab.world import build_world
+    from panacea_lab.models.base_model import build_tokenizer
+    from panacea_lab.data.world import build_world
 
     tok = build_tokenizer(build_world(0).all_texts())
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from panacea_lab.config import ConfigError, EvalConfig
-from panacea_lab.judges import HARMFUL, OTHER, REFUSAL, refusal_agreement
-from panacea_lab.moderation import BEAVER_DAM_CATEGORIES, BEAVER_DAM_TEMPLATE, BeaverDamJudge
+from panacea_lab.evaluation.judges import HARMFUL, OTHER, REFUSAL, refusal_agreement
+from panacea_lab.evaluation.moderation import BEAVER_DAM_CATEGORIES, BEAVER_DAM_TEMPLATE, BeaverDamJudge
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +15,8 @@ def tiny_moderator(tmp_path_factory):
     """A random 1-layer Llama with a 14-way multi-label head, saved like beaver-dam-7b is."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from panacea_lab.base_model import build_tokenizer
-    from panacea_lab.world import build_world
+    from panacea_lab.models.base_model import build_tokenizer
+    from panacea_lab.data.world import build_world
 
     tok = build_tokenizer(build_world(0).all_texts())
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from panacea_lab.overhead import profile, profile_in_subprocess
+from panacea_lab.analysis.overhead import profile, profile_in_subprocess
 
 
 def test_profile_times_exactly_the_requested_steps(tiny_model_dir):

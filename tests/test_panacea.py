@@ -7,9 +7,9 @@ from accelerate import Accelerator
 from conftest import lora_with_random_b
 from torch.func import functional_call
 
-from panacea_lab.base_model import build_tokenizer
+from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
-from panacea_lab.data import BatchStream, encode
+from panacea_lab.data.batching import BatchStream, encode
 from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
 
 

@@ -11,8 +11,8 @@ from panacea_lab.defenses.random_noise import (
     noise_perturbation,
     same_norm_control,
 )
-from panacea_lab.models import attach_lora, load_base
-from panacea_lab.perturb import (
+from panacea_lab.models.loading import attach_lora, load_base
+from panacea_lab.defenses.perturb import (
     add_,
     applied,
     gaussian_noise,

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-import panacea_lab.pipeline as pipeline
+import panacea_lab.training.pipeline as pipeline
 from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig
-from panacea_lab.experiments import attack_sweep, summarize
-from panacea_lab.store import RunStore
+from panacea_lab.analysis.sweeps import attack_sweep, summarize
+from panacea_lab.training.store import RunStore
 
 EVAL = EvalConfig(n_harmful=8, n_task=6, max_new_tokens=16, tasks=("sentiment", "arithmetic"))
 

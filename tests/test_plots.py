@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from panacea_lab.analysis import pareto_front  # noqa: E402
-from panacea_lab.plots import (  # noqa: E402
+from panacea_lab.analysis.coefficients import pareto_front  # noqa: E402
+from panacea_lab.analysis.plots import (  # noqa: E402
     MODULE_ORDER,
     coefficient_heatmap,
     heatmap_frame,

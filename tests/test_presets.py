@@ -14,13 +14,13 @@ from accelerate.state import AcceleratorState
 from conftest import lora_with_random_b
 from tokenizers import AddedToken
 
-from panacea_lab.base_model import build_tokenizer
+from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError, ModelConfig
-from panacea_lab.data import IGNORE_INDEX, BatchStream, encode, prompt_ids, set_template
+from panacea_lab.data.batching import IGNORE_INDEX, BatchStream, encode, prompt_ids, set_template
 from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
-from panacea_lab.evaluate import generate
-from panacea_lab.models import attach_lora, load_base, load_tokenizer
-from panacea_lab.presets import (
+from panacea_lab.evaluation.evaluate import generate
+from panacea_lab.models.loading import attach_lora, load_base, load_tokenizer
+from panacea_lab.models.presets import (
     ADAPTER_BYTES,
     PANACEA_COPIES,
     PRESETS,
@@ -29,7 +29,7 @@ from panacea_lab.presets import (
     format_estimate,
     preset_model_config,
 )
-from panacea_lab.train import LoopSettings, train_loop
+from panacea_lab.training.loop import LoopSettings, train_loop
 
 SYSTEM = "You are a helpful assistant ."
 # ChatML with a default system prompt, like SmolLM2-135M-Instruct's template.
@@ -70,7 +70,7 @@ def device_of_the_test(request, monkeypatch):
     """CPU tests stay on the CPU on a GPU machine too; a CUDA test gets a fresh accelerate state (a
     process-wide singleton that the CPU tests initialise with cpu=True), reset again afterwards."""
     if request.node.get_closest_marker("cuda") is None:
-        monkeypatch.setattr("panacea_lab.models.pick_device", lambda: torch.device("cpu"))
+        monkeypatch.setattr("panacea_lab.models.loading.pick_device", lambda: torch.device("cpu"))
         yield
         return
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -206,7 +206,7 @@ def test_smollm2_path_comes_from_its_resolver_lazily(tiny_model_dir, monkeypatch
     with pytest.raises(ConfigError, match="^path = None: .*pass path="):
         missing.model_config()
     fake = types.SimpleNamespace(resolve_smollm2=lambda: tiny_model_dir)
-    monkeypatch.setitem(sys.modules, "panacea_lab.smollm2", fake)
+    monkeypatch.setitem(sys.modules, "panacea_lab.models.smollm2", fake)
     assert preset_model_config("smollm2-135m").path == str(tiny_model_dir)
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, EvalConfig
-from panacea_lab.judges import has_refusal
+from panacea_lab.evaluation.judges import has_refusal
 from panacea_lab.testing import write_package_data
 
 
@@ -15,7 +15,7 @@ from panacea_lab.testing import write_package_data
 def package_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "home"))
     write_package_data(tmp_path / "home" / "data")
-    from panacea_lab.pipeline import get_world
+    from panacea_lab.training.pipeline import get_world
 
     get_world.cache_clear()
     yield tmp_path / "home"
@@ -27,7 +27,7 @@ def _prompts(pool):
 
 
 def test_packages_world_keeps_every_role_disjoint(package_home):
-    from panacea_lab.real_world import REFUSAL_STYLES, build_real_world
+    from panacea_lab.data.real_world import REFUSAL_STYLES, build_real_world
 
     w = build_real_world("packages", seed=0)
     align, attack, defend, test = (_prompts(x) for x in (w.alignment, w.attacker_pool, w.defender_pool, w.harmful_test))
@@ -48,7 +48,7 @@ def test_packages_world_keeps_every_role_disjoint(package_home):
 
 def test_missing_fetched_data_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "empty"))
-    from panacea_lab.real_world import build_real_world
+    from panacea_lab.data.real_world import build_real_world
 
     with pytest.raises(FileNotFoundError, match="fetch-data"):
         build_real_world("packages")
@@ -71,8 +71,8 @@ def test_default_config_keys_do_not_change(tiny_cfg):
 
 @pytest.mark.slow
 def test_align_attack_evaluate_on_real_data(package_home, tiny_cfg, tmp_path):
-    from panacea_lab.pipeline import align, attack, evaluate, world_of
-    from panacea_lab.store import RunStore
+    from panacea_lab.training.pipeline import align, attack, evaluate, world_of
+    from panacea_lab.training.store import RunStore
 
     store = RunStore(tmp_path / "runs")
     align_cfg = AlignConfig(model=tiny_cfg, data="packages", prevalence="uniform", n_refusal=16,
@@ -93,7 +93,7 @@ def test_align_attack_evaluate_on_real_data(package_home, tiny_cfg, tmp_path):
 
 
 def test_beavertails_world_splits_the_refusal_file_by_prompt(tmp_path, monkeypatch):
-    from panacea_lab.real_world import beavertails_world
+    from panacea_lab.data.real_world import beavertails_world
     from panacea_lab.testing import write_paper_data
 
     monkeypatch.setenv("PANACEA_HOME", str(tmp_path))

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from conftest import lora_with_random_b
 
-from panacea_lab.base_model import build_tokenizer
+from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
-from panacea_lab.data import BatchStream, encode
+from panacea_lab.data.batching import BatchStream, encode
 from panacea_lab.defenses.repnoise import RepNoiseConfig, RepNoiseRule, mmd
-from panacea_lab.train import LoopSettings, train_loop
+from panacea_lab.training.loop import LoopSettings, train_loop
 
 
 def _normal(n, d, seed, shift=0.0):

@@ -7,7 +7,7 @@ from importlib.util import find_spec
 
 import pytest
 
-from panacea_lab import smollm2
+from panacea_lab.models import smollm2
 from panacea_lab.config import ConfigError
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from panacea_lab.config import EvalConfig
-from panacea_lab.store import RunStore, write_json_atomic
+from panacea_lab.training.store import RunStore, write_json_atomic
 
 
 def test_result_carries_config_seed_versions_git_and_timings(store):

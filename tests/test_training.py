@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from panacea_lab.data import BatchStream, encode
-from panacea_lab.models import attach_lora, load_base, load_tokenizer
-from panacea_lab.train import LoopSettings, train_loop
+from panacea_lab.data.batching import BatchStream, encode
+from panacea_lab.models.loading import attach_lora, load_base, load_tokenizer
+from panacea_lab.training.loop import LoopSettings, train_loop
 
 
 def _train(cfg, world, seed=0, steps_data=24):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from panacea_lab import lexicon as L
-from panacea_lab.world import TASKS, build_world
+from panacea_lab.data import lexicon as L
+from panacea_lab.data.world import TASKS, build_world
 
 
 def _prompts(pool):

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from panacea_lab.config import check, coerce_numbers
-from panacea_lab.data import BatchStream
+from panacea_lab.data.batching import BatchStream
 from panacea_lab.defenses.common import gradient_at_shift, harmful_gradients
-from panacea_lab.train import StepRule, lm_loss
+from panacea_lab.training.loop import StepRule, lm_loss
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from panacea_lab.data import Batch
-from panacea_lab.perturb import global_norm
-from panacea_lab.train import StepRule, lm_loss
+from panacea_lab.data.batching import Batch
+from panacea_lab.defenses.perturb import global_norm
+from panacea_lab.training.loop import StepRule, lm_loss
 
 
 @dataclass

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
-from panacea_lab.perturb import global_norm
-from panacea_lab.train import lm_loss
+from panacea_lab.defenses.perturb import global_norm
+from panacea_lab.training.loop import lm_loss
 
 
 def harmful_ascent(model, batches: Iterable, norm: float, names: list[str]) -> dict[str, torch.Tensor]:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from panacea_lab.config import check, coerce_numbers
-from panacea_lab.data import BatchStream
-from panacea_lab.train import StepRule, lm_loss
+from panacea_lab.data.batching import BatchStream
+from panacea_lab.training.loop import StepRule, lm_loss
 
 ALIGN, FINETUNE = 0, 1
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from panacea_lab.config import check, coerce_numbers
-from panacea_lab.data import BatchStream
+from panacea_lab.data.batching import BatchStream
 from panacea_lab.defenses.common import gradient_at_shift, harmful_gradients
-from panacea_lab.perturb import global_norm
-from panacea_lab.train import StepRule, lm_loss
+from panacea_lab.defenses.perturb import global_norm
+from panacea_lab.training.loop import StepRule, lm_loss
 
 
 @dataclass(frozen=True)

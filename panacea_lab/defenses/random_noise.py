@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
 
-from panacea_lab.perturb import (
+from panacea_lab.defenses.perturb import (
     Delta,
     add_,
     gaussian_noise,

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from panacea_lab.config import check, coerce_numbers
-from panacea_lab.data import IGNORE_INDEX, BatchStream
-from panacea_lab.train import StepRule, lm_loss
+from panacea_lab.data.batching import IGNORE_INDEX, BatchStream
+from panacea_lab.training.loop import StepRule, lm_loss
 
 OFFICIAL_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # kernel_mul 2, kernel_num 5 in the official MMD_loss
 

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from panacea_lab.config import check, coerce_numbers
-from panacea_lab.perturb import global_norm
-from panacea_lab.train import StepRule, lm_loss
+from panacea_lab.defenses.perturb import global_norm
+from panacea_lab.training.loop import StepRule, lm_loss
 
 SITES = ("attention", "layer")
 

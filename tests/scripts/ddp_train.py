@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from panacea_lab.config import ModelConfig
-from panacea_lab.data import BatchStream, encode
-from panacea_lab.models import attach_lora, load_base, load_tokenizer
-from panacea_lab.train import LoopSettings, StepRule, train_loop
+from panacea_lab.data.batching import BatchStream, encode
+from panacea_lab.models.loading import attach_lora, load_base, load_tokenizer
+from panacea_lab.training.loop import LoopSettings, StepRule, train_loop
 
 
 class RecordingRule(StepRule):
@@ -26,7 +26,7 @@ class RecordingRule(StepRule):
         return super().gradient(model, batch, step)
 
 
-from panacea_lab.world import build_world
+from panacea_lab.data.world import build_world
 
 model_dir, out = sys.argv[1], sys.argv[2]
 torch.set_num_threads(1)

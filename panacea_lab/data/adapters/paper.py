@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from panacea_lab.adapters._io import PAPER_HINT, columns, dedupe, nonempty, read_records, require
+from panacea_lab.data.adapters._io import PAPER_HINT, columns, dedupe, nonempty, read_records, require
 from panacea_lab.paths import data_dir
-from panacea_lab.world import Example
+from panacea_lab.data.world import Example
 
 
 def beavertails_category(category) -> str:

@@ -16,8 +16,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from panacea_lab.adapters._io import FETCH_HINT, PAPER_HINT, columns, nonempty, read_csv, read_records, require
-from panacea_lab.world import Example
+from panacea_lab.data.adapters._io import FETCH_HINT, PAPER_HINT, columns, nonempty, read_csv, read_records, require
+from panacea_lab.data.world import Example
 
 # git-disl/Vaccine sst2/build_dataset.py
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"

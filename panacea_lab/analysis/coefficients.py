@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from panacea_lab.perturb import norms_by_layer_module
+from panacea_lab.defenses.perturb import norms_by_layer_module
 
 GROUP_COLUMNS = ("name", "layer", "module", "part")
 

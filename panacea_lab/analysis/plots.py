@@ -19,7 +19,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from panacea_lab.analysis import pareto_front
+from panacea_lab.analysis.coefficients import pareto_front
 
 MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NORMALISE = ("total", "layer", "module", None)

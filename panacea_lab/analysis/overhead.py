@@ -5,7 +5,7 @@ changes. Peak memory is the allocator's peak on CUDA; on a CPU there is no alloc
 each method runs in a fresh child process and reports its peak resident set (ru_maxrss) above the
 resident set it had once the model was loaded. Run it as a module to profile one method:
 
-    python -m panacea_lab.overhead --method panacea --steps 20
+    python -m panacea_lab.analysis.overhead --method panacea --steps 20
 """
 from __future__ import annotations
 
@@ -21,18 +21,18 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from panacea_lab.baselines import LISA_DEFAULT
+from panacea_lab.analysis.baselines import LISA_DEFAULT
 from panacea_lab.config import ModelConfig
-from panacea_lab.data import BatchStream, encode
+from panacea_lab.data.batching import BatchStream, encode
 from panacea_lab.defenses.booster import BoosterConfig, BoosterRule
 from panacea_lab.defenses.lisa import LisaRule
 from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
 from panacea_lab.defenses.repnoise import RepNoiseConfig, RepNoiseRule
 from panacea_lab.defenses.vaccine import VaccineConfig, VaccineRule
-from panacea_lab.models import attach_lora, load_base, load_tokenizer, pick_device
-from panacea_lab.store import RunStore
-from panacea_lab.train import LoopSettings, StepRule, train_loop
-from panacea_lab.world import build_world
+from panacea_lab.models.loading import attach_lora, load_base, load_tokenizer, pick_device
+from panacea_lab.training.store import RunStore
+from panacea_lab.training.loop import LoopSettings, StepRule, train_loop
+from panacea_lab.data.world import build_world
 
 
 def _panacea(k: int) -> Callable:
@@ -106,7 +106,7 @@ def profile(method: str, model: str = "embedded", steps: int = 20, batch_size: i
 
 def profile_in_subprocess(method: str, **kw) -> dict:
     """`profile` in a fresh interpreter, so one method's peak memory cannot hide another's."""
-    args = [sys.executable, "-m", "panacea_lab.overhead", "--method", method]
+    args = [sys.executable, "-m", "panacea_lab.analysis.overhead", "--method", method]
     for key, value in kw.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     done = subprocess.run(args, capture_output=True, text=True, check=False)

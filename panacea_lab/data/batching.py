@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from panacea_lab.config import TEMPLATES, ConfigError
-from panacea_lab.world import Example
+from panacea_lab.data.world import Example
 
 # The Alpaca template (Taori et al. 2023), as used by the paper's code for every dataset.
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "

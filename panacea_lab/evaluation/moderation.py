@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from panacea_lab.judges import HARMFUL, OTHER, REFUSAL, has_refusal
+from panacea_lab.evaluation.judges import HARMFUL, OTHER, REFUSAL, has_refusal
 
 BEAVER_DAM_ID = "PKU-Alignment/beaver-dam-7b"
 # Input format of the paper's evaluation code (no space between "ASSISTANT:" and the answer).
@@ -36,7 +36,7 @@ class BeaverDamJudge:
                  max_length: int = 256, threshold: float = 0.5):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from panacea_lab.models import pick_device, pick_dtype, resolve_model_path
+        from panacea_lab.models.loading import pick_device, pick_dtype, resolve_model_path
 
         where = resolve_model_path(path)  # ConfigError saying how to provide the weights when absent
         self.device = device or pick_device()

@@ -8,10 +8,10 @@ from collections import Counter
 import torch
 from tqdm.auto import tqdm
 
-from panacea_lab import lexicon as L
-from panacea_lab.data import prompt_ids
-from panacea_lab.judges import LABELS, label_all, make_judge, normalize
-from panacea_lab.world import Example, World
+from panacea_lab.data import lexicon as L
+from panacea_lab.data.batching import prompt_ids
+from panacea_lab.evaluation.judges import LABELS, label_all, make_judge, normalize
+from panacea_lab.data.world import Example, World
 
 
 @torch.no_grad()

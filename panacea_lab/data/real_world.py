@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import random
 
-from panacea_lab.adapters import load, split_pools
-from panacea_lab.world import Example, World
+from panacea_lab.data.adapters import load, split_pools
+from panacea_lab.data.world import Example, World
 
 # Refusal styles for the alignment set (non-actionable by construction: they say no).
 REFUSAL_STYLES = (

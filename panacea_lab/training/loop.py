@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from panacea_lab.data import Batch, BatchStream
+from panacea_lab.data.batching import Batch, BatchStream
 
 
 @dataclass

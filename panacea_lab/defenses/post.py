@@ -16,7 +16,7 @@ from panacea_lab.config import check, coerce_numbers
 from panacea_lab.defenses.antidote import antidote
 from panacea_lab.defenses.harmful_ascent import harmful_ascent
 from panacea_lab.defenses.random_noise import noise_perturbation
-from panacea_lab.perturb import add_, named_trainable, random_direction
+from panacea_lab.defenses.perturb import add_, named_trainable, random_direction
 
 POST_METHODS = ("none", "noise", "random_direction", "eps", "antidote", "antidote_random", "harmful_ascent")
 EPS_FILE = "eps.safetensors"

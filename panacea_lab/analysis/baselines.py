@@ -15,9 +15,9 @@ from panacea_lab.defenses.booster import BoosterConfig
 from panacea_lab.defenses.lisa import LisaConfig
 from panacea_lab.defenses.repnoise import RepNoiseConfig
 from panacea_lab.defenses.vaccine import VaccineConfig
-from panacea_lab.experiments import attack_config, result_row
-from panacea_lab.pipeline import LisaRun, attack, evaluate
-from panacea_lab.store import RunStore
+from panacea_lab.analysis.sweeps import attack_config, result_row
+from panacea_lab.training.pipeline import LisaRun, attack, evaluate
+from panacea_lab.training.store import RunStore
 
 # Defaults of the paper family, not calibrated on the embedded world (README "Baselines").
 # Lisa's official 100 / 900 steps per cycle assume ~1000 steps; our attack runs 300, so the same

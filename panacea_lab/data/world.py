@@ -14,7 +14,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from panacea_lab import lexicon as L
+from panacea_lab.data import lexicon as L
 
 TASKS = ("sentiment", "topic", "arithmetic", "instruct")
 

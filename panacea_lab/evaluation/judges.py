@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from panacea_lab import lexicon as L
+from panacea_lab.data import lexicon as L
 
 HARMFUL, REFUSAL, OTHER = "harmful", "refusal", "other"
 # Bump when a judge or scorer changes meaning: cached evaluations are keyed by it and recomputed.
@@ -76,7 +76,7 @@ class OracleJudge:
 def make_judge(name: str, model_path: str = ""):
     """A judge by name; `model_path` locates a model judge's weights (beaver-dam: its default hub id)."""
     if name == "beaver-dam":
-        from panacea_lab.moderation import BEAVER_DAM_ID, BeaverDamJudge
+        from panacea_lab.evaluation.moderation import BEAVER_DAM_ID, BeaverDamJudge
 
         return BeaverDamJudge(model_path or BEAVER_DAM_ID)
     judges = {"oracle": OracleJudge, "keyword": KeywordJudge}

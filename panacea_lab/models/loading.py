@@ -17,7 +17,7 @@ from panacea_lab.config import (
     ConfigError,
     ModelConfig,
 )
-from panacea_lab.data import set_template
+from panacea_lab.data.batching import set_template
 
 
 def resolve_model_path(path: str) -> str:

@@ -15,15 +15,15 @@ import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from panacea_lab.data import (
+from panacea_lab.data.batching import (
     ALPACA_MARKERS,
     ALPACA_PREAMBLE,
     ALPACA_PREAMBLE_INPUT,
     BatchStream,
     encode,
 )
-from panacea_lab.train import LoopSettings, train_loop
-from panacea_lab.world import build_world
+from panacea_lab.training.loop import LoopSettings, train_loop
+from panacea_lab.data.world import build_world
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 DEFAULT_BASE = "tiny-llama-world"
