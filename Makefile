@@ -4,15 +4,34 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# torch's CPU build by default (scripts/install_torch.py): PyPI's Linux wheel is the CUDA build, so it comes
+# from PyTorch's CPU index when that answers. TORCH_BUILD=cuda takes the configured index's build (CUDA on
+# Linux); TORCH_INDEX=https://download.pytorch.org/whl/cu126 a given CUDA version. Delete .venv to switch.
+TORCH_BUILD ?= cpu
+TORCH_INDEX ?=
 
-.PHONY: reproduce test ui-test figures bench build-base clean-runs fetch-data smollm2 real
+.PHONY: reproduce test ui-test figures bench build-base clean-runs fetch-data smollm2 real lab
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
+	TORCH_BUILD="$(TORCH_BUILD)" TORCH_INDEX="$(TORCH_INDEX)" $(BIN)/python scripts/install_torch.py "$(TORCH)"
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
+
+# JupyterLab on this folder, opening notebooks/: jupytext opens each .py source as a notebook (double-click;
+# saving writes the .py). Local only (127.0.0.1) behind a token: a fresh one per start, printed in the URL,
+# unless LAB_TOKEN is set. LAB_PORT picks the port; LAB_ARGS passes more options (e.g. --no-browser).
+LAB_PORT  ?= 8888
+LAB_TOKEN ?=
+LAB_ARGS  ?=
+LAB_VIEWERS := $(VENV)/etc/jupyter/labconfig/default_setting_overrides.json
+
+lab: $(STAMP)
+	$(BIN)/jupytext-config --settings-file $(LAB_VIEWERS) set-default-viewer python
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=. \
+		--LabApp.default_url=/lab/tree/notebooks $(if $(LAB_TOKEN),--IdentityProvider.token=$(LAB_TOKEN)) \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q

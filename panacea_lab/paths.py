@@ -10,6 +10,10 @@ import os
 from pathlib import Path
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_MODEL_DIR = PACKAGE_ROOT / "data" / "models" / "tiny-llama-world"
+
+
 def home() -> Path:
     return Path(os.environ.get("PANACEA_HOME", "~/.cache/panacea-lab")).expanduser()
 

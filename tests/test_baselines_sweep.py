@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import pytest
 
+from panacea_lab import settings
 from panacea_lab.analysis import baselines
-from panacea_lab.config import AlignConfig, EvalConfig
-from panacea_lab.defenses.lisa import LisaConfig
-from panacea_lab.defenses.vaccine import VaccineConfig
+from panacea_lab.config import AlignConfig, ConfigError, EvalConfig
 
 EVAL = EvalConfig(n_harmful=4, n_task=4, max_new_tokens=8, tasks=("sentiment",))
 
 
 def test_sweep_rows_and_stages(tiny_cfg, store, monkeypatch):
-    monkeypatch.setitem(baselines.ALIGNMENT_BASELINES, "vaccine", VaccineConfig(rho=1.0))
+    tiny = settings.Setting("tiny", "test", defenses={"vaccine": {"rho": 1.0},
+                                                      "lisa": {"align_steps": 1, "finetune_steps": 1,
+                                                               "align_batch_size": 4}})
+    monkeypatch.setitem(settings.SETTINGS, "tiny", tiny)
     align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1, batch_size=8)
     df = baselines.baseline_sweep([0.2], [0], methods=("sft", "vaccine", "lisa"), align_cfg=align, eval_cfg=EVAL,
-                                  store=store, lisa=LisaConfig(align_steps=1, finetune_steps=1, align_batch_size=4),
-                                  n=20, epochs=1)
-    assert list(df["model"]) == ["SFT (no defense)", "Vaccine", "Lisa"]
+                                  store=store, setting="tiny", n=20, epochs=1)
+    assert list(df["method"]) == ["sft", "vaccine", "lisa"]
+    assert list(df["label"]) == ["SFT (no defense)", "Vaccine", "Lisa"]
     assert len(list((store.root / "align").iterdir())) == 2  # SFT and Vaccine alignments; Lisa reuses SFT's
-    assert len(list((store.root / "lisa").iterdir())) == 1
+    assert len(list((store.root / "attack").iterdir())) == 3
     assert ((df["HS"] + df["refusal"] + df["other"]).round(6) == 100).all()
 
 
 def test_unknown_method_is_named():
-    with pytest.raises(ValueError, match="rmu"):
+    with pytest.raises(ConfigError, match="rmu"):
         baselines.baseline_sweep([0.1], [0], methods=("sft", "rmu"))
-    with pytest.raises(ValueError, match="alignment methods"):
-        baselines.aligned_with(AlignConfig(), "lisa")
+    assert baselines.aligned_with(AlignConfig(), "lisa") == AlignConfig()  # Lisa acts in fine-tuning

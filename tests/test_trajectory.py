@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from panacea_lab.training import pipeline
+from panacea_lab import pipeline
 from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, EvalConfig
 from panacea_lab.analysis.trajectory import Trajectory, trajectory
 

@@ -1,8 +1,10 @@
-"""The paper's baselines beside Panacea: alignment-stage defenses (Vaccine, RepNoise, Booster) and
-Lisa (fine-tuning stage), on the same user data as the undefended attack.
+"""The paper's baselines beside Panacea: every alignment- and fine-tuning-stage defense of the
+registry (Vaccine, RepNoise, Booster; Lisa; Panacea's trained w) on the same user data as the
+undefended attack ("sft").
 
 An alignment-stage defense changes only how the model is aligned; the user's fine-tuning that
-follows is the plain attack. Lisa changes the fine-tuning itself. Every run is a cached stage.
+follows is the plain attack. A fine-tuning-stage defense changes the fine-tuning itself. Every run
+is a cached stage; parameters come from a named setting (panacea_lab.settings).
 """
 from __future__ import annotations
 
@@ -10,51 +12,61 @@ import dataclasses
 
 import pandas as pd
 
-from panacea_lab.config import BASELINES, AlignConfig, EvalConfig
-from panacea_lab.defenses.booster import BoosterConfig
-from panacea_lab.defenses.lisa import LisaConfig
-from panacea_lab.defenses.repnoise import RepNoiseConfig
-from panacea_lab.defenses.vaccine import VaccineConfig
+from panacea_lab import defenses, settings
+from panacea_lab.config import ALIGNMENT, FINETUNING, AlignConfig, ConfigError, EvalConfig
 from panacea_lab.analysis.sweeps import attack_config, result_row
-from panacea_lab.training.pipeline import LisaRun, attack, evaluate
+from panacea_lab.pipeline.evaluations import evaluate
+from panacea_lab.pipeline.preflight import preflight
+from panacea_lab.pipeline.stages import attack
 from panacea_lab.training.store import RunStore
 
-# Defaults of the paper family, not calibrated on the embedded world (README "Baselines").
-# Lisa's official 100 / 900 steps per cycle assume ~1000 steps; our attack runs 300, so the same
-# 10% alignment share is 30 / 270.
-ALIGNMENT_BASELINES = {"vaccine": VaccineConfig(), "repnoise": RepNoiseConfig(), "booster": BoosterConfig()}
-LISA_DEFAULT = LisaConfig(align_steps=30, finetune_steps=270)
-LABELS = {"sft": "SFT (no defense)", "vaccine": "Vaccine", "repnoise": "RepNoise", "booster": "Booster",
-          "lisa": "Lisa"}
+
+def baseline_methods() -> list[str]:
+    """"sft" (no defense) and every training-stage defense of the registry except Panacea, which
+    `panacea-lab compare` shows through its post-fine-tuning rows (w and w + eps)."""
+    trained = [n for n in defenses.names(ALIGNMENT) + defenses.names(FINETUNING) if n != "panacea"]
+    return ["sft", *trained]
 
 
-def aligned_with(align_cfg: AlignConfig, method: str) -> AlignConfig:
-    """`align_cfg` with the alignment-stage defense `method` (sft: unchanged)."""
-    if method == "sft":
+def label(method: str) -> str:
+    return "SFT (no defense)" if method == "sft" else defenses.get(method).label
+
+
+def aligned_with(align_cfg: AlignConfig, method: str, setting: str = "embedded") -> AlignConfig:
+    """`align_cfg` under the alignment-stage defense `method` (sft or a fine-tuning one: unchanged)."""
+    if method == "sft" or defenses.get(method).stage != ALIGNMENT:
         return align_cfg
-    if method not in ALIGNMENT_BASELINES:
-        raise ValueError(f"method = {method!r}: alignment methods are sft, {', '.join(ALIGNMENT_BASELINES)}")
-    return dataclasses.replace(align_cfg, **{method: ALIGNMENT_BASELINES[method]})
+    return dataclasses.replace(align_cfg, defense=settings.get(setting).defense(method))
 
 
-def baseline_sweep(ratios, seeds, methods=BASELINES, task: str = "sentiment", preset: str = "default",
+def baseline_configs(method: str, ratios, seeds, task: str, preset: str, align_cfg: AlignConfig,
+                     setting: str = "embedded", **overrides):
+    """(p, seed, attack config) of one method at every ratio and seed."""
+    base = aligned_with(align_cfg, method, setting)
+    defense = None
+    if method != "sft" and defenses.get(method).stage == FINETUNING:
+        defense = settings.get(setting).defense(method)
+    return [(p, seed, attack_config(base, task, p, seed, preset, defense=defense, **overrides))
+            for seed in seeds for p in ratios]
+
+
+def baseline_sweep(ratios, seeds, methods=None, task: str = "sentiment", preset: str = "default",
                    align_cfg: AlignConfig | None = None, eval_cfg: EvalConfig | None = None,
-                   store: RunStore | None = None, lisa: LisaConfig | None = None, **overrides) -> pd.DataFrame:
+                   store: RunStore | None = None, setting: str = "embedded", **overrides) -> pd.DataFrame:
     """One row per (method, ratio, seed): HS / refusal / other / FA after the user's fine-tuning."""
-    unknown = [m for m in methods if m not in BASELINES]
+    known = baseline_methods() + ["panacea"]
+    methods = baseline_methods() if methods is None else list(methods)
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"methods {unknown} unknown: use any of {', '.join(BASELINES)}")
-    store, align_cfg, lisa = store or RunStore(), align_cfg or AlignConfig(), lisa or LISA_DEFAULT
+        raise ConfigError(f"methods {unknown} unknown: use any of {', '.join(known)}")
+    store, align_cfg = store or RunStore(), align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig(tasks=(task,))
+    runs = [(m, *run) for m in methods for run in baseline_configs(m, ratios, seeds, task, preset, align_cfg,
+                                                                    setting, **overrides)]
+    preflight(*[cfg for *_, cfg in runs], eval_cfg, align=align_cfg)
     rows = []
-    for method in methods:
-        base = aligned_with(align_cfg, "sft" if method == "lisa" else method)
-        for seed in seeds:
-            for p in ratios:
-                cfg = attack_config(base, task, p, seed, preset, **overrides)
-                run, stage = (LisaRun(cfg, lisa), "lisa") if method == "lisa" else (cfg, "attack")
-                result = attack(run, store)
-                ev = evaluate(stage, run, store, eval_cfg)
-                rows.append(result_row(LABELS[method], ev, p=p, seed=seed, preset=preset,
-                                 train_seconds=result["train"]["train_seconds"]))
+    for method, p, seed, cfg in runs:
+        result = attack(cfg, store)
+        rows.append(result_row(evaluate("attack", cfg, store, eval_cfg), method=method, label=label(method), p=p,
+                               seed=seed, preset=preset, train_seconds=result["train"]["train_seconds"]))
     return pd.DataFrame(rows)

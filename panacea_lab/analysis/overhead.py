@@ -21,37 +21,46 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from panacea_lab.analysis.baselines import LISA_DEFAULT
-from panacea_lab.config import ModelConfig
+from panacea_lab import defenses, settings
+from panacea_lab.config import ALIGNMENT, FINETUNING, ModelConfig
 from panacea_lab.data.batching import BatchStream, encode
-from panacea_lab.defenses.booster import BoosterConfig, BoosterRule
-from panacea_lab.defenses.lisa import LisaRule
-from panacea_lab.defenses.panacea import PanaceaConfig, PanaceaRule
-from panacea_lab.defenses.repnoise import RepNoiseConfig, RepNoiseRule
-from panacea_lab.defenses.vaccine import VaccineConfig, VaccineRule
-from panacea_lab.models.loading import attach_lora, load_base, load_tokenizer, pick_device
-from panacea_lab.training.store import RunStore
-from panacea_lab.training.loop import LoopSettings, StepRule, train_loop
 from panacea_lab.data.world import build_world
+from panacea_lab.models.loading import attach_lora, load_base, load_tokenizer, pick_device
+from panacea_lab.training.loop import LoopSettings, StepRule, train_loop
+from panacea_lab.training.store import RunStore
 
 
-def _panacea(k: int) -> Callable:
-    def make(harmful: BatchStream, alignment: BatchStream) -> StepRule:
-        return PanaceaRule(PanaceaConfig(harmful_batch_size=harmful.batch_size, recompute_every=k), harmful)
-    return make
+@dataclass
+class _Streams:
+    """A `TrainContext` over fixed streams, so every method is timed on the same batches."""
+
+    harmful_stream: BatchStream
+    alignment_stream: BatchStream
+    seed: int = 0
+
+    def harmful(self, batch_size: int) -> BatchStream:
+        return self.harmful_stream
+
+    def alignment(self, batch_size: int) -> BatchStream:
+        return self.alignment_stream
 
 
-# method name -> factory of its step rule, given streams of the defender's harmful data and of the
-# alignment data. Alignment-stage rules are timed on the same batches: only the rule's cost differs.
-METHODS: dict[str, Callable[[BatchStream, BatchStream], StepRule]] = {
-    "sft": lambda harmful, alignment: StepRule(),
-    "panacea": _panacea(1),
-    "panacea_k4": _panacea(4),
-    "vaccine": lambda harmful, alignment: VaccineRule(VaccineConfig()),
-    "repnoise": lambda harmful, alignment: RepNoiseRule(RepNoiseConfig(), harmful),
-    "booster": lambda harmful, alignment: BoosterRule(BoosterConfig(), harmful),
-    "lisa": lambda harmful, alignment: LisaRule(LISA_DEFAULT, alignment),
-}
+# Profiled variants beyond the registry's defaults: amortized Panacea (eps every 4th step).
+VARIANTS = {"panacea_k4": ("panacea", {"recompute_every": 4})}
+
+
+def methods() -> list[str]:
+    """sft, every training-stage defense of the registry, and the named variants."""
+    return ["sft", *defenses.names(ALIGNMENT), *defenses.names(FINETUNING), *VARIANTS]
+
+
+def make_rule(method: str, ctx: _Streams, setting: str = "embedded") -> StepRule:
+    """The step rule `method` trains with, under the named setting (harmful batches sized like the user's)."""
+    if method == "sft":
+        return StepRule()
+    name, extra = VARIANTS.get(method, (method, {}))
+    cfg = settings.get(setting).defense(name, **extra)
+    return defenses.get(name).rule(cfg, ctx)
 
 
 def _rss_mib() -> float:
@@ -71,8 +80,8 @@ def _peak_rss_mib() -> float:
 def profile(method: str, model: str = "embedded", steps: int = 20, batch_size: int = 10, task: str = "sentiment",
             warmup: int = 3) -> dict:
     """Train `steps` steps of `method` in this process; seconds per step exclude `warmup` first steps."""
-    if method not in METHODS:
-        raise ValueError(f"method = {method!r}: use one of {sorted(METHODS)}")
+    if method not in methods():
+        raise ValueError(f"method = {method!r}: use one of {methods()}")
     if steps < 1 or warmup < 1:
         raise ValueError(f"steps = {steps}, warmup = {warmup}: both must be >= 1")
     cfg = ModelConfig(path=model)
@@ -85,8 +94,8 @@ def profile(method: str, model: str = "embedded", steps: int = 20, batch_size: i
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = _rss_mib()
-    rule = METHODS[method](BatchStream(harm, batch_size, tok.pad_token_id, 1),
-                           BatchStream(refusals, batch_size, tok.pad_token_id, 2))
+    rule = make_rule(method, _Streams(BatchStream(harm, batch_size, tok.pad_token_id, 1),
+                                      BatchStream(refusals, batch_size, tok.pad_token_id, 2)))
     settings = LoopSettings(epochs=1, lr=1e-4, batch_size=batch_size, desc=f"profile {method}")
     times: list[float] = []
     result = train_loop(net, BatchStream(user, batch_size, tok.pad_token_id, 0), settings, rule,
@@ -140,7 +149,7 @@ def profile_cached(job: OverheadJob, store: RunStore) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", required=True, choices=sorted(METHODS))
+    parser.add_argument("--method", required=True, choices=methods())
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=10)

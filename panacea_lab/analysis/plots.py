@@ -1,95 +1,49 @@
-"""Pure plotting functions: a tidy frame in, a matplotlib Figure out (nothing shown, no style changed).
+"""Pure plotting functions: a tidy frame in, a paper-ready matplotlib Figure out (nothing shown).
 
 Each function checks its frame first, so a sweep that produced nothing fails with the reason rather
-than drawing an empty picture. `save_figure` writes byte-identical PNGs for identical data, beside the
-CSV they were drawn from, so regenerated figures diff cleanly. Needs the `notebooks` extra.
+than drawing an empty picture. Every figure takes its look from `style`: one colour and marker per
+method in every figure, print sizes, fonts of 7 pt or more. Spread is drawn only where there are two
+seeds or more (a single seed says "one seed"), percentage axes start at 0, and `save_figure` writes
+byte-identical PNG and PDF files for identical data, beside the CSV they were drawn from.
+Heatmaps live in `heatmaps` and are re-exported here. Needs the `notebooks` extra.
 """
 from __future__ import annotations
 
-import os
-import re
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from panacea_lab.analysis import style
 from panacea_lab.analysis.coefficients import pareto_front
+from panacea_lab.analysis.figure_parts import (  # noqa: F401  (re-exported: the notebooks' one import)
+    PARAM,
+    SeedCounts,
+    as_tuple,
+    axis_label,
+    draw_series,
+    fa_limits,
+    finish,
+    frame,
+    label,
+    legend,
+    method_family,
+    seed_stats,
+    short,
+    style_column,
+    subplots,
+)
+from panacea_lab.analysis.figure_files import save_figure
+from panacea_lab.analysis.heatmaps import MODULE_ORDER, NORMALISE, coefficient_heatmap, grid_heatmap, heatmap_frame  # noqa: F401
 
-MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-NORMALISE = ("total", "layer", "module", None)
-PALETTE = sns.color_palette("colorblind")
-DPI = 150
-PNG_METADATA = {"Software": None}  # matplotlib otherwise stamps its version: reruns would differ
-ANNOTATE_MAX_CELLS = 80
-LABELS = {"HS": "harmful score HS (%)", "refusal": "refusal rate (%)", "other": "other / degenerate answers (%)",
-          "p": "harmful ratio p", "std": "noise std (per LoRA entry)", "rho": "perturbation radius rho",
-          "norm": "global L2 norm", "step": "fine-tuning step", "n": "fine-tuning samples n",
-          "lam": "lambda", "seconds_per_step": "seconds per step"}
-_PARAM = re.compile(r"(?:^|\s)(?:\w+=)?[-+]?\d[\w.+-]*(?=\s|$)")
-
-
-def _label(col: str) -> str:
-    return "fine-tuning accuracy FA (%)" if col.startswith("FA_") else LABELS.get(col, col)
-
-
-def _short(col: str) -> str:
-    return f"FA ({col[3:]})" if col.startswith("FA_") else col
-
-
-def _as_tuple(cols: str | Sequence[str]) -> tuple[str, ...]:
-    return (cols,) if isinstance(cols, str) else tuple(cols)
-
-
-def _frame(data, columns: Iterable[str], what: str) -> pd.DataFrame:
-    """`data` as a frame holding `columns`, or a ValueError naming what is missing and what is there."""
-    df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
-    if df.empty:
-        raise ValueError(f"the {what} frame is empty: the {what} produced no rows (check its ratios, seeds or steps)")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"column {missing[0]!r} not in the {what} frame (has {list(df.columns)}): "
-                         "pass a frame with it or name one of the columns it has")
-    return df
-
-
-def _subplots(n: int, width: float = 4.6, height: float = 3.6) -> tuple[Figure, list[Axes]]:
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, layout="constrained")
-    return fig, list(axes[0])
-
-
-def _band(ax: Axes, x, mean, std, color, label: str) -> None:
-    """Mean line with a ±1 std band; the line is drawn first so ax.lines keeps the plotting order."""
-    x, mean, std = (np.asarray(v, dtype=float) for v in (x, mean, std))
-    ax.plot(x, mean, marker="o", color=color, label=label)
-    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-
-
-def _finish(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    if len(ax.get_legend_handles_labels()[0]) > 1:
-        ax.legend(fontsize="small")
-
-
-def _seed_stats(df: pd.DataFrame, key: str, metric: str) -> pd.DataFrame:
-    """Mean and std over seeds per `key` value (std 0 for a single seed, so the band collapses)."""
-    stats = df.groupby(key, sort=True)[metric].agg(["mean", "std"]).dropna(subset=["mean"])
-    return stats.fillna({"std": 0.0})
+DPI = style.DPI
 
 
 def _scored(df: pd.DataFrame, metric: str, what: str) -> None:
     if df[metric].isna().all():
         raise ValueError(f"{metric!r} is NaN for every {what}: that metric was not scored; pick another in metrics=")
-
-
-def method_family(label: str) -> str:
-    """The method a defense-sweep label names, parameters removed: 'panacea rho=1 (w+eps)' -> 'panacea (w+eps)'."""
-    return " ".join(_PARAM.sub(" ", str(label)).split())
 
 
 def _families(df: pd.DataFrame, group_by: str | Callable[[str], str] | None) -> pd.Series:
@@ -116,46 +70,54 @@ def _one_ratio(df: pd.DataFrame, p: float | None) -> pd.DataFrame:
     return picked
 
 
+def _at_ratio(df: pd.DataFrame) -> str:
+    return "" if "p" not in df.columns or df["p"].isna().all() else f" at p={df['p'].dropna().iloc[0]:g}"
+
+
+@style.paper_figure
 def metric_vs_ratio(df: pd.DataFrame, metrics: str | Sequence[str] = ("HS", "FA_sentiment"),
-                    reference: bool = True, series: Sequence[str] = ("fine-tuned",)) -> Figure:
+                    reference: bool = True, series: Sequence[str] = ("fine-tuned",), fa_from: float = 0.0) -> Figure:
     """Each metric against p per series (mean ± 1 std over seeds): the attack's dose-response.
 
     `series` names the `model` labels drawn (defense labels to compare defenses across p). Base and
     aligned models are dashed reference lines: how far the attack moves the model from them.
     """
-    metrics = _as_tuple(metrics)
-    df = _frame(df, ("model", "p", *metrics), "attack sweep")
+    metrics = as_tuple(metrics)
+    df = style_column(frame(df, ("model", "p", *metrics), "attack sweep"))
     tuned = df[df["model"].isin(series)].dropna(subset=["p"])
     if tuned.empty:
         raise ValueError(f"the sweep has no {list(series)} rows with a ratio p: it produced no such runs "
                          f"(models present: {sorted(map(str, df['model'].unique()))})")
-    fig, axes = _subplots(len(metrics))
+    fig, axes = subplots(len(metrics))
+    seeds = SeedCounts()
     for ax, metric in zip(axes, metrics):
         _scored(tuned, metric, "fine-tuned run")
-        for j, name in enumerate(series):
+        for name in series:
             rows = tuned[tuned["model"] == name]
             if rows[metric].notna().any():
-                stats = _seed_stats(rows, "p", metric)
-                label = f"{name} (mean ± 1 std over seeds)" if len(series) == 1 else name
-                _band(ax, stats.index, stats["mean"], stats["std"], PALETTE[j % len(PALETTE)], label)
-        for i, name in enumerate(("base", "aligned") if reference else ()):
-            ref = df.loc[df["model"] == name, metric].dropna()
-            if len(ref):
-                ax.axhline(ref.mean(), linestyle="--", color=PALETTE[len(series) + i], label=name)
-        _finish(ax, _label("p"), _label(metric), f"{_short(metric)} vs harmful ratio p")
+                seeds.add(name, draw_series(ax, seed_stats(rows, "p", metric), rows["_style"].iloc[0], name))
+        for name in ("base", "aligned") if reference else ():
+            ref = df[df["model"] == name]
+            if ref[metric].notna().any():
+                ax.axhline(ref[metric].mean(), linestyle="--", color=style.method_style(ref["_style"].iloc[0]).color,
+                           linewidth=1.0, label=name)
+        finish(ax, label("p"), axis_label(metric, fa_from), f"{short(metric)} vs harmful ratio p")
+        fa_limits(ax, metric, "y", fa_from)
+    legend(fig, axes, seeds)
     return fig
 
 
+@style.paper_figure
 def metric_vs_param(df: pd.DataFrame, param: str = "std", metrics: str | Sequence[str] = ("HS", "FA_sentiment"),
                     baseline_label: str | None = "no defense", p: float | None = None,
-                    group_by: str | Callable[[str], str] | None = None) -> Figure:
+                    group_by: str | Callable[[str], str] | None = None, fa_from: float = 0.0) -> Figure:
     """Each defense family's metric against its parameter (std, rho or norm), ±1 std over seeds.
 
     Runs are the sweep's labels, so x is the mean of `param` over seeds (norm = ||eps|| varies by seed).
     The undefended model is the dashed line a defense has to move away from (HS) or stay near (FA).
     """
-    metrics = _as_tuple(metrics)
-    df = _one_ratio(_frame(df, ("model", param, *metrics), "defense sweep"), p)
+    metrics = as_tuple(metrics)
+    df = style_column(_one_ratio(frame(df, ("model", param, *metrics), "defense sweep"), p))
     base = df[df["model"] == baseline_label]
     if baseline_label is not None and base.empty:
         raise ValueError(f"baseline_label = {baseline_label!r} names no row (models: "
@@ -165,190 +127,176 @@ def metric_vs_param(df: pd.DataFrame, param: str = "std", metrics: str | Sequenc
         raise ValueError(f"no run of the defense sweep sets {param!r}: the sweep produced no such defense "
                          "(choose param= among std, rho, norm that it did set)")
     fams = _families(runs, group_by)
-    where = "" if "p" not in df.columns or df["p"].isna().all() else f" at p={df['p'].dropna().iloc[0]:g}"
-    fig, axes = _subplots(len(metrics))
+    fig, axes = subplots(len(metrics))
+    seeds = SeedCounts()
     for ax, metric in zip(axes, metrics):
         _scored(runs, metric, f"run that sets {param!r}")
-        for i, (fam, rows) in enumerate(runs.groupby(fams, sort=False)):
+        for fam, rows in runs.groupby(fams, sort=False):
             stats = (rows.groupby("model", sort=False)
-                     .agg(x=(param, "mean"), mean=(metric, "mean"), std=(metric, "std"))
-                     .dropna(subset=["mean"]).fillna({"std": 0.0}).sort_values("x", kind="stable"))
-            _band(ax, stats["x"], stats["mean"], stats["std"], PALETTE[i % len(PALETTE)], str(fam))
+                     .agg(x=(param, "mean"), mean=(metric, "mean"), std=(metric, "std"), count=(metric, "count"))
+                     .dropna(subset=["mean"]).sort_values("x", kind="stable").set_index("x"))
+            seeds.add(str(fam), draw_series(ax, stats, rows["_style"].iloc[0], str(fam)))
         if baseline_label is not None and base[metric].notna().any():
-            ax.axhline(base[metric].mean(), linestyle="--", color="0.35", label=baseline_label)
-        _finish(ax, _label(param), _label(metric), f"{_short(metric)} vs {param}{where}")
+            ax.axhline(base[metric].mean(), linestyle="--", linewidth=1.0, label=baseline_label,
+                       color=style.method_style(base["_style"].iloc[0]).color)
+        finish(ax, label(param), axis_label(metric, fa_from), f"{short(metric)} vs {param}{_at_ratio(df)}")
+        fa_limits(ax, metric, "y", fa_from)
+    legend(fig, axes, seeds)
     return fig
 
 
+@style.paper_figure
 def metric_vs_step(df: pd.DataFrame, metrics: str | Sequence[str] = ("HS", "FA_sentiment"),
-                   hue: str = "run") -> Figure:
+                   hue: str = "run", fa_from: float = 0.0) -> Figure:
     """Each metric along fine-tuning steps, one line per `hue` value (mean ± 1 std over seeds)."""
-    metrics = _as_tuple(metrics)
-    df = _frame(df, ("step", hue, *metrics), "trajectory")
-    fig, axes = _subplots(len(metrics))
+    metrics = as_tuple(metrics)
+    df = style_column(frame(df, ("step", hue, *metrics), "trajectory"), hue)
+    fig, axes = subplots(len(metrics))
+    seeds = SeedCounts()
     for ax, metric in zip(axes, metrics):
         _scored(df, metric, "checkpoint")
-        for i, (name, rows) in enumerate(df.groupby(hue, sort=False)):
-            stats = _seed_stats(rows, "step", metric)
-            _band(ax, stats.index, stats["mean"], stats["std"], PALETTE[i % len(PALETTE)], str(name))
+        for name, rows in df.groupby(hue, sort=False):
+            seeds.add(str(name), draw_series(ax, seed_stats(rows, "step", metric), rows["_style"].iloc[0], str(name)))
         only = f" ({df[hue].iloc[0]})" if df[hue].nunique() == 1 else ""  # one run: no legend, so name it
-        _finish(ax, _label("step"), _label(metric), f"{_short(metric)} during fine-tuning{only}")
+        finish(ax, label("step"), axis_label(metric, fa_from), f"{short(metric)} during fine-tuning{only}")
+        fa_limits(ax, metric, "y", fa_from)
+    legend(fig, axes, seeds)
     return fig
 
 
+def _param_text(model: str) -> str:
+    """The parameters a run's label carries ('panacea rho=1 (w+eps)' -> 'rho=1'): the point's tag."""
+    return " ".join(m.strip() for m in PARAM.findall(str(model)))
+
+
+def _tag_points(ax, points: list[tuple[float, float, str, str]]) -> None:
+    """Write each point's parameter beside it, in its colour, skipping a tag that would overprint one
+    already written (points come front points first, so those keep their tags)."""
+    placed: list[tuple[float, float]] = []
+    for px, py, tag, color in points:
+        dx, dy = ax.transData.transform((px, py))
+        if any(abs(dx - qx) < 30 and abs(dy - qy) < 11 for qx, qy in placed):
+            continue
+        placed.append((dx, dy))
+        ax.annotate(tag, (px, py), xytext=(3, 2), textcoords="offset points", fontsize=style.MIN_FONT_PT, color=color)
+
+
+@style.paper_figure
 def pareto(df: pd.DataFrame, x: str = "FA_sentiment", y: str = "HS",
-           group_by: str | Callable[[str], str] | None = None) -> Figure:
-    """Every run (mean over seeds) as a point, and each method family's Pareto front as a step line.
+           group_by: str | Callable[[str], str] | None = None, fa_from: float = 0.0) -> Figure:
+    """Every run (mean over seeds) as a point tagged with its parameter, and each method family's
+    Pareto front as a step line.
 
     A family's front is what tuning its parameter can reach; a front lower and further right is better
     at every trade-off between fine-tuning accuracy and harm.
     """
-    df = _frame(df, ("model", x, y), "defense sweep")
-    keys = ["family", "model", *(["p"] if "p" in df.columns else [])]
-    runs = (df.assign(family=_families(df, group_by)).groupby(keys, sort=False, dropna=False)[[x, y]].mean()
-            .reset_index().dropna(subset=[x, y]))
+    df = style_column(frame(df, ("model", x, y), "defense sweep"))
+    keys = ["family", "model", "_style", *(["p"] if "p" in df.columns else [])]
+    grouped = df.assign(family=_families(df, group_by)).groupby(keys, sort=False, dropna=False)
+    runs = grouped[[x, y]].mean().join(grouped[y].count().rename("count")).reset_index().dropna(subset=[x, y])
     if runs.empty:
         raise ValueError(f"no run has both {x!r} and {y!r} scored: the sweep produced nothing to compare "
                          "(was that task evaluated? pass x= and y= naming scored columns)")
-    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
-    for i, (fam, rows) in enumerate(runs.groupby("family", sort=False)):
-        color = PALETTE[i % len(PALETTE)]
-        ax.scatter(rows[x], rows[y], color=color, label=str(fam), s=28, alpha=0.85)
+    fig, ax = plt.subplots(figsize=(style.SINGLE_COLUMN, 3.0), layout="constrained")
+    seeds, on_front, off_front = SeedCounts(spread=False), [], []
+    for fam, rows in runs.groupby("family", sort=False):
+        look = style.method_style(rows["_style"].iloc[0])
+        ax.scatter(rows[x], rows[y], color=look.color, marker=look.marker, label=str(fam), s=22, alpha=0.9,
+                   zorder=3, clip_on=False)
         front = pareto_front(rows, x, y)
-        ax.step(front[x], front[y], where="pre", color=color, linewidth=1.4)
-    _finish(ax, _label(x), _label(y), f"{_short(y)} vs {_short(x)}: Pareto front per method")
+        ax.step(front[x], front[y], where="pre", color=look.color, linewidth=1.0)
+        for i, run in rows.iterrows():
+            if tag := _param_text(run["model"]):
+                (on_front if i in front.index else off_front).append((run[x], run[y], tag, look.color))
+        seeds.add(str(fam), int(rows["count"].min()))
+    finish(ax, axis_label(x, fa_from), axis_label(y, fa_from), f"{short(y)} vs {short(x)}: Pareto front per method")
+    fa_limits(ax, x, "x", fa_from)
+    fa_limits(ax, y, "y", fa_from)
+    _tag_points(ax, on_front + off_front)
+    legend(fig, [ax], seeds)
     return fig
 
 
-def _module_order(modules: Iterable[str]) -> list[str]:
-    present = set(modules)
-    return [m for m in MODULE_ORDER if m in present] + sorted(present - set(MODULE_ORDER))
-
-
-def heatmap_frame(coeffs: pd.DataFrame, value: str = "eps_share", normalise: str | None = "total",
-                  modules: Sequence[str] | None = None, layers: Iterable[int] | None = None) -> pd.DataFrame:
-    """The layer x module table `coefficient_heatmap` draws: filtered, summed per cell, then rescaled.
-
-    normalise: "total" (the map sums to 1), "layer" (each row does), "module" (each column does) or None
-    (shares as given). Absent (layer, module) cells stay NaN, so they show blank rather than as zero.
-    """
-    if normalise not in NORMALISE:
-        raise ValueError(f"normalise = {normalise!r}: use one of {list(NORMALISE)}")
-    df = _frame(coeffs, ("layer", "module", value), "safety coefficients")
-    for col, wanted in (("module", modules), ("layer", layers)):
-        if wanted is None:
-            continue
-        wanted = list(wanted)
-        have = _module_order(df[col].unique()) if col == "module" else sorted(df[col].unique())
-        unknown = [w for w in wanted if w not in have]
-        if unknown or not wanted:
-            raise ValueError(f"{col}s = {wanted!r}: {unknown or 'nothing'} selected among the coefficients' {have}")
-        df = df[df[col].isin(wanted)]
-    table = df.groupby(["layer", "module"])[value].sum(min_count=1).unstack("module")
-    table = table.reindex(columns=_module_order(table.columns)).sort_index().astype(float)
-    if normalise is not None:
-        sums = {"total": table.sum().sum(), "layer": table.sum(axis=1), "module": table.sum(axis=0)}[normalise]
-        zero = [k for k, s in (sums.items() if normalise != "total" else [("map", sums)]) if not s > 0]
-        if zero:
-            raise ValueError(f"normalise = {normalise!r}: {zero} have zero {value}, nothing to rescale; "
-                             "filter them out with layers= / modules= or use normalise=None")
-        table = table / sums if normalise != "layer" else table.div(sums, axis=0)
-    table.columns.name, table.index.name = "module", "layer"
-    return table
-
-
-def coefficient_heatmap(coeffs: pd.DataFrame, value: str = "eps_share", normalise: str | None = "total",
-                        modules: Sequence[str] | None = None, layers: Iterable[int] | None = None) -> Figure:
-    """Safety coefficients as a layer x module heatmap (annotated when small enough to read the numbers)."""
-    table = heatmap_frame(coeffs, value, normalise, modules, layers)
-    n_rows, n_cols = table.shape
-    fig, ax = plt.subplots(figsize=(2.2 + 0.95 * n_cols, 1.6 + 0.36 * n_rows), layout="constrained")
-    sns.heatmap(table, ax=ax, cmap="viridis", vmin=0.0, annot=table.size <= ANNOTATE_MAX_CELLS, fmt=".2f",
-                annot_kws={"fontsize": 8}, cbar_kws={"label": "share of squared global L2 norm"})
-    per = {"total": "map sums to 1", "layer": "each layer sums to 1", "module": "each module sums to 1",
-           None: "as given"}[normalise]
-    _finish(ax, "module", "decoder layer", f"{value} by layer and module ({per})")
-    return fig
-
-
+@style.paper_figure
 def method_bars(df: pd.DataFrame, metrics: str | Sequence[str] = ("HS", "FA_sentiment"),
-                p: float | None = None) -> Figure:
-    """One bar per method (its label, in first-seen order): mean over seeds with a ±1 std error bar."""
-    metrics = _as_tuple(metrics)
-    df = _one_ratio(_frame(df, ("model", *metrics), "comparison"), p)
+                p: float | None = None, fa_from: float = 0.0) -> Figure:
+    """One bar per method (its label, in first-seen order): the mean over seeds, with a ±1 std error
+    bar where that method has two seeds or more."""
+    metrics = as_tuple(metrics)
+    df = style_column(_one_ratio(frame(df, ("model", *metrics), "comparison"), p))
     order = list(dict.fromkeys(df["model"]))
-    where = "" if "p" not in df.columns or df["p"].isna().all() else f" at p={df['p'].dropna().iloc[0]:g}"
-    fig, axes = _subplots(len(metrics), width=max(4.6, 0.55 * len(order) + 1.5), height=4.2)
+    colors = [style.method_style(df.loc[df["model"] == m, "_style"].iloc[0]).color for m in order]
+    fig, axes = subplots(len(metrics), height=style.PANEL_HEIGHT + 0.4)
+    seeds = SeedCounts()
     for ax, metric in zip(axes, metrics):
         _scored(df, metric, "method")
-        stats = df.groupby("model", sort=False)[metric].agg(["mean", "std"]).reindex(order).fillna({"std": 0.0})
-        ax.bar(range(len(order)), stats["mean"], yerr=stats["std"], capsize=3,
-               color=[PALETTE[i % len(PALETTE)] for i in range(len(order))])
-        ax.set_xticks(range(len(order)), order, rotation=40, ha="right", fontsize="small")
-        _finish(ax, "method", _label(metric), f"{_short(metric)} per method{where}")
+        stats = df.groupby("model", sort=False)[metric].agg(["mean", "std", "count"]).reindex(order)
+        ax.bar(range(len(order)), stats["mean"], color=colors, edgecolor="black", linewidth=0.4)
+        spread = (stats["count"] >= 2).to_numpy()
+        if spread.any():
+            ax.errorbar(np.arange(len(order))[spread], stats["mean"][spread], yerr=stats["std"][spread],
+                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        for m in order:
+            seeds.add(m, int(stats.loc[m, "count"]))
+        ax.set_xticks(range(len(order)), order, rotation=45, ha="right", rotation_mode="anchor")
+        finish(ax, "method", axis_label(metric, fa_from), f"{short(metric)} per method")
+        fa_limits(ax, metric, "y", fa_from)
+    legend(fig, axes, seeds, _at_ratio(df).strip())
     return fig
 
 
-def grid_heatmap(df: pd.DataFrame, index: str, columns: str, value: str, title: str) -> Figure:
-    """An ablation grid (e.g. rho x lambda), each cell the mean of `value` over seeds."""
-    table = _frame(df, (index, columns, value), "ablation").pivot_table(index=index, columns=columns, values=value,
-                                                                      aggfunc="mean")
-    fig, ax = plt.subplots(figsize=(2.4 + 0.9 * table.shape[1], 1.8 + 0.45 * table.shape[0]), layout="constrained")
-    sns.heatmap(table, ax=ax, cmap="viridis", annot=True, fmt=".1f", annot_kws={"fontsize": 8},
-                cbar_kws={"label": _label(value)})
-    _finish(ax, columns, index, title)
+@style.paper_figure
+def overhead_bars(df: pd.DataFrame, baseline: str = "sft") -> Figure:
+    """Step time relative to `baseline` and peak memory per training method, one bar each.
+
+    Timings depend on the machine, so the left panel shows ratios; the title names the device and
+    batch size, the right panel how memory was measured. One profile per method: no error bars.
+    """
+    df = style_column(frame(df, ("method", "seconds_per_step", "peak_mib"), "overhead"), "method")
+    ref = df.loc[df["method"] == baseline, "seconds_per_step"]
+    if ref.empty:
+        raise ValueError(f"baseline = {baseline!r} is not a profiled method (has {list(df['method'])}): "
+                         "profile it too or name one that was")
+    colors = [style.method_style(s).color for s in df["_style"]]
+    where = ", ".join(str(df[c].iloc[0]) if c != "batch_size" else f"batch {df[c].iloc[0]}"
+                      for c in ("device", "batch_size") if c in df.columns)
+    fig, axes = subplots(2)
+    axes[0].bar(df["method"], df["seconds_per_step"] / ref.iloc[0], color=colors, edgecolor="black", linewidth=0.4)
+    axes[0].axhline(1.0, linestyle="--", linewidth=1.0, color=style.method_style(baseline).color)
+    finish(axes[0], "method", f"time per step (x {baseline})", f"Step time ({where})" if where else "Step time")
+    axes[1].bar(df["method"], df["peak_mib"], color=colors, edgecolor="black", linewidth=0.4)
+    memory = f" ({df['memory'].iloc[0]})" if "memory" in df.columns else ""
+    finish(axes[1], "method", "peak memory (MiB)", f"Peak memory{memory}")
+    for ax in axes:
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    fig.suptitle("one profile per method")
     return fig
 
 
+@style.paper_figure
 def training_curves(log: pd.DataFrame | Sequence[dict]) -> Figure:
     """f (the user's loss), h(w) and h(w+eps) against step, and ||G_h|| on a second axes when logged.
 
     Panacea trains to widen h(w+eps) - h(w) while f falls; the gap, not h alone, is what to watch.
     """
-    df = _frame(log, ("step", "loss"), "training log")
+    df = frame(log, ("step", "loss"), "training log")
     curves = [(c, name) for c, name in (("loss", "f(w), user loss"), ("h", "h(w), harmful loss"),
-                                        ("h_eps", "h(w+eps), harmful loss"))
+                                        ("h_eps", "h(w+eps), harmful loss"), ("grad_h_norm", "||G_h||"))
               if c in df.columns and df[c].notna().any()]
-    has_grad = "grad_h_norm" in df.columns and df["grad_h_norm"].notna().any()
-    fig, axes = _subplots(2 if has_grad else 1)
-    for i, (col, name) in enumerate(curves):
+    has_grad = any(col == "grad_h_norm" for col, _ in curves)
+    fig, axes = subplots(2 if has_grad else 1)
+    seeds = SeedCounts(spread=False, note="one run")
+    for col, name in curves:
         rows = df.dropna(subset=[col]).sort_values("step", kind="stable")
-        axes[0].plot(rows["step"], rows[col], color=PALETTE[i], label=name)
-    _finish(axes[0], _label("step"), "LM loss (nats per token)", "losses during fine-tuning")
+        stats = pd.DataFrame({"mean": rows[col].to_numpy(), "std": np.nan, "count": 1}, index=rows["step"].to_numpy())
+        draw_series(axes[1] if col == "grad_h_norm" else axes[0], stats, style.CURVE_STYLES[col], name)
+    finish(axes[0], label("step"), "LM loss (nats per token)", "losses during fine-tuning")
     if has_grad:
-        rows = df.dropna(subset=["grad_h_norm"]).sort_values("step", kind="stable")
-        axes[1].plot(rows["step"], rows["grad_h_norm"], color=PALETTE[len(curves)], label="||G_h||")
-        _finish(axes[1], _label("step"), _label("norm"), "harmful-loss gradient norm ||G_h||")
+        finish(axes[1], label("step"), label("norm"), "harmful-loss gradient norm ||G_h||")
+    legend(fig, axes, seeds)
     return fig
 
 
-def _atomic_write(path: Path, write: Callable, binary: bool) -> None:
-    """Write through a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, data: pd.DataFrame | None = None) -> Path:
-    """Write `fig` as a reproducible PNG (no version stamp, fixed dpi) and `data` as the CSV beside it.
-
-    Same data, same bytes: regenerated figures only show up in a diff when they changed. Closes `fig`.
-    """
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"path = {str(path)!r}: save_figure writes PNG, give a path ending in .png")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, metadata=PNG_METADATA), binary=True)
-        if data is not None:
-            frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
-            _atomic_write(path.with_suffix(".csv"), lambda f: frame.to_csv(f, index=False), binary=False)
-    finally:
-        plt.close(fig)
-    return path
+__all__ = ["DPI", "MODULE_ORDER", "NORMALISE", "coefficient_heatmap", "grid_heatmap", "heatmap_frame",
+           "method_bars", "method_family", "metric_vs_param", "metric_vs_ratio", "metric_vs_step",
+           "overhead_bars", "pareto", "save_figure", "training_curves"]

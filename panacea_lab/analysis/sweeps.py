@@ -1,32 +1,51 @@
-"""Sweeps that the CLI and the notebooks share: each returns a tidy data frame, one row per run."""
+"""Sweeps that the CLI and the notebooks share: each returns a tidy data frame, one row per evaluation.
+
+Rows are data: `method` (a registry name, or "sft" / "base" / "aligned"), `variant` ("w", "w+eps",
+"control"), `param` and `value` (the knob the row varies, e.g. rho = 1), `p`, `seed`, the metrics
+HS / refusal / other / FA_<task>, and `label`, which is for display only: no code reads it back.
+"""
 from __future__ import annotations
 
 import dataclasses
 
 import pandas as pd
 
-from panacea_lab.config import ATTACK_PRESETS, AlignConfig, AttackConfig, EvalConfig
-from panacea_lab.defenses.panacea import PanaceaConfig
-from panacea_lab.training.pipeline import PanaceaRun, align, attack, evaluate
-from panacea_lab.defenses.post import PostConfig
+from panacea_lab import defenses, settings
+from panacea_lab.config import ATTACK_PRESETS, AlignConfig, AttackConfig, ConfigError, DefenseConfig, EvalConfig, TASKS
+from panacea_lab.pipeline.evaluations import evaluate
+from panacea_lab.pipeline.preflight import preflight
+from panacea_lab.pipeline.stages import align, artifact, attack
 from panacea_lab.training.store import RunStore
-from panacea_lab.data.world import TASKS
 
 METRICS = ("HS", "refusal", "other")
+KEYS = ("method", "variant", "param", "value", "p")  # what identifies a row of a summary (besides the seed)
 
 
 def attack_config(align_cfg: AlignConfig, task: str, p: float, seed: int, preset: str = "default",
                   **overrides) -> AttackConfig:
     """An attack from a named strength preset; keyword overrides win over the preset."""
     if preset not in ATTACK_PRESETS:
-        raise ValueError(f"preset = {preset!r}: use one of {sorted(ATTACK_PRESETS)}")
+        raise ConfigError(f"preset = {preset!r}: use one of {sorted(ATTACK_PRESETS)}")
     return AttackConfig(align=align_cfg, task=task, p=p, seed=seed, **{**ATTACK_PRESETS[preset], **overrides})
 
 
-def result_row(label: str, ev: dict, **extra) -> dict:
-    row = {"model": label, **extra, **{m: ev[m] for m in METRICS}}
-    row.update({f"FA_{task}": value for task, value in ev["FA"].items()})
+def result_row(ev: dict, *, method: str, label: str, variant: str = "w", param: str | None = None,
+               value: float | None = None, p: float | None = None, seed: int | None = None, **extra) -> dict:
+    """One typed row: identity columns, the metrics, then any extra columns (e.g. norm, train time)."""
+    row = {"label": label, "method": method, "variant": variant, "param": param, "value": value, "p": p,
+           "seed": seed, **{m: ev[m] for m in METRICS}}
+    row.update({f"FA_{task}": v for task, v in ev["FA"].items()})
+    row.update(extra)
     return row
+
+
+def post_row(post: DefenseConfig, ev: dict, **kw) -> dict:
+    """The row of a post-fine-tuning transform, labelled and keyed by its registry record."""
+    record = defenses.of(post)
+    value = getattr(post, record.param) if record.param else None
+    label = f"{record.label} {record.param}={value:g}" if record.param else record.label
+    return result_row(ev, method=post.name, label=label, param=record.param or None, value=value,
+                      variant="control" if record.control else "w", **kw)
 
 
 def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default",
@@ -37,63 +56,82 @@ def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default"
     align_cfg = align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig()
     configs = [(seed, p, attack_config(align_cfg, task, p, seed, preset, **overrides)) for seed in seeds for p in ratios]
-    rows = []  # every config above is validated before anything is trained or written
+    preflight(*[c for _, _, c in configs], eval_cfg, align=align_cfg)  # every setting before any stage
+    rows = []
     if include_reference:  # base and aligned are scored on every task: alignment must not cost FA
         ref_eval = dataclasses.replace(eval_cfg, tasks=TASKS)
-        rows.append(result_row("base", evaluate("base", align_cfg.model, store, ref_eval, data=align_cfg.data), p=None, seed=None))
+        ev = evaluate("base", align_cfg.model, store, ref_eval, data=align_cfg.data)
+        rows.append(result_row(ev, method="base", label="base"))
         align(align_cfg, store)
-        rows.append(result_row("aligned", evaluate("align", align_cfg, store, ref_eval), p=None, seed=None))
+        rows.append(result_row(evaluate("align", align_cfg, store, ref_eval), method="aligned", label="aligned"))
     for seed, p, cfg in configs:
         result = attack(cfg, store)
-        ev = evaluate("attack", cfg, store, eval_cfg)
-        rows.append(result_row("fine-tuned", ev, p=p, seed=seed, preset=preset,
-                         train_seconds=result["train"]["train_seconds"]))
+        rows.append(result_row(evaluate("attack", cfg, store, eval_cfg), method="sft", label="fine-tuned", p=p,
+                               seed=seed, preset=preset, train_seconds=result["train"]["train_seconds"]))
     return pd.DataFrame(rows)
 
 
 def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default", stds=(0.01, 0.02, 0.04, 0.08),
-                  rhos=(0.5, 1.0, 2.0), lam: float = 1e-3, panacea_kw: dict | None = None,
+                  rhos=None, lam: float | None = None, panacea_kw: dict | None = None,
                   antidote_ratio: float | None = 0.1, align_cfg: AlignConfig | None = None,
-                  eval_cfg: EvalConfig | None = None, store: RunStore | None = None, **overrides) -> pd.DataFrame:
+                  eval_cfg: EvalConfig | None = None, store: RunStore | None = None, setting: str = "embedded",
+                  extra_post=(), **overrides) -> pd.DataFrame:
     """Every post-fine-tuning defense on the same fine-tuned models, per ratio and seed.
 
-    Rows: no defense; noise per std; Antidote (unless `antidote_ratio` is None); Panacea per rho,
-    before and after its eps, and a random direction of exactly ||eps|| added to Panacea's trained w
-    (the same-norm control), and one harmful-gradient ascent step of ||eps|| taken at the undefended
-    model (is Panacea's training needed, or only its last step's direction?). Empty `stds` / `rhos`
-    skip those families.
+    Rows: no defense; noise per std; Antidote (unless `antidote_ratio` is None); any `extra_post`
+    transforms (post-fine-tuning defense configs); Panacea per rho, as its trained w and as w + eps;
+    a random direction of exactly ||eps|| added to w (the same-norm control); and one harmful-gradient
+    step of ||eps|| taken at the undefended model (is Panacea's training needed, or only its last
+    step's direction?). Panacea's rho and lambda default to the named `setting`'s.
     """
     store, align_cfg = store or RunStore(), align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig(tasks=(task,))
+    chosen = settings.get(setting)
+    rhos = [chosen.param("panacea", "rho")] if rhos is None else list(rhos)
+    panacea_kw = {**(panacea_kw or {}), **({"lam": lam} if lam is not None else {})}
+    panaceas = [chosen.defense("panacea", rho=rho, **panacea_kw) for rho in rhos]
     configs = [(seed, p, attack_config(align_cfg, task, p, seed, preset, **overrides)) for seed in seeds for p in ratios]
-    panaceas = [PanaceaConfig(rho=rho, lam=lam, **(panacea_kw or {})) for rho in rhos]  # validated up front
+    posts = [defenses.get("noise").make(std=std) for std in stds]
+    if antidote_ratio is not None:
+        posts.append(defenses.get("antidote").make(dense_ratio=antidote_ratio))
+    posts += list(extra_post)
+    preflight(*[c for _, _, c in configs], eval_cfg, align=align_cfg)
     rows = []
     for seed, p, cfg in configs:
         attack(cfg, store)
-
-        def add(label, stage, run, post=PostConfig(), **extra):
-            rows.append(result_row(label, evaluate(stage, run, store, eval_cfg, post), p=p, seed=seed, **extra))
-
-        add("no defense", "attack", cfg)
-        for std in stds:
-            add(f"noise std={std:g}", "attack", cfg, PostConfig(method="noise", std=std, seed=seed), std=std)
-        if antidote_ratio is not None:
-            add(f"antidote {antidote_ratio:g}", "attack", cfg,
-                PostConfig(method="antidote", dense_ratio=antidote_ratio, seed=seed))
-        for rho, pcfg in zip(rhos, panaceas):
-            run = PanaceaRun(cfg, pcfg)
-            res = attack(run, store)
-            eps_norm = res["train"]["finalize"]["eps_norm"]
-            add(f"panacea rho={rho:g} (w)", "panacea", run, rho=rho)
-            add(f"panacea rho={rho:g} (w+eps)", "panacea", run, PostConfig(method="eps"), rho=rho, norm=eps_norm)
-            add(f"same-norm random rho={rho:g}", "panacea", run,
-                PostConfig(method="random_direction", norm=eps_norm, seed=seed), rho=rho, norm=eps_norm)
-            add(f"harmful ascent rho={rho:g}", "attack", cfg,  # the eps-sized step without Panacea's training
-                PostConfig(method="harmful_ascent", norm=eps_norm, n_batches=1, seed=seed), rho=rho, norm=eps_norm)
+        ev = evaluate("attack", cfg, store, eval_cfg)
+        rows.append(result_row(ev, method="none", label="no defense", p=p, seed=seed))
+        for post in posts:
+            if hasattr(post, "seed"):
+                post = dataclasses.replace(post, seed=seed)
+            rows.append(post_row(post, evaluate("attack", cfg, store, eval_cfg, post), p=p, seed=seed))
+        for pcfg in panaceas:
+            rows += _panacea_rows(cfg, pcfg, store, eval_cfg, p, seed)
     return pd.DataFrame(rows)
 
 
-def eps_coefficients(run: PanaceaRun, store: RunStore, by=("layer", "module")) -> pd.DataFrame:
+def _panacea_rows(cfg: AttackConfig, pcfg, store: RunStore, eval_cfg: EvalConfig, p: float, seed: int) -> list[dict]:
+    """Panacea's w and w + eps, and the two controls of the same norm as its eps."""
+    run = dataclasses.replace(cfg, defense=pcfg)
+    eps_norm = attack(run, store)["train"]["finalize"]["eps_norm"]
+    ident = {"p": p, "seed": seed, "param": "rho", "value": pcfg.rho, "norm": eps_norm}
+    rho = f"rho={pcfg.rho:g}"
+    eps = defenses.get("eps").make()
+    direction = defenses.get("random_direction").make(norm=eps_norm, seed=seed)
+    ascent = defenses.get("harmful_ascent").make(norm=eps_norm, n_batches=1, seed=seed)
+    return [
+        result_row(evaluate("attack", run, store, eval_cfg), method="panacea", variant="w",
+                   label=f"Panacea {rho} (w)", **ident),
+        result_row(evaluate("attack", run, store, eval_cfg, eps), method="panacea", variant="w+eps",
+                   label=f"Panacea {rho} (w + eps)", **ident),
+        result_row(evaluate("attack", run, store, eval_cfg, direction), method="random_direction",
+                   variant="control", label=f"same-norm random {rho}", **ident),
+        result_row(evaluate("attack", cfg, store, eval_cfg, ascent), method="harmful_ascent",  # no Panacea training
+                   variant="control", label=f"harmful ascent {rho}", **ident),
+    ]
+
+
+def eps_coefficients(run: AttackConfig, store: RunStore, by=("layer", "module")) -> pd.DataFrame:
     """Safety coefficients of a Panacea run's eps beside those of Gaussian noise on the same tensors.
 
     Noise's share is set by tensor sizes alone, so it is the reference a learned eps departs from.
@@ -102,23 +140,25 @@ def eps_coefficients(run: PanaceaRun, store: RunStore, by=("layer", "module")) -
 
     from panacea_lab.analysis.coefficients import safety_coefficients
     from panacea_lab.defenses.perturb import gaussian_noise
-    from panacea_lab.defenses.post import EPS_FILE
 
     attack(run, store)
-    eps = load_file(str(store.path("panacea", run) / EPS_FILE))
+    eps = load_file(str(artifact(store, "attack", run, "eps.safetensors")))
     ours = safety_coefficients(eps, by).rename(columns={"share": "eps_share"})
     noise = safety_coefficients(gaussian_noise(eps, 1.0, 0), by).rename(columns={"share": "noise_share"})
     return ours.drop(columns="sq_norm").merge(noise.drop(columns="sq_norm"), on=list(by))
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean (and std over seeds) of every metric per model and ratio."""
+    """Mean ± std over seeds of every metric per row identity (method, variant, param, value, p)."""
     metric_cols = [c for c in df.columns if c in METRICS or c == "HS+" or c.startswith("FA_")]
-    keys = df["model"] + df["p"].map(lambda p: "" if pd.isna(p) else f" p={p:g}")
-    grouped = df.assign(run=keys).groupby("run", sort=False)[metric_cols]
-    mean, std = grouped.mean(), grouped.std().fillna(0.0)
+    keys = [k for k in KEYS if k in df.columns]
+    grouped = df.groupby(keys, sort=False, dropna=False)
+    mean, std = grouped[metric_cols].mean(), grouped[metric_cols].std().fillna(0.0)
     out = mean.round(1).astype(str) + " ± " + std.round(1).astype(str)
     out.insert(0, "seeds", grouped.size())
+    labels = grouped["label"].first()
+    p = mean.index.get_level_values("p") if "p" in keys else [None] * len(out)
+    out.index = [lab + ("" if pd.isna(pv) else f" p={pv:g}") for lab, pv in zip(labels, p)]
     return out
 
 

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from panacea_lab.config import AttackConfig, EvalConfig, check, coerce_numbers
+from panacea_lab.config import AttackConfig, EvalConfig, Validated, check
 from panacea_lab.evaluation.evaluate import evaluate_model
 from panacea_lab.evaluation.judges import SCORING_VERSION
-from panacea_lab.training.pipeline import (
-    PanaceaRun,
-    align,
-    attack_of,
-    evaluate,
-    finetune,
-    get_tokenizer,
-    world_of,
-)
+from panacea_lab.pipeline.context import get_tokenizer, world_of
+from panacea_lab.pipeline.evaluations import evaluate
+from panacea_lab.pipeline.keys import key
+from panacea_lab.pipeline.stages import align, finetune
 from panacea_lab.training.store import RunStore
 
 
@@ -28,16 +23,15 @@ def _small_eval() -> EvalConfig:
 
 
 @dataclass(frozen=True)
-class Trajectory:
+class Trajectory(Validated):
     """Score the fine-tuning run `run` every `every` optimiser steps (step 0 is the aligned model)."""
 
-    run: AttackConfig | PanaceaRun = field(default_factory=AttackConfig)
+    run: AttackConfig = field(default_factory=AttackConfig)  # under any fine-tuning defense
     every: int = 30
     eval: EvalConfig = field(default_factory=_small_eval)
     scoring_version: int = SCORING_VERSION
 
-    def __post_init__(self):
-        coerce_numbers(self)
+    def check_values(self):
         check(self.every >= 1, "every", self.every, "score every k >= 1 steps")
 
 
@@ -48,7 +42,7 @@ def _point(step: int, ev: dict) -> dict:
 
 def trajectory(cfg: Trajectory, store: RunStore) -> dict:
     """Cached: {"points": [{"step", "HS", "refusal", "other", "FA_<task>"}...], "train": loop result}."""
-    plain = attack_of(cfg.run)
+    plain = cfg.run
     align(plain.align, store)
 
     def compute():
@@ -65,4 +59,4 @@ def trajectory(cfg: Trajectory, store: RunStore) -> dict:
             points.append(_point(result["steps"], evaluate_model(model, tok, world, cfg.eval)))
         return {"points": points, "train": result, "n_harmful": n_harm}, None
 
-    return store.cached("trajectory", cfg, compute)
+    return store.cached("trajectory", key("trajectory", cfg, model=cfg.run.align.model, data=cfg.run.align.data), compute)

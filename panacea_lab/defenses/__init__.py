@@ -1,9 +1,17 @@
-"""One small module per defense; each plugs into the one loop in train.py.
+"""Defenses: one module per defense, each exporting its validated config and one `Defense` record.
 
-Alignment-stage defenses are selected by the AlignConfig field of the same name (at most one).
+Registry (defenses/registry.py): the pipeline, the CLI, the sweeps, the overhead profiler and the
+notebooks find every defense here. Adding one is a module plus one line below (docs/ARCHITECTURE.md).
+
+May import: panacea_lab.config, data, models, training.loop.
 """
-from panacea_lab.defenses.booster import BoosterConfig
-from panacea_lab.defenses.repnoise import RepNoiseConfig
-from panacea_lab.defenses.vaccine import VaccineConfig
+from panacea_lab.defenses import antidote, booster, harmful_ascent, lisa, panacea, random_noise, repnoise, vaccine
+from panacea_lab.defenses.registry import REGISTRY, Defense, get, names, of, register
 
-ALIGNMENT_DEFENSES = {"vaccine": VaccineConfig, "repnoise": RepNoiseConfig, "booster": BoosterConfig}
+for _record in (vaccine.DEFENSE, repnoise.DEFENSE, booster.DEFENSE,  # alignment stage
+                panacea.DEFENSE, lisa.DEFENSE,  # fine-tuning stage
+                random_noise.NOISE, antidote.DEFENSE, panacea.EPS,  # post-fine-tuning
+                random_noise.RANDOM_DIRECTION, harmful_ascent.DEFENSE):  # controls
+    register(_record)
+
+__all__ = ["REGISTRY", "Defense", "get", "names", "of", "register"]

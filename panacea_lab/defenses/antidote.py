@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from peft.tuners.lora import Linear as LoraLinear
 from torch import Tensor, nn
+
+from panacea_lab.config import POST, DefenseConfig, check, positive
+from panacea_lab.defenses.registry import Defense
 
 METHODS = ("wanda", "random")
 
@@ -191,3 +195,31 @@ def antidote(model: nn.Module, batches: Iterable | None, dense_ratio: float = 0.
     """Prune the fine-tuned peft `model` (consumed) and return the plain pruned model with the report."""
     deltas, report = antidote_deltas(model, batches, dense_ratio, method, seed)
     return fold_and_unload(model, deltas), report
+
+
+@dataclass(frozen=True)
+class AntidoteConfig(DefenseConfig):
+    """Antidote's knobs: the share of each row pruned, the defender batches that score it, and the
+    pruning rule (wanda, or random: the same-count control)."""
+
+    name = "antidote"
+    stage = POST
+
+    dense_ratio: float = 0.1
+    n_batches: int = 4
+    method: str = "wanda"
+    seed: int = 0
+
+    def check_values(self):
+        check(0 <= self.dense_ratio <= 1, "dense_ratio", self.dense_ratio, "must be in [0, 1]")
+        positive(self, "n_batches")
+        check(self.method in METHODS, "method", self.method, f"use one of {METHODS}")
+
+
+def _prune(model, cfg: AntidoteConfig, ctx):
+    batches = ctx.harmful_batches(cfg.n_batches) if cfg.method == "wanda" else None
+    return antidote(model, batches, cfg.dense_ratio, cfg.method, cfg.seed)[0]
+
+
+DEFENSE = Defense(name="antidote", stage=POST, config=AntidoteConfig, label="Antidote", param="dense_ratio",
+                  transform=_prune)

@@ -18,22 +18,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from panacea_lab.config import check, coerce_numbers
+from panacea_lab.config import ALIGNMENT, DefenseConfig, check, positive
 from panacea_lab.data.batching import BatchStream
 from panacea_lab.defenses.common import gradient_at_shift, harmful_gradients
+from panacea_lab.defenses.registry import Defense
 from panacea_lab.training.loop import StepRule, lm_loss
 
 
 @dataclass(frozen=True)
-class BoosterConfig:
+class BoosterConfig(DefenseConfig):
+    name = "booster"
+    stage = ALIGNMENT
+
     """Booster's knobs: lam weighs the harmful-perturbation regulariser, alpha is the inner step size."""
 
     lam: float = 5.0
     alpha: float = 0.1
     harmful_batch_size: int = 10
 
-    def __post_init__(self):
-        coerce_numbers(self)
+    def check_values(self):
         check(self.lam >= 0, "lam", self.lam, "the regulariser weight must be >= 0 (0 is plain SFT)")
         check(self.alpha > 0, "alpha", self.alpha, "the inner harmful step size must be > 0")
         check(self.harmful_batch_size > 0, "harmful_batch_size", self.harmful_batch_size, "must be > 0")
@@ -60,3 +63,14 @@ class BoosterRule(StepRule):
 
     def finalize(self, model) -> dict:
         return {}
+
+    def state_dict(self):
+        """For a resumed stage: the harmful stream's position."""
+        return {}, {"batches": self.batches.position()}
+
+    def load_state_dict(self, tensors, meta) -> None:
+        self.batches.seek(meta["batches"])
+
+
+DEFENSE = Defense(name="booster", stage=ALIGNMENT, config=BoosterConfig, label="Booster", param="lam",
+                  rule=lambda cfg, ctx: BoosterRule(cfg, ctx.harmful(cfg.harmful_batch_size)))

@@ -9,10 +9,13 @@ model instead, the training is what makes w tolerate its eps.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
-from panacea_lab.defenses.perturb import global_norm
+from panacea_lab.config import POST, DefenseConfig, check, positive
+from panacea_lab.defenses.perturb import add_, global_norm
+from panacea_lab.defenses.registry import Defense
 from panacea_lab.training.loop import lm_loss
 
 
@@ -39,3 +42,28 @@ def harmful_ascent(model, batches: Iterable, norm: float, names: list[str]) -> d
     g = dict(zip(params, (x.detach() for x in grads)))
     scale = norm / (global_norm(g) + 1e-12)
     return {n: scale * x for n, x in g.items()}
+
+
+@dataclass(frozen=True)
+class HarmfulAscentConfig(DefenseConfig):
+    """One harmful-gradient step of global norm `norm` over `n_batches` defender batches."""
+
+    name = "harmful_ascent"
+    stage = POST
+
+    norm: float = 0.0
+    n_batches: int = 1
+    seed: int = 0
+
+    def check_values(self):
+        check(self.norm >= 0, "norm", self.norm, "must be >= 0")
+        positive(self, "n_batches")
+
+
+def _ascend(model, cfg: HarmfulAscentConfig, ctx):
+    add_(model, harmful_ascent(model, ctx.harmful_batches(cfg.n_batches), cfg.norm, ctx.lora_names))
+    return model
+
+
+DEFENSE = Defense(name="harmful_ascent", stage=POST, config=HarmfulAscentConfig, label="harmful ascent",
+                  param="norm", transform=_ascend, control=True)

@@ -24,15 +24,19 @@ from dataclasses import dataclass
 
 import torch
 
-from panacea_lab.config import check, coerce_numbers
+from panacea_lab.config import FINETUNING, DefenseConfig, check, positive
 from panacea_lab.data.batching import BatchStream
+from panacea_lab.defenses.registry import Defense
 from panacea_lab.training.loop import StepRule, lm_loss
 
 ALIGN, FINETUNE = 0, 1
 
 
 @dataclass(frozen=True)
-class LisaConfig:
+class LisaConfig(DefenseConfig):
+    name = "lisa"
+    stage = FINETUNING
+
     """Lisa's knobs. Official defaults: 100 alignment / 900 fine-tuning steps per cycle, rho = 1."""
 
     align_steps: int = 100
@@ -40,8 +44,7 @@ class LisaConfig:
     rho: float = 1.0
     align_batch_size: int = 10  # the caller builds the alignment stream with this batch size
 
-    def __post_init__(self):
-        coerce_numbers(self)
+    def check_values(self):
         check(self.align_steps > 0, "align_steps", self.align_steps, "must be > 0")
         check(self.finetune_steps > 0, "finetune_steps", self.finetune_steps, "must be > 0")
         check(self.rho >= 0, "rho", self.rho, "the proximal weight must be >= 0")
@@ -85,3 +88,18 @@ class LisaRule(StepRule):
 
     def finalize(self, model) -> dict:
         return {}
+
+    def state_dict(self):
+        """For a resumed stage: the alignment stream's position and the snapshot w_other (and its step)."""
+        snap = {f"snapshot/{n}": s for n, s in zip(self.names, self.snapshot or [])}
+        return snap, {"batches": self.batches.position(), "snapshot_step": self.snapshot_step,
+                      "has_snapshot": self.snapshot is not None}
+
+    def load_state_dict(self, tensors, meta) -> None:
+        self.batches.seek(meta["batches"])
+        self.snapshot = [tensors[f"snapshot/{n}"] for n in self.names] if meta["has_snapshot"] else None
+        self.snapshot_step = meta["snapshot_step"]
+
+
+DEFENSE = Defense(name="lisa", stage=FINETUNING, config=LisaConfig, label="Lisa", param="rho",
+                  rule=lambda cfg, ctx: LisaRule(cfg, ctx.alignment(cfg.align_batch_size)))

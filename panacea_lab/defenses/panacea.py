@@ -18,15 +18,19 @@ from dataclasses import dataclass
 
 import torch
 
-from panacea_lab.config import check, coerce_numbers
+from panacea_lab.config import FINETUNING, POST, DefenseConfig, check, positive
 from panacea_lab.data.batching import BatchStream
 from panacea_lab.defenses.common import gradient_at_shift, harmful_gradients
-from panacea_lab.defenses.perturb import global_norm
+from panacea_lab.defenses.perturb import add_, global_norm
+from panacea_lab.defenses.registry import Defense
 from panacea_lab.training.loop import StepRule, lm_loss
 
 
 @dataclass(frozen=True)
-class PanaceaConfig:
+class PanaceaConfig(DefenseConfig):
+    name = "panacea"
+    stage = FINETUNING
+
     """Panacea's knobs. Paper defaults (Llama2-7B): rho = 1, lambda = 1e-3, clamp 5."""
 
     rho: float = 1.0
@@ -36,8 +40,7 @@ class PanaceaConfig:
     recompute_every: int = 1  # amortized Panacea when > 1 (off by default)
     h_const: bool = False  # treat h(w) as a constant (off by default: the paper's objective)
 
-    def __post_init__(self):
-        coerce_numbers(self)
+    def check_values(self):
         check(self.rho >= 0, "rho", self.rho, "the perturbation radius must be >= 0")
         check(self.lam >= 0, "lam", self.lam, "lambda must be >= 0")
         check(self.clamp > 0, "clamp", self.clamp, "must be > 0")
@@ -83,3 +86,41 @@ class PanaceaRule(StepRule):
     def eps_by_name(self) -> dict[str, torch.Tensor]:
         """The last eps as a name -> tensor dict (for safety coefficients and the same-norm control)."""
         return dict(zip(self.names, [e.detach().cpu() for e in (self.eps or [])]))
+
+    def state_dict(self):
+        """For a resumed stage: the harmful stream's position and the last eps (what `finalize` adds)."""
+        eps = {f"eps/{n}": e for n, e in zip(self.names, self.eps or [])}
+        return eps, {"batches": self.batches.position(), "has_eps": self.eps is not None}
+
+    def load_state_dict(self, tensors, meta) -> None:
+        self.batches.seek(meta["batches"])
+        self.eps = [tensors[f"eps/{n}"] for n in self.names] if meta["has_eps"] else None
+
+
+DEFENSE = Defense(name="panacea", stage=FINETUNING, config=PanaceaConfig, label="Panacea", param="rho",
+                  rule=lambda cfg, ctx: PanaceaRule(cfg, ctx.harmful(cfg.harmful_batch_size), apply_eps=False),
+                  artifacts=lambda rule: {"eps": rule.eps_by_name()})
+
+
+@dataclass(frozen=True)
+class EpsConfig(DefenseConfig):
+    """Panacea's post-fine-tuning half: add the run's stored eps, times `scale`, to the trained w."""
+
+    name = "eps"
+    stage = POST
+
+    scale: float = 1.0
+
+    def check_values(self):
+        check(self.scale >= 0, "scale", self.scale, "must be >= 0 (1 applies eps as learnt)")
+
+
+def apply_eps(model, cfg: EpsConfig, ctx):
+    """w + scale * eps, in place (FileNotFoundError from `ctx` when the run stored no eps)."""
+    eps = ctx.artifact("eps")
+    add_(model, {k: cfg.scale * v for k, v in eps.items()} if cfg.scale != 1.0 else eps)
+    return model
+
+
+EPS = Defense(name="eps", stage=POST, config=EpsConfig, label="Panacea w + eps", param="scale",
+              transform=apply_eps)

@@ -8,9 +8,11 @@ perturbation under study (`same_norm_control`). No training happens here.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from panacea_lab.config import POST, DefenseConfig, check
 from panacea_lab.defenses.perturb import (
     Delta,
     add_,
@@ -19,6 +21,7 @@ from panacea_lab.defenses.perturb import (
     named_trainable,
     random_direction,
 )
+from panacea_lab.defenses.registry import Defense
 
 
 def noise_perturbation(model: nn.Module, std: float, seed: int, names: Iterable[str] | None = None) -> Delta:
@@ -37,3 +40,48 @@ def apply_random_noise_(model: nn.Module, std: float, seed: int, names: Iterable
     add_(model, delta)
     return {"defense": "random_noise", "std": float(std), "seed": int(seed), "norm": global_norm(delta),
             "n_tensors": len(delta), "n_elements": sum(t.numel() for t in delta.values())}
+
+
+@dataclass(frozen=True)
+class NoiseConfig(DefenseConfig):
+    """Gaussian noise N(0, std^2) on every LoRA entry, drawn from `seed`."""
+
+    name = "noise"
+    stage = POST
+
+    std: float = 0.0
+    seed: int = 0
+
+    def check_values(self):
+        check(self.std >= 0, "std", self.std, "the noise std must be >= 0")
+
+
+@dataclass(frozen=True)
+class RandomDirectionConfig(DefenseConfig):
+    """A uniformly random direction over the LoRA tensors with global L2 norm `norm` (the same-norm
+    control passes ||eps||)."""
+
+    name = "random_direction"
+    stage = POST
+
+    norm: float = 0.0
+    seed: int = 0
+
+    def check_values(self):
+        check(self.norm >= 0, "norm", self.norm, "must be >= 0")
+
+
+def _add_noise(model, cfg: NoiseConfig, ctx):
+    add_(model, noise_perturbation(model, cfg.std, cfg.seed, ctx.lora_names))
+    return model
+
+
+def _add_direction(model, cfg: RandomDirectionConfig, ctx):
+    add_(model, random_direction(named_trainable(model, ctx.lora_names), cfg.norm, cfg.seed))
+    return model
+
+
+NOISE = Defense(name="noise", stage=POST, config=NoiseConfig, label="noise", param="std", transform=_add_noise)
+RANDOM_DIRECTION = Defense(name="random_direction", stage=POST, config=RandomDirectionConfig,
+                           label="same-norm random direction", param="norm", transform=_add_direction,
+                           control=True)

@@ -33,23 +33,26 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from panacea_lab.config import check, coerce_numbers
+from panacea_lab.config import ALIGNMENT, DefenseConfig, check, positive
 from panacea_lab.data.batching import IGNORE_INDEX, BatchStream
+from panacea_lab.defenses.registry import Defense
 from panacea_lab.training.loop import StepRule, lm_loss
 
 OFFICIAL_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # kernel_mul 2, kernel_num 5 in the official MMD_loss
 
 
 @dataclass(frozen=True)
-class RepNoiseConfig:
+class RepNoiseConfig(DefenseConfig):
+    name = "repnoise"
+    stage = ALIGNMENT
+
     """RepNoise's knobs: ascent weight alpha, noise (MMD) weight beta, harmful batch size."""
 
     alpha: float = 0.1
     beta: float = 0.001
     harmful_batch_size: int = 10  # the caller builds the harmful stream with this batch size
 
-    def __post_init__(self):
-        coerce_numbers(self)
+    def check_values(self):
         check(self.alpha >= 0, "alpha", self.alpha, "the gradient-ascent weight must be >= 0")
         check(self.beta >= 0, "beta", self.beta, "the noise (MMD) weight must be >= 0")
         check(self.harmful_batch_size > 0, "harmful_batch_size", self.harmful_batch_size, "must be > 0")
@@ -125,3 +128,14 @@ class RepNoiseRule(StepRule):
         total = loss + cfg.beta * noise - cfg.alpha * torch.log1p(lens)
         self.accelerator.backward(total)
         return {"loss": loss.item(), "mmd": noise.item(), "lens_ce": lens.item()}
+
+    def state_dict(self):
+        """For a resumed stage: the harmful stream's position (the noise is seeded by the step)."""
+        return {}, {"batches": self.batches.position()}
+
+    def load_state_dict(self, tensors, meta) -> None:
+        self.batches.seek(meta["batches"])
+
+
+DEFENSE = Defense(name="repnoise", stage=ALIGNMENT, config=RepNoiseConfig, label="RepNoise", param="beta",
+                  rule=lambda cfg, ctx: RepNoiseRule(cfg, ctx.harmful(cfg.harmful_batch_size)))

@@ -26,22 +26,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from panacea_lab.config import check, coerce_numbers
+from panacea_lab.config import ALIGNMENT, DefenseConfig, check, positive
 from panacea_lab.defenses.perturb import global_norm
+from panacea_lab.defenses.registry import Defense
 from panacea_lab.training.loop import StepRule, lm_loss
 
 SITES = ("attention", "layer")
 
 
 @dataclass(frozen=True)
-class VaccineConfig:
+class VaccineConfig(DefenseConfig):
+    name = "vaccine"
+    stage = ALIGNMENT
+
     """rho: the radius of the hidden-state perturbation; site: where it is added (see module doc)."""
 
     rho: float = 20.0
     site: str = "attention"
 
-    def __post_init__(self):
-        coerce_numbers(self)
+    def check_values(self):
         check(self.rho >= 0, "rho", self.rho, "the perturbation radius must be >= 0 (0 is plain SFT)")
         check(self.site in SITES, "site", self.site, "use attention (the official code) or layer")
 
@@ -133,3 +136,15 @@ class VaccineRule(StepRule):
         self.eps_norm = global_norm(dict(enumerate(eps)))
         return {"loss": loss.item(), "loss_perturbed": loss_perturbed.item(), "hidden_grad_norm": norm,
                 "eps_norm": self.eps_norm}
+
+    def state_dict(self):
+        """For a resumed stage: the last eps norm only; eps itself (hidden-state sized) is redrawn
+        from scratch at every step, so no later step needs it."""
+        return {}, {"eps_norm": self.eps_norm}
+
+    def load_state_dict(self, tensors, meta) -> None:
+        self.eps_norm = meta["eps_norm"]
+
+
+DEFENSE = Defense(name="vaccine", stage=ALIGNMENT, config=VaccineConfig, label="Vaccine", param="rho",
+                  rule=lambda cfg, ctx: VaccineRule(cfg))

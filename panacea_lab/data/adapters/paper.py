@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from panacea_lab.data.adapters._io import PAPER_HINT, columns, dedupe, nonempty, read_records, require
+from panacea_lab.data.adapters._io import PAPER_HINT, columns, dedupe, nonempty, read_records, reader, require
 from panacea_lab.paths import data_dir
 from panacea_lab.data.world import Example
 
@@ -49,6 +49,7 @@ def strip_question(refusal: str, prompt: str) -> str:
     return tail.strip() if sep and head.startswith("Question: ") else refusal.strip()
 
 
+@reader(PAPER_HINT)
 def read_beavertails_refusals(path: str | Path) -> BeaverTailsSets:
     """`beavertails_with_refusals_train.json` (RepNoise; used by Booster/Vaccine/Panacea) -> two sets.
 
@@ -95,6 +96,7 @@ def split_pools(harmful: list[Example], n_defender: int, seed: int = 0,
 
 
 # ------------------------------------------------------------------------- BeaverTails 30k_test
+@reader(PAPER_HINT)
 def read_beavertails_test(path: str | Path) -> list[Example]:
     """BeaverTails `30k_test` (round0/30k/test.jsonl.gz, or a .json/.jsonl/.parquet export) -> prompts.
 

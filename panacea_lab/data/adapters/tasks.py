@@ -16,7 +16,16 @@ import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from panacea_lab.data.adapters._io import FETCH_HINT, PAPER_HINT, columns, nonempty, read_csv, read_records, require
+from panacea_lab.data.adapters._io import (
+    FETCH_HINT,
+    PAPER_HINT,
+    columns,
+    nonempty,
+    read_csv,
+    read_records,
+    reader,
+    require,
+)
 from panacea_lab.data.world import Example
 
 # git-disl/Vaccine sst2/build_dataset.py
@@ -49,6 +58,7 @@ def arithmetic_example(question: str, output: str, answer: str) -> Example:
 
 
 # ------------------------------------------------------------------------- SST-2
+@reader(PAPER_HINT)
 def read_sst2(path: str | Path) -> list[Example]:
     """SST-2 -> sentiment. HF export (.parquet/.json/.jsonl; sentence, label 0/1) or GLUE tsv.
 
@@ -65,6 +75,7 @@ def read_sst2(path: str | Path) -> list[Example]:
 
 
 # ------------------------------------------------------------------------- AG News
+@reader(PAPER_HINT)
 def read_ag_news(path: str | Path) -> list[Example]:
     """AG News -> topic. HF export (text, label 0..3) or the original headerless csv.
 
@@ -90,6 +101,7 @@ def gsm8k_label(answer: str) -> str:
     return tail[1].strip().replace(",", "") if len(tail) == 2 else ""
 
 
+@reader(PAPER_HINT)
 def read_gsm8k(path: str | Path) -> list[Example]:
     """GSM8K (HF parquet/json/jsonl or the original grade_school_math jsonl: question, answer).
 
@@ -105,6 +117,7 @@ def read_gsm8k(path: str | Path) -> list[Example]:
 
 
 # ------------------------------------------------------------------------- AlpacaEval
+@reader(PAPER_HINT)
 def read_alpaca_eval(path: str | Path) -> list[Example]:
     """AlpacaEval (`alpaca_eval.json` of tatsu-lab/alpaca_eval: instruction, output, generator, dataset).
 
@@ -132,6 +145,7 @@ def _bigbench_examples(p: Path) -> list[tuple[str, str]]:
     return out
 
 
+@reader(FETCH_HINT)
 def read_multiemo(path: str | Path) -> list[Example]:
     """`bigbench/benchmark_tasks/multiemo/all_sentence_en/task.json` -> sentiment (SST-2 format).
 
@@ -164,6 +178,7 @@ def number_label(choice: str) -> str:
     return format(d.to_integral() if d == d.to_integral() else d.normalize(), "f")
 
 
+@reader(FETCH_HINT)
 def read_elementary_math_qa(path: str | Path) -> list[Example]:
     """`bigbench/benchmark_tasks/elementary_math_qa/question_only/task.json` -> arithmetic.
 
