@@ -33,6 +33,7 @@ DATA_SOURCES = ("embedded", "packages", "beavertails")
 # the three places a defense can act (docs/ARCHITECTURE.md)
 ALIGNMENT, FINETUNING, POST = "alignment", "fine-tuning", "post-fine-tuning"
 STAGES = (ALIGNMENT, FINETUNING, POST)
+SPLITS = ("test", "validation")
 
 
 class ConfigError(ValueError):
@@ -208,6 +209,8 @@ class AlignConfig(Validated):
     seed: int = 0
     data: str = "embedded"  # where every data role comes from (panacea_lab.data.real_world for real data)
     defense: DefenseConfig | None = None
+    schedule: str = "linear"  # learning-rate schedule (training/loop.py); the paper's scripts: "constant"
+    weight_decay: float = 0.0  # the paper's scripts: 0.1
 
     def check_values(self):
         positive(self, "n_refusal", "epochs", "lr", "batch_size")
@@ -217,6 +220,7 @@ class AlignConfig(Validated):
         check(self.data == "embedded" or self.prevalence == "uniform", "prevalence", self.prevalence,
               "the BeaverTails-like skew is the embedded world's; real data bring their own mix: use 'uniform'")
         _stage_of(self.defense, ALIGNMENT)
+        _check_optimiser(self)
 
     @property
     def method(self) -> str:
@@ -239,8 +243,11 @@ class AttackConfig(Validated):
     adapter: str = "continue"  # continue the alignment adapter (paper) or a fresh one on the merged model
     seed: int = 0
     defense: DefenseConfig | None = None
+    schedule: str = "linear"  # learning-rate schedule (training/loop.py); the paper's scripts: "constant"
+    weight_decay: float = 0.0  # the paper's scripts: 0.1
 
     def check_values(self):
+        _check_optimiser(self)
         check(self.task in TASKS, "task", self.task, f"use one of {', '.join(TASKS)}")
         check(0.0 <= self.p <= 1.0, "p", self.p, "the harmful ratio must be in [0, 1]")
         positive(self, "n", "epochs", "lr", "batch_size")
@@ -263,12 +270,22 @@ class EvalConfig(Validated):
     max_new_tokens: int = 40
     batch_size: int = 64
     judge_model: str = ""  # beaver-dam: a local directory or cached hub id ("" = PKU-Alignment/beaver-dam-7b)
+    split: str = "test"  # harmful prompts scored: "test" (reported) or "validation" (for calibration only)
 
     def check_values(self):
         positive(self, "n_harmful", "n_task", "max_new_tokens", "batch_size")
+        check(self.split in SPLITS, "split", self.split, f"use one of {SPLITS}")
         check(self.judge in JUDGES, "judge", self.judge, f"use one of {JUDGES}")
         for t in self.tasks:
             check(t in TASKS, "tasks", self.tasks, f"each task must be one of {', '.join(TASKS)}")
+
+
+SCHEDULES = ("linear", "constant", "constant_with_warmup")
+
+
+def _check_optimiser(cfg) -> None:
+    check(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, f"use one of {', '.join(SCHEDULES)}")
+    check(cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay, "must be >= 0")
 
 
 def _stage_of(defense, stage: str) -> None:

@@ -434,3 +434,37 @@ def test_overhead_bars_show_time_relative_to_the_baseline_in_method_colours():
     assert "cpu" in time_ax.get_title() and "RSS" in mem_ax.get_title()
     with pytest.raises(ValueError, match="baseline = 'vaccine'"):
         overhead_bars(df, baseline="vaccine")
+
+
+def typed_frame() -> pd.DataFrame:
+    """Rows as the sweeps now write them: display `label`, typed method / variant, param and value."""
+    legacy = defense_frame()
+    rows = []
+    for _, r in legacy.iterrows():
+        model = r["model"]
+        method, variant, param, value = {
+            "no defense": ("none", "w", None, None), "antidote 0.1": ("antidote", "w", "dense_ratio", 0.1)}.get(
+            model, (None, "w", None, None))
+        if model.startswith("noise"):
+            method, param, value = "noise", "std", r["std"]
+        elif model.startswith("panacea"):
+            method, variant, param, value = "panacea", "w+eps" if "w+eps" in model else "w", "rho", r["rho"]
+        elif model.startswith("same-norm"):
+            method, variant, param, value = "random_direction", "control", "rho", r["rho"]
+        rows.append({"label": model.replace("(w+eps)", "(w + eps)"), "method": method, "variant": variant,
+                     "param": param, "value": value, "p": r["p"], "seed": r["seed"], "norm": r.get("norm"),
+                     "HS": r["HS"], "FA_sentiment": r["FA_sentiment"]})
+    return pd.DataFrame(rows)
+
+
+def test_typed_rows_draw_like_labelled_ones_with_method_colours_and_param_tags():
+    typed, legacy = typed_frame(), defense_frame()
+    ax = metric_vs_param(typed, "std", metrics="HS").axes[0]
+    noise = legacy[legacy["std"].notna()].groupby("std")["HS"].mean()
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), noise.index.to_numpy())
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), noise.to_numpy())
+    fig = pareto(typed)
+    colors = _colors_by_label(fig)
+    assert colors["panacea (w + eps)"] == style.METHOD_STYLES["panacea (w+eps)"].color.lower()
+    assert colors["same-norm random"] == style.METHOD_STYLES["same-norm random"].color.lower()
+    assert {"dense_ratio=0.1", "rho=1"} <= {t.get_text() for t in fig.axes[0].texts}

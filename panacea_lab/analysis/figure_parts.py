@@ -58,9 +58,21 @@ def fa_limits(ax: Axes, col: str, axis: str, fa_from: float = 0.0) -> None:
     put(low, min(low + max(get()[1] - low, 1.0) * 1.05, 105.0))  # headroom above the highest point
 
 
+def display_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Typed sweep rows (label, method, variant, param, value) with the columns figures read: the
+    display label as `model`, and each knob as a column of its own (a row with param 'rho' gets rho = value)."""
+    if "model" not in df.columns and "label" in df.columns:
+        df = df.assign(model=df["label"])
+    if {"param", "value"} <= set(df.columns):
+        for name in df["param"].dropna().unique():
+            if name not in df.columns:
+                df = df.assign(**{str(name): df["value"].where(df["param"] == name)})
+    return df
+
+
 def frame(data, columns: Iterable[str], what: str) -> pd.DataFrame:
     """`data` as a frame holding `columns`, or a ValueError naming what is missing and what is there."""
-    df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+    df = display_rows(data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data)))
     if df.empty:
         raise ValueError(f"the {what} frame is empty: the {what} produced no rows (check its ratios, seeds or steps)")
     missing = [c for c in columns if c not in df.columns]

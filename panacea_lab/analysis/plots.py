@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from panacea_lab.analysis import style
 from panacea_lab.analysis.coefficients import pareto_front
-from panacea_lab.analysis.figure_parts import (  # noqa: F401  (re-exported: the notebooks' one import)
+from panacea_lab.analysis.figure_parts import (
     PARAM,
     SeedCounts,
     as_tuple,
@@ -35,8 +35,15 @@ from panacea_lab.analysis.figure_parts import (  # noqa: F401  (re-exported: the
     style_column,
     subplots,
 )
-from panacea_lab.analysis.figure_files import save_figure
-from panacea_lab.analysis.heatmaps import MODULE_ORDER, NORMALISE, coefficient_heatmap, grid_heatmap, heatmap_frame  # noqa: F401
+# Re-exported (see __all__): `plots` stays the notebooks' one import for every figure and its file.
+from panacea_lab.analysis.figure_files import save_figure  # noqa: F401
+from panacea_lab.analysis.heatmaps import (  # noqa: F401
+    MODULE_ORDER,
+    NORMALISE,
+    coefficient_heatmap,
+    grid_heatmap,
+    heatmap_frame,
+)
 
 DPI = style.DPI
 
@@ -164,9 +171,14 @@ def metric_vs_step(df: pd.DataFrame, metrics: str | Sequence[str] = ("HS", "FA_s
     return fig
 
 
-def _param_text(model: str) -> str:
-    """The parameters a run's label carries ('panacea rho=1 (w+eps)' -> 'rho=1'): the point's tag."""
-    return " ".join(m.strip() for m in PARAM.findall(str(model)))
+def _param_tags(df: pd.DataFrame) -> pd.Series:
+    """Each row's parameter as its point's tag: 'rho=1' from typed rows' param and value, else from
+    the parameters its label carries ('panacea rho=1 (w+eps)' -> 'rho=1'); '' for none."""
+    from_label = df["model"].map(lambda m: " ".join(t.strip() for t in PARAM.findall(str(m))))
+    if not {"param", "value"} <= set(df.columns):
+        return from_label
+    typed = [f"{k}={v:g}" if isinstance(k, str) and pd.notna(v) else "" for k, v in zip(df["param"], df["value"])]
+    return pd.Series(typed, index=df.index).where(lambda t: t != "", from_label)
 
 
 def _tag_points(ax, points: list[tuple[float, float, str, str]]) -> None:
@@ -191,9 +203,11 @@ def pareto(df: pd.DataFrame, x: str = "FA_sentiment", y: str = "HS",
     at every trade-off between fine-tuning accuracy and harm.
     """
     df = style_column(frame(df, ("model", x, y), "defense sweep"))
+    df = df.assign(_tag=_param_tags(df))
     keys = ["family", "model", "_style", *(["p"] if "p" in df.columns else [])]
     grouped = df.assign(family=_families(df, group_by)).groupby(keys, sort=False, dropna=False)
-    runs = grouped[[x, y]].mean().join(grouped[y].count().rename("count")).reset_index().dropna(subset=[x, y])
+    runs = (grouped[[x, y]].mean().join(grouped[y].count().rename("count")).join(grouped["_tag"].first())
+            .reset_index().dropna(subset=[x, y]))
     if runs.empty:
         raise ValueError(f"no run has both {x!r} and {y!r} scored: the sweep produced nothing to compare "
                          "(was that task evaluated? pass x= and y= naming scored columns)")
@@ -206,8 +220,8 @@ def pareto(df: pd.DataFrame, x: str = "FA_sentiment", y: str = "HS",
         front = pareto_front(rows, x, y)
         ax.step(front[x], front[y], where="pre", color=look.color, linewidth=1.0)
         for i, run in rows.iterrows():
-            if tag := _param_text(run["model"]):
-                (on_front if i in front.index else off_front).append((run[x], run[y], tag, look.color))
+            if run["_tag"]:
+                (on_front if i in front.index else off_front).append((run[x], run[y], run["_tag"], look.color))
         seeds.add(str(fam), int(rows["count"].min()))
     finish(ax, axis_label(x, fa_from), axis_label(y, fa_from), f"{short(y)} vs {short(x)}: Pareto front per method")
     fa_limits(ax, x, "x", fa_from)

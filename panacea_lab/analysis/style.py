@@ -64,7 +64,7 @@ UNKNOWN = Style("#8C8C8C", "o")  # grey: no method's colour, so an unmapped name
 ALIASES = {
     "fine-tuned": "no defense", "sft": "no defense", "sft (no defense)": "no defense", "none": "no defense",
     "no_defense": "no defense", "undefended": "no defense",
-    "panacea": "panacea (w+eps)", "panacea (eps)": "panacea (w+eps)", "panacea_k4": "panacea amortized",
+    "panacea": "panacea (w+eps)", "panacea (eps)": "panacea (w+eps)", "eps": "panacea (w+eps)", "panacea_k4": "panacea amortized",
     "panacea (control)": "same-norm random", "random_direction": "same-norm random",
     "same_norm_random": "same-norm random", "harmful_ascent": "harmful ascent", "rep_noise": "repnoise",
 }

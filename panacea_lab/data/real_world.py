@@ -27,7 +27,7 @@ REFUSAL_STYLES = (
 )
 # Alignment settings per source (the embedded world's defaults assume its 476-prompt pool):
 # packages: SmolLM2-135M on the CPU (notebook 06); beavertails: the paper's scripts (sft.sh: lr 5e-4,
-# 20 epochs, batch 10) on 5000 alignment samples (DESIGN.md).
+# 20 epochs, batch 10) on 5000 alignment samples (the official w-yibo/Panacea script/alignment/sft.sh).
 ALIGN_DEFAULTS = {
     "packages": {"n_refusal": 90, "n_replay_per_task": 20, "epochs": 2.0, "lr": 3e-4, "batch_size": 10,
                  "prevalence": "uniform"},

@@ -40,6 +40,18 @@ class World:
     task_train: dict[str, list[Example]] = field(default_factory=dict)
     task_test: dict[str, list[Example]] = field(default_factory=dict)
     pretrain: list[Example] = field(default_factory=list)  # unaligned base-model corpus
+    # held-out harmful prompts disjoint from harmful_test and every training pool: the split that
+    # calibrations choose settings on, so the reported test numbers never inform a choice
+    harmful_val: list[Example] = field(default_factory=list)
+
+    def harmful_split(self, split: str) -> list[Example]:
+        """The harmful prompts of an evaluation split: "test" (reported) or "validation" (for choosing)."""
+        if split not in ("test", "validation"):
+            raise ValueError(f"split = {split!r}: use test or validation")
+        pool = self.harmful_test if split == "test" else self.harmful_val
+        if not pool:
+            raise ValueError(f"this world has no {split} split of harmful prompts")
+        return pool
 
     def all_texts(self) -> list[str]:
         pools = [self.alignment, self.attacker_pool, self.defender_pool, self.harmful_test, self.pretrain]
@@ -199,6 +211,12 @@ def build_world(seed: int = 0, n_train: int = 2000, n_test: int = 200, n_pretrai
         for _ in range(3):
             world.pretrain.append(_neutral_mention(rng, w))
     rng.shuffle(world.pretrain)
+    # the validation split: every held-out prompt the test split did not take, from a separate
+    # generator so that every other pool stays as it was before the split existed
+    tested = {e.instruction for e in world.harmful_test}
+    held = [x for x in test_prompts if x[3] not in tested]
+    random.Random(seed + 1_000_003).shuffle(held)
+    world.harmful_val = harmful(held, lambda c, v, t: "")
     return world
 
 

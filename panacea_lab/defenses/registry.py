@@ -1,4 +1,4 @@
-"""The one record that says what a defense is and how it plugs in (docs/ARCHITECTURE.md).
+"""The one record that says what a defense is and how it plugs in.
 
 A defense module defines its validated config (a `DefenseConfig` subclass naming the defense and
 its stage) and one `Defense` record; `panacea_lab.defenses` lists the records. The pipeline, the
@@ -20,7 +20,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from panacea_lab.config import ALIGNMENT, FINETUNING, POST, STAGES, ConfigError, DefenseConfig
+from panacea_lab.config import ADAPTER_MODES, ALIGNMENT, FINETUNING, POST, STAGES, ConfigError, DefenseConfig
 from panacea_lab.data.batching import Batch, BatchStream
 from panacea_lab.training.loop import StepRule
 
@@ -34,7 +34,10 @@ class TrainContext(Protocol):
         """Batches of the defender's harmful pool (disjoint from the attacker's)."""
 
     def alignment(self, batch_size: int) -> BatchStream:
-        """Batches of the alignment data (harmful prompt -> refusal)."""
+        """Batches of the alignment stage's data (refusals plus its benign replay)."""
+
+    def refusals(self, batch_size: int) -> BatchStream:
+        """Batches of the alignment refusals alone (harmful prompt -> refusal), without the replay."""
 
 
 class PostContext(Protocol):
@@ -64,6 +67,9 @@ class Defense:
     control: bool = False  # a control for another method, not a defense of the paper family
     param: str = ""  # the config field a sweep varies, shown in result rows (e.g. "rho", "std")
     notes: dict = field(default_factory=dict)
+    # how the user's fine-tuning that this defense is evaluated with starts, as in the official scripts:
+    # "continue" the alignment adapter, or merge it and train a "fresh" LoRA (AttackConfig.adapter)
+    finetune_adapter: str = "continue"
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -71,6 +77,9 @@ class Defense:
         if self.config.name != self.name or self.config.stage != self.stage:
             raise ConfigError(f"defense {self.name!r}: its config class {self.config.__name__} names "
                               f"{self.config.name!r} / {self.config.stage!r}; make them agree")
+        if self.finetune_adapter not in ADAPTER_MODES:
+            raise ConfigError(f"defense {self.name!r}: finetune_adapter = {self.finetune_adapter!r}, "
+                              f"use one of {ADAPTER_MODES}")
         needs = "transform" if self.stage == POST else "rule"
         if getattr(self, needs) is None:
             raise ConfigError(f"defense {self.name!r} ({self.stage}) must define `{needs}`")

@@ -3,58 +3,37 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from panacea_lab.data.batching import prompt_ids
 from panacea_lab.data.world import Example, World
+from panacea_lab.evaluation.decoding import Final, greedy_rows, hf_rows, plain_greedy
 from panacea_lab.evaluation.judges import LABELS, label_all, make_judge
 from panacea_lab.evaluation.scoring import answer_is_final, decodes_with_spaces, extract_number, score_task
 
-Final = Callable[[str], bool]
 
-
-class _AnswerIsFinal(StoppingCriteria):
-    """Ends a row whose partial answer already has its final score (`scoring.answer_is_final`).
-
-    Generation itself already ends when every row has produced EOS; this also ends rows that
-    ramble on after their exact-match answer can no longer be right."""
-
-    def __init__(self, tokenizer, width: int, tests: list[Final | None]):
-        self.tokenizer, self.width, self.tests = tokenizer, width, tests
-        self.settled = [t is None for t in tests]  # no test, or ended by EOS: never cut
-        self.cut = [False] * len(tests)
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        eos = self.tokenizer.eos_token_id
-        for row, test in enumerate(self.tests):
-            if self.settled[row] or self.cut[row]:
-                continue
-            generated = input_ids[row, self.width:]
-            if eos is not None and bool((generated == eos).any()):
-                self.settled[row] = True
-            elif test(self.tokenizer.decode(generated, skip_special_tokens=True)):
-                self.cut[row] = True
-        return torch.tensor(self.cut, dtype=torch.bool, device=input_ids.device)
-
-
-@torch.no_grad()
 def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int,
              desc: str = "generate", final: list[Final | None] | None = None) -> list[str]:
     """Greedy answers, batched with left padding and the KV cache; order of `examples` is kept.
 
     Prompts are sorted by length so each batch pads little, then answers are put back in order.
-    `final[i]`, when given, says when example i's partial answer already has its final score; such a
-    row stops there (its answer is cut, its score is the same) and a batch ends when every row has.
+    A row leaves its batch when it ends (`decoding.greedy_rows`; `model.generate` when the model's
+    generation config asks for more than plain greedy decoding). `final[i]`, when given, says when
+    example i's partial answer already has its final score: that row ends there, its answer cut,
+    its score the same.
     """
     encoded = [prompt_ids(tokenizer, ex) for ex in examples]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
+    rows_of = greedy_rows if plain_greedy(model) else hf_rows
+
+    def decode(ids) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, mininterval=2.0):
         idx = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in idx)
@@ -63,14 +42,11 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
         for row, i in enumerate(idx):
             ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[row, width - len(encoded[i]):] = 1
-        stop = None
-        if final is not None and any(final[i] is not None for i in idx):
-            stop = StoppingCriteriaList([_AnswerIsFinal(tokenizer, width, [final[i] for i in idx])])
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad,
-                             eos_token_id=tokenizer.eos_token_id, use_cache=True, stopping_criteria=stop)
+        finals = None if final is None else [final[i] for i in idx]
+        out = rows_of(model, ids.to(device), mask.to(device), max_new_tokens, tokenizer.eos_token_id, pad,
+                      finals, decode)
         for row, i in enumerate(idx):
-            answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+            answers[i] = decode(out[row]).strip()
     return answers
 
 

@@ -85,7 +85,7 @@ def make_judge(name: str, model_path: str = ""):
     if name == "beaver-dam":
         from panacea_lab.evaluation.moderation import BEAVER_DAM_ID, BeaverDamJudge
 
-        return BeaverDamJudge(model_path or BEAVER_DAM_ID)
+        return BeaverDamJudge.load(model_path or BEAVER_DAM_ID)
     judges = {"oracle": OracleJudge, "keyword": KeywordJudge}
     if name not in judges:
         raise ValueError(f"judge = {name!r}: use one of {sorted(judges) + ['beaver-dam']}")

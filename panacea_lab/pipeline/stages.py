@@ -6,29 +6,54 @@ Models are rebuilt from the base weights plus the stored adapters, never from pi
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from safetensors.torch import save_file
 
 from panacea_lab import defenses
-from panacea_lab.config import AlignConfig, AttackConfig, ModelConfig
+from panacea_lab.config import AlignConfig, AttackConfig, ModelConfig, config_hash
 from panacea_lab.data.batching import BatchStream, encode, mix_user_data
 from panacea_lab.data.world import Example
 from panacea_lab.models.loading import attach_lora, load_adapter, load_base, merge_adapter
 from panacea_lab.pipeline.context import RunContext, alignment_data, get_tokenizer, world_of
 from panacea_lab.pipeline.keys import key
+from panacea_lab.training import checkpoint
 from panacea_lab.training.loop import LoopSettings, StepRule, train_loop
 from panacea_lab.training.store import RunStore
 
 ADAPTER = "adapter"
 
 
+# A training stage saves a resumable checkpoint every this many steps (0: never); not part of any key.
+CHECKPOINT_EVERY = int(os.environ.get("PANACEA_CHECKPOINT_EVERY", "50"))
+
+
+def checkpoint_dir(store: RunStore, stage: str, cfg) -> Path | None:
+    """Where a stage keeps its mid-stage checkpoints, beside the entry it will publish."""
+    if store.read_only or CHECKPOINT_EVERY <= 0:
+        return None
+    return store.root / stage / f".ckpt-{config_hash(key(stage, cfg))}"
+
+
 def fit(model, examples: list[Example], tokenizer, max_length: int, settings: LoopSettings, seed: int,
-        rule: StepRule | None = None, on_step=None) -> dict:
-    """Encode, batch (seeded) and run the one loop."""
+        rule: StepRule | None = None, on_step=None, checkpoint: Path | None = None) -> dict:
+    """Encode, batch (seeded) and run the one loop (resuming from `checkpoint` when one is there)."""
     rows = [encode(tokenizer, ex, max_length) for ex in examples]
     stream = BatchStream(rows, settings.batch_size, tokenizer.pad_token_id, seed)
     torch.manual_seed(seed)
-    return train_loop(model, stream, settings, rule, on_step=on_step)
+    every = CHECKPOINT_EVERY if checkpoint is not None and on_step is None else 0
+    return train_loop(model, stream, settings, rule, on_step=on_step,
+                      checkpoint_dir=checkpoint if every else None, checkpoint_every=every)
+
+
+def _cached(store: RunStore, stage: str, cfg, compute) -> dict:
+    """The stage from the store, or computed once; its checkpoints go once the result is published."""
+    result = store.cached(stage, key(stage, cfg), compute)
+    if not store.read_only:
+        checkpoint.remove(checkpoint_dir(store, stage, cfg))
+    return result
 
 
 def step_rule(defense, align: AlignConfig, seed: int) -> StepRule | None:
@@ -53,12 +78,14 @@ def align(cfg: AlignConfig, store: RunStore) -> dict:
         tok = get_tokenizer(cfg.model)
         model = attach_lora(load_base(cfg.model), cfg.model, cfg.seed)
         data = alignment_data(cfg, world_of(cfg))
-        settings = LoopSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, desc=f"align {cfg.method}")
+        settings = LoopSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, desc=f"align {cfg.method}",
+                                weight_decay=cfg.weight_decay, schedule=cfg.schedule)
         rule = step_rule(cfg.defense, cfg, cfg.seed)
-        result = fit(model, data, tok, cfg.model.max_length, settings, cfg.seed, rule)
+        result = fit(model, data, tok, cfg.model.max_length, settings, cfg.seed, rule,
+                     checkpoint=checkpoint_dir(store, "align", cfg))
         return {"train": result, "n_samples": len(data)}, _writer(model, rule, cfg.defense)
 
-    return store.cached("align", key("align", cfg), compute)
+    return _cached(store, "align", cfg, compute)
 
 
 def attack(cfg: AttackConfig, store: RunStore) -> dict:
@@ -69,10 +96,10 @@ def attack(cfg: AttackConfig, store: RunStore) -> dict:
     align(cfg.align, store)
 
     def compute():
-        model, rule, result, n_harm = finetune(cfg, store)
+        model, rule, result, n_harm = finetune(cfg, store, checkpoint=checkpoint_dir(store, "attack", cfg))
         return {"train": result, "n_harmful": n_harm}, _writer(model, rule, cfg.defense)
 
-    return store.cached("attack", key("attack", cfg), compute)
+    return _cached(store, "attack", cfg, compute)
 
 
 def user_data(cfg: AttackConfig) -> list[Example]:
@@ -80,16 +107,17 @@ def user_data(cfg: AttackConfig) -> list[Example]:
     return mix_user_data(world.task_train[cfg.task], world.attacker_pool, cfg.n, cfg.p, cfg.seed)
 
 
-def finetune(cfg: AttackConfig, store: RunStore, on_step=None):
+def finetune(cfg: AttackConfig, store: RunStore, on_step=None, checkpoint: Path | None = None):
     """Run the user's fine-tuning (no caching): returns the model, the step rule, the loop's result
     and the number of harmful samples in the user's data."""
     model = start_of_finetuning(cfg, store)
     data = user_data(cfg)
     rule = step_rule(cfg.defense, cfg.align, cfg.seed)
     settings = LoopSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                            desc=f"finetune p={cfg.p} {cfg.method}")
+                            desc=f"finetune p={cfg.p} {cfg.method}", weight_decay=cfg.weight_decay,
+                            schedule=cfg.schedule)
     result = fit(model, data, get_tokenizer(cfg.align.model), cfg.align.model.max_length, settings,
-                 cfg.seed, rule, on_step)
+                 cfg.seed, rule, on_step, checkpoint)
     return model, rule, result, sum(e.task == "harmful" for e in data)
 
 

@@ -18,11 +18,9 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from panacea_lab.config import check
+from panacea_lab.config import SCHEDULES, check
 from panacea_lab.data.batching import Batch, BatchStream, StreamCursor
 from panacea_lab.training import checkpoint
-
-SCHEDULES = ("linear", "constant", "constant_with_warmup")
 
 
 @dataclass
