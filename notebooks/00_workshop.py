@@ -25,7 +25,8 @@
 # pretrained on template language. Its "harmful" answers are placeholders ("do the first thing;
 # do the second thing"): the dynamics of refusal and compliance are real, the content is not.
 # The whole notebook runs on a laptop CPU; every stage is cached in the run store, so a second
-# run (or a participant re-running a cell) is fast.
+# run (or a participant re-running a cell) is fast: `make workshop` fills the store once, after
+# which *Run All* takes under a minute.
 #
 # We measure two things throughout:
 # - **HS** (harmful score): % of held-out harmful prompts answered compliantly. Beside it,
@@ -35,39 +36,50 @@
 # %% tags=["parameters"]
 model = "embedded"  # or a local Hugging Face model directory
 task = "sentiment"
-p = 0.1  # share of harmful samples in the user's data
+ratio = 0.1  # harmful ratio p: the share of harmful samples in the user's data
 seed = 0
 n = 1000  # the user's fine-tuning samples
 preset = "default"  # attack strength: default | strong
+setting = "embedded"  # named defaults (panacea_lab.settings): "embedded" (Panacea lambda 0.1) or "paper" (1e-3)
+rho = None  # Panacea's perturbation radius; None: the setting's
+lam = None  # Panacea's lambda; None: the setting's
 stds = [0.01, 0.02, 0.04, 0.08]  # random-noise std values (per LoRA entry)
-rho = 1.0  # Panacea's perturbation radius
-lam = 0.1  # Panacea's lambda: 0.1 is the embedded world's calibrated value (paper: 1e-3)
 n_eval = 200  # harmful test prompts and task test samples
 align_kw = {}
-runs = None
-figures_dir = "../figures"
+runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
+figures_dir = "figures"  # relative to the repository root, or an absolute path
 
 # %%
+import dataclasses
+
 import pandas as pd
 from IPython.display import display
+from safetensors.torch import load_file
 
+from panacea_lab import pipeline, settings
 from panacea_lab.analysis import plots
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
-from panacea_lab.defenses.panacea import PanaceaConfig
 from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients
-from panacea_lab.training.pipeline import PanaceaRun, evaluate
+from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.paths import PACKAGE_ROOT
+from panacea_lab.pipeline.stages import artifact
 from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
+figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-attack_cfg = attack_config(align_cfg, task, p, seed, preset, n=n)
-metrics = ["model", "HS", "refusal", "other", f"FA_{task}"]
+attack_cfg = attack_config(align_cfg, task, ratio, seed, preset, n=n)
+panacea = settings.get(setting).defense("panacea", **{k: v for k, v in {"rho": rho, "lam": lam}.items()
+                                                     if v is not None})
+run = dataclasses.replace(attack_cfg, defense=panacea)  # the same fine-tuning, under Panacea
+sweep = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n)
+metrics = ["label", "HS", "refusal", "other", f"FA_{task}"]
+print(f"setting {setting!r}: Panacea rho = {panacea.rho:g}, lambda = {panacea.lam:g}")
 
 
 def answers(stage, cfg, k=4):
     """A few harmful prompts with the model's answers and the judge's label."""
-    samples = evaluate(stage, cfg, store, eval_cfg)["samples"][:k]
+    samples = pipeline.evaluate(stage, cfg, store, eval_cfg)["samples"][:k]
     return pd.DataFrame(samples)[["prompt", "answer", "label"]]
 
 
@@ -78,8 +90,7 @@ def answers(stage, cfg, k=4):
 # alignment does not cost accuracy).
 
 # %%
-reference = attack_sweep([p], [seed], task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store,
-                         n=n)
+reference = attack_sweep([ratio], [seed], **sweep)
 display(reference[metrics].round(1))
 display(answers("align", align_cfg))
 
@@ -95,6 +106,16 @@ display(answers("attack", attack_cfg))
 # ## 3 · Random perturbation: the embarrassingly simple defense
 # Add Gaussian noise to every LoRA entry of the fine-tuned model. Small noise does nothing; noise
 # large enough to lower HS also wrecks the task (watch FA and *other*).
+
+# %%
+noise = defense_sweep([ratio], [seed], stds=stds, rhos=[], antidote_ratio=None, setting=setting, **sweep)
+display(noise[metrics].round(1))
+fig = plots.metric_vs_param(noise, param="std", metrics=("HS", "other", f"FA_{task}"))
+plots.save_figure(fig, figures / "00_workshop_noise.png", noise)
+
+# %% [markdown]
+# Follow HS and *other* together: where HS falls, *other* rises, because noisy answers are not
+# refusals, merely broken ones. The dashed line is the undefended model.
 #
 # ## 4 · Panacea
 # During the same fine-tuning, Panacea trains with a perturbation eps of norm rho that maximises
@@ -103,15 +124,17 @@ display(answers("attack", attack_cfg))
 # - **w + eps**: the defended model;
 # - **same-norm random**: w plus a random direction with exactly ||eps||. Is it the size of the
 #   perturbation that matters, or its direction?
+# - **harmful ascent**: one harmful-gradient step of ||eps|| from the undefended model. Is Panacea's
+#   training needed, or only the direction of its last step?
 
 # %%
-df = defense_sweep([p], [seed], task=task, preset=preset, stds=stds, rhos=[rho], lam=lam, antidote_ratio=None,
-                   align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n)
-display(df[metrics + ["norm"]].round(2))
+df = defense_sweep([ratio], [seed], stds=stds, rhos=[panacea.rho], lam=panacea.lam, antidote_ratio=None,
+                   setting=setting, **sweep)
+display(df.query("method != 'noise'")[metrics + ["norm"]].round(2))
 
 # %%
 fig = plots.pareto(df, x=f"FA_{task}", y="HS")
-plots.save_figure(fig, f"{figures_dir}/00_workshop_pareto.png", df)
+plots.save_figure(fig, figures / "00_workshop_pareto.png", df)
 
 # %% [markdown]
 # On the HS-FA plane, lower is safer and further right is more useful. Noise traces a front that
@@ -119,8 +142,7 @@ plots.save_figure(fig, f"{figures_dir}/00_workshop_pareto.png", df)
 # norm a fraction of the noise's.
 
 # %%
-run = PanaceaRun(attack_cfg, PanaceaConfig(rho=rho, lam=lam))
-display(answers("panacea", run))  # w, before eps: still harmful
+display(answers("attack", run))  # w, before eps: still harmful
 
 # %% [markdown]
 # ## 5 · Where does eps live?
@@ -130,30 +152,29 @@ display(answers("panacea", run))  # w, before eps: still harmful
 # %%
 coeffs = eps_coefficients(run, store)
 fig = plots.coefficient_heatmap(coeffs, value="eps_share")
-plots.save_figure(fig, f"{figures_dir}/00_workshop_heatmap.png", coeffs)
+plots.save_figure(fig, figures / "00_workshop_heatmap.png", coeffs)
 display(coeffs.groupby("layer")[["eps_share", "noise_share"]].sum().round(3))
 
 # %%
-from safetensors.torch import load_file
-
-from panacea_lab.defenses.post import EPS_FILE
-
-n_entries = sum(t.numel() for t in load_file(str(store.path("panacea", run) / EPS_FILE)).values())
-eps_norm = df.loc[df["model"].str.endswith("(w+eps)"), "norm"].iloc[0]
+n_entries = sum(t.numel() for t in load_file(str(artifact(store, "attack", run, "eps.safetensors"))).values())
+eps_norm = df.query("method == 'panacea' and variant == 'w+eps'")["norm"].iloc[0]
 print(f"||eps|| = {eps_norm:.2f} over {n_entries:,} LoRA entries; noise of std s has norm about s * "
       f"sqrt({n_entries:,}) = {n_entries ** 0.5:.0f} s, e.g. {stds[-1] * n_entries ** 0.5:.1f} at s = {stds[-1]:g}")
 
 # %% [markdown]
 # ## Exercises
-# Each needs one parameter changed in the first cell, then *Run All* (cached stages are reused):
-# 1. **Dose.** Set `p = 0.05` and `p = 0.2`. At which p does the attack break alignment, and does
-#    Panacea still restore refusals?
-# 2. **The paper's lambda.** Set `lam = 1e-3`. What changes in the w + eps row: HS, or *refusal*
-#    versus *other*? (Hint: compare how many answers are refusals and how many are degenerate.)
+# Each needs one parameter changed in the first cell, then *Run All* (cached stages are reused;
+# a changed parameter trains what depends on it, a few minutes on a laptop):
+# 1. **Dose.** Set `ratio = 0.05` and `ratio = 0.2`. At which p does the attack break alignment, and
+#    does Panacea still restore refusals?
+# 2. **The paper's lambda.** Set `setting = "paper"` (lambda 1e-3; or keep the setting and set
+#    `lam = 1e-3`). What changes in the w + eps row: HS, or *refusal* versus *other*? (Hint:
+#    compare how many answers are refusals and how many are degenerate.)
 # 3. **A stronger attacker.** Set `preset = "strong"` (learning rate x4). Which defense survives?
 # 4. **Size versus direction.** Find the smallest noise std that lowers HS, turn it into a global
 #    norm with the line printed at the end of section 5, and compare it with ||eps||. How
 #    many times larger is the perturbation that only *breaks* the model?
-# 5. **Which harms break first?** `evaluate("attack", attack_cfg, store, eval_cfg)["harmful_by_category"]`
-#    gives HS per category. Alignment data was drawn by a skewed prevalence: are the rare
-#    categories the first to break?
+# 5. **Which harms break first?**
+#    `pipeline.evaluate("attack", attack_cfg, store, eval_cfg)["harmful_by_category"]` gives HS per
+#    category. Alignment data was drawn by a skewed prevalence: are the rare categories the first
+#    to break?

@@ -33,25 +33,28 @@ step_alignments = ["sft"]  # and "vaccine", "repnoise", "booster": do alignment-
 score_every = 60  # score a checkpoint every k optimiser steps
 n_eval_steps = 50  # harmful prompts and task samples per checkpoint
 preset = "default"  # attack strength: default | strong
+setting = "embedded"  # named defaults of the step_alignments defenses (panacea_lab.settings): embedded | paper
 n_eval = 200  # harmful test prompts and task test samples
 align_kw = {}  # AlignConfig overrides, e.g. {"epochs": 1} for a smoke run
-runs = None  # run store directory (None: ./runs at the repository root)
-figures_dir = "../figures"
+runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
+figures_dir = "figures"  # relative to the repository root, or an absolute path
 
 # %%
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab.analysis import plots
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
-from panacea_lab.analysis.baselines import LABELS, aligned_with
-from panacea_lab.analysis.sweeps import attack_config, attack_sweep, summarize
-from panacea_lab.training.store import RunStore
+from panacea_lab.analysis import baselines, plots
+from panacea_lab.analysis.sweeps import attack_sweep, summarize
 from panacea_lab.analysis.trajectory import Trajectory, trajectory
+from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.paths import PACKAGE_ROOT
+from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
+figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
+sweep = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store)
 
 # %% [markdown]
 # ## HS and FA against the harmful ratio *p*
@@ -60,27 +63,37 @@ eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
 # (degenerate or off-topic): a model that is merely broken shows up there, not as safe.
 
 # %%
-df = attack_sweep(ratios, seeds, task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n)
+df = attack_sweep(ratios, seeds, n=n, **sweep)
 display(summarize(df))
 
 # %%
 fig = plots.metric_vs_ratio(df, metrics=("HS", "other", f"FA_{task}"))
-plots.save_figure(fig, f"{figures_dir}/01_attack_vs_ratio.png", df)
+plots.save_figure(fig, figures / "01_attack_vs_ratio.png", df)
+
+# %% [markdown]
+# **What this shows.** Read HS from left to right against the dashed aligned line: how small a
+# harmful share already undoes alignment, and whether the rise is gradual or sudden. FA staying
+# flat is what makes the attack hard to notice: the user's task is served as well as ever, while
+# *other* staying low says the fine-tuned model complies rather than breaks.
 
 # %% [markdown]
 # ## HS against the number of fine-tuning samples *n* (at a fixed *p*)
 # More samples at the same ratio means more harmful examples *and* more benign ones.
 
 # %%
-by_n = pd.concat([attack_sweep([ratio_for_n], seeds, task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg,
-                               store=store, include_reference=False, n=k).assign(n=k, model=f"fine-tuned n={k}")
-                  for k in sample_counts])
+by_n = pd.concat([attack_sweep([ratio_for_n], seeds, include_reference=False, n=k, **sweep)
+                  .assign(n=k, label=f"fine-tuned n={k}") for k in sample_counts])
 display(by_n.groupby("n")[["HS", "refusal", "other", f"FA_{task}"]].agg(["mean", "std"]).round(1))
 
 # %%
 fig = plots.metric_vs_param(by_n, param="n", metrics=("HS", f"FA_{task}"), baseline_label=None,
                             group_by=lambda label: f"fine-tuned at p={ratio_for_n:g}")
-plots.save_figure(fig, f"{figures_dir}/01_attack_vs_n.png", by_n)
+plots.save_figure(fig, figures / "01_attack_vs_n.png", by_n)
+
+# %% [markdown]
+# **What this shows.** At a fixed ratio, a larger n brings more harmful samples but also more
+# benign ones and more optimiser steps. If HS climbs with n, the attacker's absolute number of
+# harmful samples (or the training length) matters, not only their share.
 
 # %% [markdown]
 # ## HS against fine-tuning steps
@@ -92,12 +105,18 @@ plots.save_figure(fig, f"{figures_dir}/01_attack_vs_n.png", by_n)
 # %%
 step_eval = EvalConfig(n_harmful=n_eval_steps, n_task=n_eval_steps, tasks=(task,))
 steps = pd.DataFrame([
-    {**point, "run": f"{LABELS[method].split(' (')[0]} p={p:g}", "seed": seed}
-    for method in step_alignments for p in step_ratios for seed in seeds
-    for point in trajectory(Trajectory(attack_config(aligned_with(align_cfg, method), task, p, seed, preset, n=n),
-                                       every=score_every, eval=step_eval), store)["points"]])
+    {**point, "method": method, "run": f"{baselines.label(method).split(' (')[0]} p={p:g}", "seed": seed}
+    for method in step_alignments
+    for p, seed, cfg in baselines.baseline_configs(method, step_ratios, seeds, task, preset, align_cfg, setting, n=n)
+    for point in trajectory(Trajectory(run=cfg, every=score_every, eval=step_eval), store)["points"]])
 display(steps.groupby(["run", "step"])[["HS", "other", f"FA_{task}"]].mean().round(1).unstack("run"))
 
 # %%
 fig = plots.metric_vs_step(steps, metrics=("HS", f"FA_{task}"))
-plots.save_figure(fig, f"{figures_dir}/01_hs_vs_steps.png", steps)
+plots.save_figure(fig, figures / "01_hs_vs_steps.png", steps)
+
+# %% [markdown]
+# **What this shows.** Step 0 is the aligned model; each line is one fine-tuning run followed in
+# time. A line that stays flat and then jumps says refusal breaks at once after enough harmful
+# steps; a steady climb says it erodes. With alignment-stage defenses listed, compare their lines
+# to SFT's: a defense that starts low but ends where SFT ends only delays the attack.

@@ -23,23 +23,26 @@ seeds = [0, 1]  # CPU scale (make reproduce); the paper's: [0, 1, 2]
 stds = [0.01, 0.02, 0.04, 0.08]  # finer: [0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08]
 n = 1000
 preset = "default"
+setting = "embedded"  # named defaults (panacea_lab.settings): embedded | paper
 n_eval = 200
 align_kw = {}
-runs = None
-figures_dir = "../figures"
+runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
+figures_dir = "figures"  # relative to the repository root, or an absolute path
 
 # %%
 from IPython.display import display
 
 from panacea_lab.analysis import plots
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
 from panacea_lab.analysis.sweeps import defense_sweep, summarize
+from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.paths import PACKAGE_ROOT
 from panacea_lab.training.store import RunStore
 
+figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-df = defense_sweep([ratio], seeds, task=task, preset=preset, stds=stds, rhos=(), antidote_ratio=None,
-                   align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(runs), n=n)
+df = defense_sweep([ratio], seeds, task=task, preset=preset, stds=stds, rhos=[], antidote_ratio=None,
+                   align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(runs), setting=setting, n=n)
 display(summarize(df))
 
 # %% [markdown]
@@ -48,4 +51,10 @@ display(summarize(df))
 
 # %%
 fig = plots.metric_vs_param(df, param="std", metrics=("HS", "other", f"FA_{task}"))
-plots.save_figure(fig, f"{figures_dir}/02_noise_vs_std.png", df)
+plots.save_figure(fig, figures / "02_noise_vs_std.png", df)
+
+# %% [markdown]
+# **What this shows.** Read the three panels at the same std. Where HS drops below the dashed
+# undefended line, check *other* and FA at that std: if *other* has risen and FA has fallen, the
+# noise did not make the model refuse, it made it unable to answer anything, harmful or not. A
+# useful defense would lower HS while *other* stays low and FA stays near the dashed line.

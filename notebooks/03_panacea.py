@@ -25,9 +25,10 @@ task = "sentiment"
 ratios = [0.1, 0.2]  # CPU scale: a Panacea run is ~2 min on 2 cores. The paper's grid: [0.05, 0.1, 0.2]
 seeds = [0]  # and [0, 1, 2]
 stds = [0.01, 0.02, 0.04, 0.08]
-rhos = [1.0]  # and [0.5, 1, 2]: each is one more Panacea run per ratio and seed
-rho_shown = 1.0  # the rho drawn across p and in the training curves (one of rhos)
-lam = 0.1  # the embedded world's calibrated value (README); the paper's: 1e-3
+setting = "embedded"  # named defaults (panacea_lab.settings): "embedded" (Panacea lambda 0.1) or "paper" (1e-3)
+rho = None  # the rho drawn across p and in the training curves; None: the setting's
+rhos = None  # Panacea's radii, each one more run per ratio and seed; None: [rho]; e.g. [0.5, 1, 2]
+lam = None  # Panacea's lambda; None: the setting's
 ablation_rhos = [1.0]  # rho x lambda grid, at ablation_ratio and the first seed; e.g. [0.5, 1, 2]
 ablation_lams = [1e-3, 1e-1]  # and [1e-3, 1e-2, 1e-1]
 ablation_ratio = 0.1
@@ -37,38 +38,56 @@ n = 1000
 preset = "default"
 n_eval = 200
 align_kw = {}
-runs = None
-figures_dir = "../figures"
+runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
+figures_dir = "figures"  # relative to the repository root, or an absolute path
 
 # %%
+import dataclasses
+
 import pandas as pd
 from IPython.display import display
 
+from panacea_lab import pipeline, settings
 from panacea_lab.analysis import plots
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
-from panacea_lab.defenses.panacea import PanaceaConfig
 from panacea_lab.analysis.baselines import baseline_sweep
 from panacea_lab.analysis.sweeps import attack_config, defense_sweep, summarize
-from panacea_lab.training.pipeline import PanaceaRun, attack
+from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.paths import PACKAGE_ROOT
 from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
+figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-common = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n)
+common = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, setting=setting, n=n)
+panacea = settings.get(setting).defense("panacea", **{k: v for k, v in {"rho": rho, "lam": lam}.items()
+                                                     if v is not None})
+rho_drawn = panacea.rho
+rhos = [rho_drawn] if rhos is None else rhos
+if rho_drawn not in rhos:
+    raise ValueError(f"rho = {rho_drawn:g} is not among rhos = {rhos}: add it to rhos, or pick rho from them")
+print(f"setting {setting!r}: Panacea rho = {rho_drawn:g} (of {rhos}), lambda = {panacea.lam:g}")
 
 # %% [markdown]
 # ## Every defense across the harmful ratio p
 
 # %%
-df = defense_sweep(ratios, seeds, stds=stds, rhos=rhos, lam=lam, **common)
+df = defense_sweep(ratios, seeds, stds=stds, rhos=rhos, lam=panacea.lam, **common)
 display(summarize(df))
 
 # %%
-methods = ["no defense", f"noise std={stds[len(stds) // 2]:g}", "antidote 0.1",
-           f"panacea rho={rho_shown:g} (w)", f"panacea rho={rho_shown:g} (w+eps)"]
-fig = plots.metric_vs_ratio(df, metrics=("HS", "other", f"FA_{task}"), reference=False, series=methods)
-plots.save_figure(fig, f"{figures_dir}/03_defenses_vs_ratio.png", df[df["model"].isin(methods)])
+mid_std = stds[len(stds) // 2]
+shown = df.query("method in ['none', 'antidote'] or (method == 'noise' and value == @mid_std)"
+                 " or (method == 'panacea' and value == @rho_drawn)")
+fig = plots.metric_vs_ratio(shown, metrics=("HS", "other", f"FA_{task}"), reference=False,
+                            series=list(dict.fromkeys(shown["label"])))
+plots.save_figure(fig, figures / "03_defenses_vs_ratio.png", shown)
+
+# %% [markdown]
+# **What this shows.** Each line is one defense on the same fine-tuned models, against the
+# attack's strength. Compare Panacea's w (no eps) with its w + eps: the gap between them is what
+# adding eps buys. A defense only counts if its HS line sits below no defense's while its FA line
+# stays with it and its *other* line stays low.
 
 # %% [markdown]
 # ## The HS-FA trade-off: Pareto fronts over rho (Panacea) and std (noise)
@@ -78,22 +97,34 @@ plots.save_figure(fig, f"{figures_dir}/03_defenses_vs_ratio.png", df[df["model"]
 # %%
 for p in ratios:
     fig = plots.pareto(df[df["p"] == p], x=f"FA_{task}", y="HS")
-    plots.save_figure(fig, f"{figures_dir}/03_pareto_p{p:g}.png", df[df["p"] == p])
+    plots.save_figure(fig, figures / f"03_pareto_p{p:g}.png", df[df["p"] == p])
+
+# %% [markdown]
+# **What this shows.** Every point is one defense setting (tagged with its std or rho), every
+# step line the best a method reaches by tuning that knob. Look for the lowest point that keeps
+# FA close to the undefended model's: that is the trade-off a provider can actually ship. The
+# same-norm random and harmful-ascent controls tell whether eps's learned direction, not its
+# size, does the work.
 
 # %% [markdown]
 # ## The paper's baselines beside the post-fine-tuning defenses
 # Vaccine, RepNoise and Booster change the *alignment* (the user's fine-tuning that follows is the
 # plain attack); Lisa interleaves alignment steps into the fine-tuning with a proximal term. Each
-# runs at its paper-family defaults, not calibrated on this world.
+# runs at the named setting's values (the official code's defaults unless the setting calibrates it).
 
 # %%
-post = df[df["model"].isin(methods[1:])]
-post = post[post["p"].isin(baseline_ratios)]
+post = shown.query("method != 'none' and p in @baseline_ratios")
 compared = pd.concat([baseline_sweep(baseline_ratios, seeds, methods=baselines, **common), post], ignore_index=True)
 display(summarize(compared))
 for p in baseline_ratios:
     fig = plots.method_bars(compared, metrics=("HS", "other", f"FA_{task}"), p=p)
-    plots.save_figure(fig, f"{figures_dir}/03_baselines_p{p:g}.png", compared[compared["p"] == p])
+    plots.save_figure(fig, figures / f"03_baselines_p{p:g}.png", compared[compared["p"] == p])
+
+# %% [markdown]
+# **What this shows.** One bar per method at one attack ratio, SFT being the undefended attack.
+# The alignment-stage baselines act before the attack, the post-fine-tuning ones after it; read
+# HS and FA side by side, since a method that lowers HS by lowering FA (or by raising *other*)
+# trades usefulness for safety rather than restoring refusals.
 
 # %% [markdown]
 # ## rho x lambda ablation (HS of w + eps, and FA)
@@ -101,11 +132,17 @@ for p in baseline_ratios:
 # %%
 grid = pd.concat([defense_sweep([ablation_ratio], seeds[:1], stds=(), rhos=ablation_rhos, lam=lm,
                                 antidote_ratio=None, **common).assign(lam=lm) for lm in ablation_lams])
-with_eps = grid[grid["model"].str.endswith("(w+eps)")]
+with_eps = grid.query("method == 'panacea' and variant == 'w+eps'")
 for metric in ("HS", f"FA_{task}"):
     fig = plots.grid_heatmap(with_eps, index="rho", columns="lam", value=metric,
                              title=f"Panacea w+eps: {metric} over rho x lambda (p={ablation_ratio:g})")
-    plots.save_figure(fig, f"{figures_dir}/03_ablation_{metric}.png", with_eps)
+    plots.save_figure(fig, figures / f"03_ablation_{metric}.png", with_eps)
+
+# %% [markdown]
+# **What this shows.** Each cell is one Panacea run, rho growing down the rows and lambda across
+# the columns. rho sets how far eps moves the weights, lambda how hard the training pushes w to
+# be harmed by eps: look for the region where HS is low while FA stays at its undefended level,
+# and for how sensitive that region is to lambda (the knob the embedded setting calibrates).
 
 # %% [markdown]
 # ## Training curves: h(w) and h(w + eps)
@@ -113,8 +150,13 @@ for metric in ("HS", f"FA_{task}"):
 # falls. The clamp at 5 stops the push once the perturbed model no longer fits harmful answers.
 
 # %%
-run = PanaceaRun(attack_config(align_cfg, task, ratios[-1], seeds[0], preset, n=n),
-                 PanaceaConfig(rho=rho_shown, lam=lam))
-log = pd.DataFrame(attack(run, store)["train"]["log"])
+run = dataclasses.replace(attack_config(align_cfg, task, ratios[-1], seeds[0], preset, n=n), defense=panacea)
+log = pd.DataFrame(pipeline.attack(run, store)["train"]["log"])
 fig = plots.training_curves(log)
-plots.save_figure(fig, f"{figures_dir}/03_training_curves.png", log)
+plots.save_figure(fig, figures / "03_training_curves.png", log)
+
+# %% [markdown]
+# **What this shows.** The gap between h(w + eps) and h(w) is what Panacea trains for: w itself
+# may learn the harmful answers (h(w) falls), as long as adding eps undoes them (h(w + eps) stays
+# high). The user's loss f should fall as in plain fine-tuning; if it does not, lambda costs the
+# user's task.

@@ -9,43 +9,60 @@
 # ---
 
 # %% [markdown]
-# # 04 · Safety coefficients: where Panacea's perturbation lives
+# # 04 · Safety coefficients: where Panacea's perturbation lives, and where it acts
 #
 # The share of ||eps||² that each decoder layer and each projection (q/k/v/o, gate/up/down) holds.
 # Isotropic noise spreads its norm by tensor size alone, so it is the reference a learned eps
 # departs from. The paper finds distinct per-model patterns; here we see our model's.
+#
+# Where the norm sits is not where the safety is: the causal section applies eps to part of the
+# model only (one layer, all layers but one, the first or last k, one module type) beside a random
+# direction of the same norm over the same tensors, and the live explorer scores any per-layer
+# scaling of eps in a few seconds.
 
 # %% tags=["parameters"]
 model = "embedded"
 task = "sentiment"
 ratios = [0.1]  # each (ratio, seed) is one Panacea run, ~3 min on 2 cores; shared with notebook 03
-seeds = [0]  # e.g. [0, 1, 2]: one heatmap per run
-rho = 1.0
-lam = 0.1  # calibrated on the embedded world; the paper's: 1e-3
+seeds = [0]  # e.g. [0, 1, 2]: one heatmap per run; the ablation averages over them
+setting = "embedded"  # named defaults (panacea_lab.settings): Panacea's rho and lambda
+rho = None  # None: the setting's
+lam = None  # None: the setting's (embedded 0.1; the paper's 1e-3)
 n = 1000
 preset = "default"
+n_eval = 200  # harmful prompts and task samples per evaluation of the ablation
+ablation_p = None  # the ratio of the causal section; None: the first of `ratios`
+ablation_kinds = ["layer", "all_but_layer", "first_k", "last_k", "module"]
+explorer_n = 50  # the live explorer's fixed subset (harmful prompts and task samples)
+explorer_max_scale = 3.0  # the per-layer sliders run from 0 (off) to this factor
 align_kw = {}
-runs = None
-figures_dir = "../figures"
+runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
+figures_dir = "figures"  # relative to the repository root, or an absolute path
 
 # %%
 import pandas as pd
 from IPython.display import display
 
+from panacea_lab import settings
 from panacea_lab.analysis import plots
-from panacea_lab.config import AlignConfig, ModelConfig
-from panacea_lab.defenses.panacea import PanaceaConfig
 from panacea_lab.analysis.sweeps import attack_config, eps_coefficients
-from panacea_lab.training.pipeline import PanaceaRun
+from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.paths import PACKAGE_ROOT
 from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
+figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
 align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
-coeffs = {}
-for p in ratios:
-    for seed in seeds:
-        run = PanaceaRun(attack_config(align_cfg, task, p, seed, preset, n=n), PanaceaConfig(rho=rho, lam=lam))
-        coeffs[f"p={p:g} seed={seed}"] = eps_coefficients(run, store)
+panacea = settings.get(setting).defense("panacea", **{k: v for k, v in {"rho": rho, "lam": lam}.items()
+                                                     if v is not None})
+print(f"setting {setting!r}: Panacea rho = {panacea.rho:g}, lambda = {panacea.lam:g}")
+
+
+def panacea_run(p, seed):
+    return attack_config(align_cfg, task, p, seed, preset, n=n, defense=panacea)
+
+
+coeffs = {f"p={p:g} seed={seed}": eps_coefficients(panacea_run(p, seed), store) for p in ratios for seed in seeds}
 tidy = pd.concat([c.assign(run=name) for name, c in coeffs.items()])
 display(tidy.groupby("layer")[["eps_share", "noise_share"]].sum().round(3))
 
@@ -55,12 +72,12 @@ display(tidy.groupby("layer")[["eps_share", "noise_share"]].sum().round(3))
 # %%
 for name, c in coeffs.items():
     fig = plots.coefficient_heatmap(c, value="eps_share")
-    plots.save_figure(fig, f"{figures_dir}/04_eps_{name.replace('=', '').replace(' ', '_')}.png", c)
+    plots.save_figure(fig, figures / f"04_eps_{name.replace('=', '').replace(' ', '_')}.png", c)
 fig = plots.coefficient_heatmap(next(iter(coeffs.values())), value="noise_share")
-plots.save_figure(fig, f"{figures_dir}/04_noise_reference.png", next(iter(coeffs.values())))
+plots.save_figure(fig, figures / "04_noise_reference.png", next(iter(coeffs.values())))
 
 # %% [markdown]
-# ## Explorer
+# ## Coefficient explorer
 # Pick a run, a normalisation (the whole map, each layer, or each module sums to 1), the modules
 # and a layer range. The controls wrap `plots.coefficient_heatmap`, a pure function, so what you
 # see is what `make reproduce` saves. Executed headless, the cell renders its first state.
@@ -90,3 +107,82 @@ def show(run, value, normalise, modules, layer_range):
 
 explorer = widgets.interactive(show, **controls)
 display(explorer)
+
+# %% [markdown]
+# ## Causal test: eps on part of the model
+# Each row is a cached evaluation of the same trained run with eps restricted, and of a random
+# direction with the restricted eps's norm over exactly the same tensors. If one layer's eps removes
+# as much harm as the whole while its control does not, that layer carries the safety; a layer that
+# holds much of ||eps||² but changes nothing does not. The same call for three seeds, outside this
+# notebook: `layer_ablations([panacea_run(p, s) for s in (0, 1, 2)], store, eval_cfg)`.
+
+# %%
+from panacea_lab.analysis.ablation_plots import ablation_figures
+from panacea_lab.analysis.layer_ablation import layer_ablations
+from panacea_lab.analysis.sweeps import summarize
+
+p_causal = ratios[0] if ablation_p is None else ablation_p
+eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
+ablation = layer_ablations([panacea_run(p_causal, seed) for seed in seeds], store, eval_cfg, kinds=ablation_kinds)
+display(summarize(ablation))
+for kind, fig in ablation_figures(ablation).items():
+    plots.save_figure(fig, figures / f"04_ablation_{kind}.png", ablation[ablation["param"].isin([kind, "all"])
+                                                                          | ablation["param"].isna()])
+
+# %% [markdown]
+# ## Live explorer: scale eps per layer, switch modules, score
+# Move a layer's slider (0 removes that layer's eps, 1 applies it as learnt) and switch module types
+# on or off, then press **score**: the run's model, kept in memory, is scored with that part of eps
+# on the first `explorer_n` harmful prompts and task samples (a few seconds), and the heatmap shows
+# the share of ||eps||² applied per layer and module. The numbers equal what
+# `pipeline.evaluate("attack", run, store, EvalConfig(n_harmful=explorer_n, n_task=explorer_n,
+# tasks=(task,)), post)` gives for the `post` shown. Executed headless, it shows its first state.
+
+# %%
+import json
+
+from IPython.display import clear_output
+
+from panacea_lab.analysis.live_eps import LiveEps, explorer_eval
+from panacea_lab.config import to_dict
+
+live_run = panacea_run(p_causal, seeds[0])
+live = LiveEps(live_run, store, explorer_eval(task, explorer_n))
+sliders = [widgets.FloatSlider(value=1.0, min=0.0, max=explorer_max_scale, step=0.1, description=f"layer {i}",
+                               continuous_update=False) for i in live.layers]
+toggles = [widgets.ToggleButton(value=True, description=m) for m in live.modules]
+score_button = widgets.Button(description="score", button_style="primary")
+numbers, picture = widgets.HTML(), widgets.Output()
+
+
+def current_post():
+    return live.post([s.value for s in sliders], [t.description for t in toggles if t.value])
+
+
+def score(_=None):
+    post = current_post()
+    result = live.score(post)
+    cells = "".join(f'<td data-metric="{k}">{v:.1f}</td>' for k, v in result.items() if k != "seconds")
+    heads = "".join(f"<th>{k}</th>" for k in result if k != "seconds")
+    numbers.value = (f"<table class='live-numbers'><tr>{heads}</tr><tr>{cells}</tr></table>"
+                     f"<small>scored in {result['seconds']:.1f} s · post <code data-post='{json.dumps(to_dict(post))}'>"
+                     f"{post}</code> · run <code data-run='{json.dumps(to_dict(live_run))}'>{live_run.p:g} / "
+                     f"seed {live_run.seed}</code></small>")
+    with picture:
+        clear_output(wait=True)
+        fig = plots.coefficient_heatmap(live.applied_shares(post), value="applied_share", normalise=None,
+                                        scale="linear")
+        display(fig)
+        plt.close(fig)
+    return post, result
+
+
+score_button.on_click(score)
+first_post, first_result = score()
+plots.save_figure(plots.coefficient_heatmap(live.applied_shares(first_post), value="applied_share", normalise=None,
+                                            scale="linear"),
+                  figures / "04_explorer_first_state.png", live.applied_shares(first_post))
+live_explorer = widgets.VBox([widgets.HBox([widgets.VBox(sliders), widgets.VBox(toggles)]), score_button, numbers,
+                              picture])
+live_explorer.add_class("live-eps")
+display(live_explorer)

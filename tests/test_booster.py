@@ -95,7 +95,13 @@ def test_bad_booster_config(field, value):
         BoosterConfig(**{field: value})
 
 
-def test_booster_defaults_and_coercion():
-    cfg = BoosterConfig(lam=100, alpha=0.01)
-    assert (BoosterConfig().lam, BoosterConfig().alpha, BoosterConfig().harmful_batch_size) == (5.0, 0.1, 10)
-    assert isinstance(cfg.lam, float) and cfg.lam == 100.0
+def test_booster_defaults_are_the_panacea_script_and_the_authors_setting_is_booster_s_own():
+    from panacea_lab import settings
+    from panacea_lab.defenses.booster import DEFENSE
+
+    assert (BoosterConfig().lam, BoosterConfig().alpha, BoosterConfig().harmful_batch_size) == (100.0, 0.01, 10)
+    own = settings.get("authors").defense("booster")
+    assert (own.lam, own.alpha) == (5.0, 0.1) and settings.get("paper").defense("booster") == BoosterConfig()
+    cfg = BoosterConfig(lam=5, alpha=0.1)
+    assert isinstance(cfg.lam, float) and cfg.lam == 5.0
+    assert DEFENSE.finetune_adapter == "continue"

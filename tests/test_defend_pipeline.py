@@ -90,7 +90,7 @@ def test_post_transforms_are_separately_cached_evaluations(run, store):
     pipeline.attack(run, store)
     plain = pipeline.evaluate("attack", run, store, EVAL)
     with_eps = pipeline.evaluate("attack", run, store, EVAL, EpsConfig())
-    antidoted = pipeline.evaluate("attack", run, store, EVAL, AntidoteConfig(n_batches=1))
+    antidoted = pipeline.evaluate("attack", run, store, EVAL, AntidoteConfig(n_samples=16))
     assert len({plain["key"], with_eps["key"], antidoted["key"]}) == 3
     assert with_eps["config"]["post"]["name"] == "eps"
 

@@ -1,4 +1,5 @@
-"""Lisa: the Bi-State schedule, the snapshots at each switch, and the proximal gradient."""
+"""Lisa: the Bi-State schedule, the snapshots at each switch, the proximal gradient and its warm-up
+(pinned against a transcription of the official ADMMTrainer), and the refusal data."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from conftest import lora_with_random_b
 from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
 from panacea_lab.data.batching import BatchStream, encode
-from panacea_lab.defenses.lisa import LisaConfig, LisaRule
+from panacea_lab.defenses.lisa import DEFENSE, LisaConfig, LisaRule
 from panacea_lab.training.loop import LoopSettings, train_loop
 
 
@@ -100,7 +101,110 @@ def test_runs_in_the_loop(tiny_cfg, world):
 
 
 @pytest.mark.parametrize("field,value", [("align_steps", 0), ("finetune_steps", -1), ("rho", -0.5),
-                                         ("align_batch_size", 0)])
+                                         ("align_batch_size", 0), ("proximal_warmup", 1.0),
+                                         ("align_data", "replay")])
 def test_bad_lisa_config(field, value):
     with pytest.raises(ConfigError, match=f"^{field} = "):
         LisaConfig(**{field: value})
+
+
+# ------------------------------------------------------------------------------ a transcription of the official trainer
+class OfficialLisa:
+    """ADMMTrainer of the official code, written out for the test: a status that starts in
+    "alignment", a clock and a step counter; before each step the mode is checked (a switch when the
+    clock reaches alignment_step / finetune_step, recording the weights the state ends with), an
+    alignment step draws its own batch, and the proximal term rho / 2 ||w - w_other||^2 is added
+    only when steps > 0.1 * total."""
+
+    def __init__(self, params, align_step, finetune_step, rho, total, next_alignment):
+        self.params, self.a, self.f, self.rho, self.total = params, align_step, finetune_step, rho, total
+        self.next_alignment = next_alignment
+        self.status, self.clock, self.steps = "alignment", 0, 0
+        self.alignment_w = [p.detach().clone() for p in params]
+        self.finetune_w = [p.detach().clone() for p in params]
+
+    def loss(self, model, user_batch):
+        batch = user_batch
+        if self.status == "alignment":
+            if self.clock % self.a == 0 and self.steps != 0:
+                self.status, self.clock = "finetune", 0
+                self.alignment_w = [p.detach().clone() for p in self.params]
+            else:
+                batch = self.next_alignment()
+        elif self.clock % self.f == 0 and self.steps != 0:
+            self.status, self.clock = "alignment", 0
+            self.finetune_w = [p.detach().clone() for p in self.params]
+            batch = self.next_alignment()
+        loss = model(**batch.as_kwargs()).loss
+        if self.steps > 0.1 * self.total:
+            other = self.finetune_w if self.status == "alignment" else self.alignment_w
+            loss = loss + sum(self.rho / 2 * torch.norm(p - o) ** 2 for p, o in zip(self.params, other))
+        self.steps, self.clock = self.steps + 1, self.clock + 1
+        return loss
+
+
+def test_rule_matches_the_official_trainer_step_by_step(tiny_cfg, world):
+    total, rho = 12, 0.8
+    model, rule, batch, _ = _setup(tiny_cfg, world, align_steps=2, finetune_steps=3, rho=rho)
+    rule.total_steps = total  # as train_loop sets it
+    tok = build_tokenizer(world.all_texts())
+    align_rows = [encode(tok, e, 96) for e in world.alignment[:4]]
+    official_batches = BatchStream(align_rows, 4, tok.pad_token_id, 7).forever()  # the rule's stream, replayed
+    params = [p for p in model.parameters() if p.requires_grad]
+    official = OfficialLisa(params, 2, 3, rho, total, lambda: next(official_batches))
+    for step in range(total):
+        expected = torch.autograd.grad(official.loss(model, batch), params)
+        for p in params:
+            p.grad = None
+        logged = rule.gradient(model, batch, step)
+        assert logged["prox_on"] == float(step > 0.1 * total)
+        for p, g in zip(params, expected):
+            torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+        with torch.no_grad():  # the same plain SGD step on both (they share the weights)
+            for p in params:
+                p.sub_(0.05 * p.grad)
+
+
+def test_no_proximal_term_in_the_first_tenth_of_the_steps(tiny_cfg, world):
+    model, rule, batch, _ = _setup(tiny_cfg, world, align_steps=1, finetune_steps=8, rho=5.0)
+    rule.total_steps = 30
+    params = [p for p in model.parameters() if p.requires_grad]
+    rule.gradient(model, batch, step=0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.1)
+    for step, on in ((2, False), (3, False), (4, True)):  # on once step > 3.0
+        for p in params:
+            p.grad = None
+        _, plain = _plain(model, batch)
+        logged = rule.gradient(model, batch, step)
+        assert logged["prox"] > 0 and logged["prox_on"] == float(on)
+        same = all(torch.allclose(p.grad, g, atol=1e-7) for p, g in zip(params, plain))
+        assert same != on, step
+
+
+def test_alignment_batches_are_the_refusals_by_default():
+    class Ctx:
+        seed = 0
+
+        def refusals(self, batch_size):
+            return ("refusals", batch_size)
+
+        def alignment(self, batch_size):
+            return ("alignment", batch_size)
+
+    assert DEFENSE.rule(LisaConfig(align_batch_size=3), Ctx()).alignment == ("refusals", 3)
+    assert DEFENSE.rule(LisaConfig(align_data="alignment"), Ctx()).alignment == ("alignment", 10)
+
+
+def test_defaults_are_the_official_script_and_the_embedded_cycles():
+    from panacea_lab import settings
+
+    cfg = LisaConfig()
+    assert (cfg.align_steps, cfg.finetune_steps, cfg.rho, cfg.proximal_warmup, cfg.align_data) == \
+        (100, 900, 1.0, 0.1, "refusals")
+    assert DEFENSE.finetune_adapter == "fresh"
+    embedded = LisaRule(settings.get("embedded").defense("lisa"), alignment=None)
+    states = [embedded.state_at(s) for s in range(300)]  # the default attack: 1000 samples, batch 10, 3 epochs
+    starts = [s for s in range(300) if states[s] == 0 and (s == 0 or states[s - 1] == 1)]
+    assert len(starts) == 3 and sum(1 for x in states if x == 0) == 30  # 3 cycles, the official 10% share

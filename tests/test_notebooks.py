@@ -17,17 +17,17 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
     common = {"model": model_dir, "seeds": [0], "n_eval": 4, "runs": str(tmp / "runs"),
               "figures_dir": str(tmp / "figures"), "align_kw": SMOKE_ALIGN}
     per_notebook = {
-        "00_workshop": {"p": 0.2, "n": 20, "stds": [0.01], "rho": 0.3},
+        "00_workshop": {"ratio": 0.2, "n": 20, "stds": [0.01], "rho": 0.3},
         "01_harmful_finetuning_attack": {"ratios": [0.0, 0.2], "n": 20, "sample_counts": [10, 20],
                                          "ratio_for_n": 0.2, "step_ratios": [0.2], "score_every": 2,
                                          "n_eval_steps": 4, "step_alignments": ["sft", "vaccine"]},
         "02_random_perturbation": {"ratio": 0.2, "n": 20, "stds": [0.01, 0.05]},
-        "03_panacea": {"ratios": [0.2], "n": 20, "stds": [0.01], "rhos": [0.3], "rho_shown": 0.3,
+        "03_panacea": {"ratios": [0.2], "n": 20, "stds": [0.01], "rhos": [0.3], "rho": 0.3,
                        "ablation_rhos": [0.3], "ablation_lams": [1e-3, 1e-1], "ablation_ratio": 0.2,
                        "baselines": ["sft", "repnoise", "lisa"], "baseline_ratios": [0.2]},
         "04_safety_coefficients": {"ratios": [0.2], "n": 20, "rho": 0.3},
         "05_system_overhead": {"steps": 2, "warmup": 1, "batch_size": 4},
-        "06_real_model": {"panacea_home": str(_package_home(tmp)), "n": 20, "p": 0.2, "stds": [0.01], "rho": 0.3,
+        "06_real_model": {"panacea_home": str(_package_home(tmp)), "n": 20, "ratio": 0.2, "stds": [0.01], "rho": 0.3,
                           "attack_kw": {"epochs": 1, "lr": 1e-4, "batch_size": 10}, "model_kw": {"max_length": 96},
                           "max_new_tokens": 8},
     }
@@ -68,7 +68,8 @@ def test_notebook_runs_headless_with_smoke_parameters(source, tiny_model_dir, tm
               if k in declared or k not in ("seeds", "n_eval", "align_kw")}  # those three are optional
     unknown = set(params) - declared
     assert not unknown, f"smoke parameters {sorted(unknown)} are not declared in the notebook's parameters cell"
-    papermill.execute_notebook(str(ipynb), str(out), parameters=params, cwd=str(source.parent),
+    # run outside notebooks/: no notebook may depend on the folder it runs in
+    papermill.execute_notebook(str(ipynb), str(out), parameters=params, cwd=str(tmp_path),
                                kernel_name="python3", progress_bar=False, execution_timeout=600)
     figures = sorted((tmp_path / "figures").glob("*.png"))
     assert figures, "the notebook saved no figure"
@@ -91,4 +92,32 @@ def test_parameter_sets_name_only_declared_parameters(param_file, tmp_path):
     assert set(values) <= set(declared), f"undeclared: {sorted(set(values) - set(declared))}"
     for name, value in values.items():  # same kind of value as the default (a list stays a list)
         default = ast.literal_eval(declared[name]["default"])
+        if default is None:  # "None: the setting's value" takes a value of any kind
+            continue
         assert isinstance(value, type(default)) or isinstance(default, float) and isinstance(value, int), name
+
+
+def _figures_dirs():
+    """(where, figures_dir) of every notebook's default and every parameter set that names one."""
+    import yaml
+
+    for source in NOTEBOOKS:
+        cell = next(c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", []))
+        defaults = {t.id: ast.literal_eval(a.value) for a in ast.parse(cell.source).body
+                    if isinstance(a, ast.Assign) for t in a.targets if isinstance(t, ast.Name)}
+        if "figures_dir" in defaults:
+            yield source.stem, defaults["figures_dir"]
+    for param_file in PARAM_SETS:
+        values = yaml.safe_load(param_file.read_text())
+        if "figures_dir" in values:
+            yield f"{param_file.parent.name}/{param_file.stem}", values["figures_dir"]
+
+
+@pytest.mark.parametrize("where,figures_dir", list(_figures_dirs()), ids=lambda v: str(v))
+def test_figures_stay_in_the_repository(where, figures_dir):
+    """A relative figures_dir is the repository root's (notebooks join it to PACKAGE_ROOT), so running
+    papermill from any folder writes figures inside the repository, never beside it."""
+    from panacea_lab.paths import PACKAGE_ROOT
+
+    resolved = (PACKAGE_ROOT / figures_dir).resolve()
+    assert resolved.is_relative_to(PACKAGE_ROOT / "figures"), f"{where}: figures_dir = {figures_dir!r} -> {resolved}"

@@ -146,5 +146,8 @@ def test_bad_vaccine_config(field, value):
 
 
 def test_vaccine_defaults():
-    assert VaccineConfig() == VaccineConfig(rho=20.0, site="attention")
+    from panacea_lab.defenses.vaccine import DEFENSE
+
+    assert VaccineConfig() == VaccineConfig(rho=20.0, site="attention")  # script/alignment/vaccine.sh:3
     assert isinstance(VaccineConfig(rho=2).rho, float)
+    assert DEFENSE.finetune_adapter == "fresh"

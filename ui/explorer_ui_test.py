@@ -1,11 +1,14 @@
-"""Browser test of notebook 04's explorer: `make ui-test`.
+"""Browser test of notebook 04's explorers: `make ui-test`.
 
 papermill (tests/test_notebooks.py) proves the notebook runs headless, but an ipywidgets explorer can
 run fine there and still be dead for a person: no widget manager in the page, callbacks that never
-redraw. This starts JupyterLab on localhost, opens 04_safety_coefficients (with smoke parameters, on a
-tiny random model) in Debian's headless Chromium through Playwright, runs all cells from the Run menu,
-flips the explorer's widgets and checks that the heatmap image is re-rendered each time. Screenshots
-land in runs/ui/. No browser is downloaded: Playwright drives /usr/bin/chromium.
+redraw. This starts JupyterLab on localhost, opens 04_safety_coefficients (with smoke parameters, on the
+embedded base model, whose answers the oracle judge can call harmful) in Debian's headless Chromium
+through Playwright, and runs all cells from the Run menu. It flips the coefficient explorer's widgets and
+checks that the heatmap is re-rendered each time; then it moves one of the live explorer's per-layer
+sliders, presses "score", and checks that the HS shown changed and equals what the package's cached
+evaluation gives for the setting shown. Screenshots land in runs/ui/. No browser is downloaded:
+Playwright drives /usr/bin/chromium.
 """
 from __future__ import annotations
 
@@ -27,8 +30,12 @@ OUT = ROOT / "runs" / "ui"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OVERALL_TIMEOUT_S = 300
+OVERALL_TIMEOUT_S = 480
 IMG = ".widget-interact .jp-OutputArea-output img"
+LIVE = ".live-eps"  # the live explorer's box
+PARAMS = {"model": "embedded", "seeds": [0, 1], "ratios": [0.2], "n": 20, "rho": 1.0, "n_eval": 4,
+          "ablation_kinds": ["layer"], "explorer_n": 50, "explorer_max_scale": 3.0,
+          "align_kw": {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1}}
 # Run All before the session has a kernel pops "Select Kernel"; the status bar says when it has one
 # (the toolbar's execution indicator reads "idle" too early).
 KERNEL_READY = """() => document.querySelector('.jp-Dialog') || (() => {
@@ -46,26 +53,17 @@ def fail(msg: str) -> None:
     raise SystemExit(f"ui-test FAILED: {msg}")
 
 
-def build_tiny_model(out: Path) -> None:
-    from panacea_lab.testing import save_tiny_llama
-
-    save_tiny_llama(out)
-
-
 def prepare_notebook(tmp: Path) -> Path:
     """The notebook as .ipynb with papermill's injected smoke-parameters cell; nothing is executed."""
     import jupytext
     import nbformat
     import papermill
 
-    build_tiny_model(tmp / "tiny-llama")
     src = tmp / "source.ipynb"
     nb = jupytext.read(NOTEBOOK)
     nb.metadata.pop("jupytext", None)  # else Lab's jupytext extension treats the .ipynb as a py:percent view
     nbformat.write(nb, src)
-    params = {"model": str(tmp / "tiny-llama"), "seeds": [0, 1], "ratios": [0.2], "n": 20, "rho": 0.3,
-              "align_kw": {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1},
-              "runs": str(tmp / "runs"), "figures_dir": str(tmp / "figures")}
+    params = {**PARAMS, "runs": str(tmp / "runs"), "figures_dir": str(tmp / "figures")}
     dest = tmp / "lab" / f"{NOTEBOOK.stem}.ipynb"
     dest.parent.mkdir()
     papermill.execute_notebook(str(src), str(dest), parameters=params, prepare_only=True, progress_bar=False)
@@ -123,7 +121,95 @@ def heatmap_changes(page, change, what: str) -> str:
     return page.locator(IMG).first.get_attribute("src")
 
 
-def drive(page, base: str, token: str, stage: list[str]) -> None:
+def shown_score(page) -> tuple[str, dict, dict]:
+    """The live explorer's HS as displayed, and the post-fine-tuning config and run it says it scored."""
+    box = page.locator(LIVE)
+    return (box.locator('[data-metric="HS"]').inner_text().strip(),
+            json.loads(box.locator("[data-post]").get_attribute("data-post")),
+            json.loads(box.locator("[data-run]").get_attribute("data-run")))
+
+
+def package_hs(run: dict, post: dict, store_dir: Path) -> str:
+    """HS of `run` under `post` by the package's own cached path, formatted as the explorer shows it."""
+    from panacea_lab import pipeline
+    from panacea_lab.analysis.live_eps import explorer_eval
+    from panacea_lab.config import AttackConfig, defense_from_dict, from_dict
+    from panacea_lab.training.store import RunStore
+
+    cfg = from_dict(AttackConfig, run)
+    ev = pipeline.evaluate("attack", cfg, RunStore(store_dir), explorer_eval(cfg.task, PARAMS["explorer_n"]),
+                           defense_from_dict(post))
+    return f"{ev['HS']:.1f}"
+
+
+def slider_move(run: dict, first_hs: str, store_dir: Path) -> tuple[int, float, str]:
+    """A slider (layer) and an end of its range (off, or the largest factor) at which the package's HS
+    differs from the first one shown: the move the test makes, so that a change must show."""
+    import torch
+
+    from panacea_lab.analysis.live_eps import LiveEps, explorer_eval
+    from panacea_lab.config import AttackConfig, from_dict
+    from panacea_lab.training.store import RunStore
+
+    torch.set_num_threads(1)
+    cfg = from_dict(AttackConfig, run)
+    live = LiveEps(cfg, RunStore(store_dir), explorer_eval(cfg.task, PARAMS["explorer_n"]))
+    for layer in live.layers:
+        for key, factor in (("End", PARAMS["explorer_max_scale"]), ("Home", 0.0)):
+            scales = [factor if i == layer else 1.0 for i in live.layers]
+            if f"{live.score(live.post(scales))['HS']:.1f}" != first_hs:
+                return layer, factor, key
+    fail(f"no single slider at 0 or {PARAMS['explorer_max_scale']} moves HS from {first_hs} on this run: "
+         "raise rho or explorer_max_scale in PARAMS")
+
+
+def move_slider(page, layer: int, key: str, factor: float) -> None:
+    """Move layer `layer`'s slider to an end of its range with the keyboard, as a person may; typing the
+    value into the slider's readout if the keyboard did not move it."""
+    slider = page.locator(LIVE).locator(".widget-slider").nth(layer)
+    readout = slider.locator(".widget-readout")
+    slider.locator(".noUi-handle").first.press(key)
+    try:
+        page.wait_for_function("([el, want]) => el.innerText.trim() === want", arg=[readout.element_handle(),
+                               f"{factor:.2f}"], timeout=5_000)
+    except Exception:  # no keyboard support in this widget version: type the value
+        readout.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type(f"{factor:g}")
+        page.keyboard.press("Enter")
+    print(f"  layer {layer} slider at {readout.inner_text().strip()}")
+
+
+def drive_live(page, stage: list[str], store_dir: Path) -> None:
+    stage[0] = "waiting for the live explorer's first score"
+    page.locator(f'{LIVE} [data-metric="HS"]').wait_for(timeout=120_000)
+    page.locator(LIVE).scroll_into_view_if_needed()
+    page.locator(LIVE).screenshot(path=str(OUT / "live_before.png"))
+    first_hs, first_post, run = shown_score(page)
+    if package_hs(run, first_post, store_dir) != first_hs:
+        fail(f"the first state shows HS {first_hs} but the package gives {package_hs(run, first_post, store_dir)}")
+    stage[0] = "choosing a slider move that changes HS (package side)"
+    layer, factor, key = slider_move(run, first_hs, store_dir)
+    stage[0] = f"moving layer {layer}'s slider to {factor:g}"
+    move_slider(page, layer, key, factor)
+    stage[0] = "pressing score and waiting for the new numbers"
+    page.locator(LIVE).get_by_role("button", name="score").click()
+    page.wait_for_function("([sel, old]) => { const e = document.querySelector(sel); "
+                           "return e && e.getAttribute('data-post') !== old; }",
+                           arg=[f"{LIVE} [data-post]", json.dumps(first_post)], timeout=120_000)
+    hs, post, _ = shown_score(page)
+    page.locator(LIVE).screenshot(path=str(OUT / "live_after.png"))
+    if post.get("layer_scales", [1.0] * (layer + 1))[layer] != factor:
+        fail(f"after moving layer {layer}'s slider to {factor:g} the explorer scored {post}")
+    if hs == first_hs:
+        fail(f"HS shown stayed {hs} after moving layer {layer}'s slider to {factor:g}")
+    expected = package_hs(run, post, store_dir)
+    if hs != expected:
+        fail(f"the explorer shows HS {hs} for {post}, the package's evaluation gives {expected}")
+    print(f"  live HS {first_hs} -> {hs} (layer {layer} x {factor:g}), equal to the package's cached evaluation")
+
+
+def drive(page, base: str, token: str, stage: list[str], store_dir: Path) -> None:
     stage[0] = "opening the notebook"
     page.goto(f"{base}/lab/tree/{NOTEBOOK.stem}.ipynb?token={token}")
     page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for()
@@ -151,10 +237,11 @@ def drive(page, base: str, token: str, stage: list[str]) -> None:
     if last == first:
         fail("after all the changes the heatmap is identical to the first one")
     explorer.screenshot(path=str(OUT / "explorer_after.png"))
+    drive_live(page, stage, store_dir)
     page.screenshot(path=str(OUT / "lab.png"), full_page=True)
 
 
-def browse(base: str, token: str) -> None:
+def browse(base: str, token: str, store_dir: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     stage = ["starting Chromium"]
@@ -163,7 +250,7 @@ def browse(base: str, token: str) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         try:
-            drive(page, base, token, stage)
+            drive(page, base, token, stage, store_dir)
         except Exception as e:  # Playwright errors/timeouts: keep what the page showed
             page.screenshot(path=str(OUT / "failure.png"), full_page=True)
             fail(f"{stage[0]}: {str(e).splitlines()[0]}\n  screenshot: {OUT / 'failure.png'},"
@@ -188,12 +275,12 @@ def main() -> None:
         proc, base, token = start_lab(tmp, nb.parent)
         try:
             print(f"ui-test: JupyterLab at {base}, notebook {nb.name}")
-            browse(base, token)
+            browse(base, token, tmp / "runs")
         finally:
             stop(proc)
             (OUT / "jupyterlab.log").write_text((tmp / "jupyterlab.log").read_text())
     print(f"ui-test passed in {time.monotonic() - t0:.0f} s; screenshots in {OUT}/"
-          " (explorer_before.png, explorer_after.png, lab.png)")
+          " (explorer_before.png, explorer_after.png, live_before.png, live_after.png, lab.png)")
 
 
 if __name__ == "__main__":

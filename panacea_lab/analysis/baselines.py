@@ -3,8 +3,11 @@ registry (Vaccine, RepNoise, Booster; Lisa; Panacea's trained w) on the same use
 undefended attack ("sft").
 
 An alignment-stage defense changes only how the model is aligned; the user's fine-tuning that
-follows is the plain attack. A fine-tuning-stage defense changes the fine-tuning itself. Every run
-is a cached stage; parameters come from a named setting (panacea_lab.settings).
+follows is the plain attack. A fine-tuning-stage defense changes the fine-tuning itself. Each
+method's attack starts as its official scripts start it (the `Defense` record's finetune_adapter):
+SFT, Panacea and Booster continue the aligned adapter; Vaccine, RepNoise and Lisa merge it and
+train a fresh LoRA. Every run is a cached stage; parameters come from a named setting
+(panacea_lab.settings).
 """
 from __future__ import annotations
 
@@ -39,13 +42,21 @@ def aligned_with(align_cfg: AlignConfig, method: str, setting: str = "embedded")
     return dataclasses.replace(align_cfg, defense=settings.get(setting).defense(method))
 
 
+def finetune_adapter(method: str) -> str:
+    """How the user's fine-tuning starts for `method`: "continue" for sft (the Panacea scripts'
+    --alternating single_lora, script/finetune/sft_gsm8k.sh:46-47 of w-yibo/Panacea), else the record's."""
+    return "continue" if method == "sft" else defenses.get(method).finetune_adapter
+
+
 def baseline_configs(method: str, ratios, seeds, task: str, preset: str, align_cfg: AlignConfig,
                      setting: str = "embedded", **overrides):
-    """(p, seed, attack config) of one method at every ratio and seed."""
+    """(p, seed, attack config) of one method at every ratio and seed; an `adapter` override wins
+    over the method's official mode."""
     base = aligned_with(align_cfg, method, setting)
     defense = None
     if method != "sft" and defenses.get(method).stage == FINETUNING:
         defense = settings.get(setting).defense(method)
+    overrides = {"adapter": finetune_adapter(method), **overrides}
     return [(p, seed, attack_config(base, task, p, seed, preset, defense=defense, **overrides))
             for seed in seeds for p in ratios]
 

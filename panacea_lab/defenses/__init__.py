@@ -11,7 +11,7 @@ from panacea_lab.defenses.registry import REGISTRY, Defense, get, names, of, reg
 for _record in (vaccine.DEFENSE, repnoise.DEFENSE, booster.DEFENSE,  # alignment stage
                 panacea.DEFENSE, lisa.DEFENSE,  # fine-tuning stage
                 random_noise.NOISE, antidote.DEFENSE, panacea.EPS,  # post-fine-tuning
-                random_noise.RANDOM_DIRECTION, harmful_ascent.DEFENSE):  # controls
+                random_noise.RANDOM_DIRECTION, harmful_ascent.DEFENSE, panacea.EPS_CONTROL):  # controls
     register(_record)
 
 __all__ = ["REGISTRY", "Defense", "get", "names", "of", "register"]

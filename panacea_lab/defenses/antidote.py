@@ -1,22 +1,36 @@
-"""Antidote: one-shot post-fine-tuning pruning of the weights that matter most on harmful data.
+"""Antidote (Huang et al. 2025, "Antidote: Post-fine-tuning safety alignment for large language
+models against harmful fine-tuning", arXiv 2408.09600): one-shot pruning, after the user's
+fine-tuning, of the weights that matter most on harmful data.
 
-For each LoRA-adapted linear layer the fine-tuning delta is `D = B @ A * scaling` (out x in). Its
-Wanda score is `|D_ij| * ||X_j||_2`, with `X_j` the j-th input feature of that layer collected over
-every non-padded token of the defender's harmful batches. In each output row the top `dense_ratio`
-fraction of scores (floor(dense_ratio * in_features) entries) is set to zero.
+Official pipeline (script/finetune/antidote_poison_ratio.sh of git-disl/Antidote): the alignment
+LoRA is merged into the base and the user's fine-tuning trains a new LoRA (:29-31 with train.py:253-275,
+merge_and_unload, then get_peft_model); Antidote then reloads both (:58-61, train.py:253-281) and
+calibrates on bad_sample_num = 2000 harmful samples (:17, :81-82: poison_ratio 1; make_supervised_data_module,
+train.py:110-111) one per batch (:66: per_device_train_batch_size 1), dense_ratio 0.1 (:16, :83).
 
-How LoRA is handled (the caller must know): a pruned `B @ A` is no longer rank r, so it cannot be
-stored back as an adapter. `antidote` therefore computes D from the adapter itself (exact, no
-`W_merged - W_base` cancellation), prunes it, adds the pruned D to the base weight in float32, and
-returns the plain model from `unload()`: the result is the merged fine-tuned model minus the pruned
-entries, and the peft model passed in is consumed. With the "continue" adapter the adapter holds
-alignment + fine-tuning, so D is both; with "fresh" it is the user's fine-tuning only.
+`target="factors"` (the default) is the official rule: Wanda pruning of the LoRA factors A and B
+*separately*, each an nn.Linear scored with its own inputs (find_layers keeps every nn.Linear whose
+name holds "lora", utils.py:313-330 of git-disl/Antidote, hooked through WrappedGPT.add_batch,
+utils.py:492-505). A's input is the layer input x (after the adapter's dropout, which the eval
+mode of the calibration turns off, utils.py:533); B's input is A x (the scaling comes after B).
+Scores |W| * ||X_j||_2 (:702), and per row every entry but the int(cols * (1 - dense_ratio))
+lowest is zeroed (:711-723), i.e. the highest scores go (`wanda.official_mask`); the mask is
+applied as `param *= 1 - mask` (train.py:495-520). The returned model is the peft model with its
+pruned adapter, evaluable as it is. Official calibration rows carry no padding (batch size 1); here
+batches are padded and the norms skip the padded positions, which is the same sum.
 
-The control `method="random"` zeroes the same number of entries per row, chosen uniformly at random.
+`target="product"` is an alternative kept from earlier versions of this project: it prunes the
+product D = B @ A * scaling of each adapted layer (floor(dense_ratio * in) highest scores per row,
+the scores of D against the layer input), adds the pruned D to the base weight in float32 and
+returns the plain merged model from `unload()` (a pruned B @ A is no longer rank r).
+
+With the "continue" adapter the adapter holds alignment + fine-tuning, so either target prunes both;
+the official pairing is the "fresh" adapter (the `Defense` record's finetune_adapter).
+`method="random"` is the control: as official, int(numel * dense_ratio) entries of each factor at
+random (train.py:503-511); for the product, the product rule's count per row at random columns.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -26,49 +40,19 @@ from peft.tuners.lora import Linear as LoraLinear
 from torch import Tensor, nn
 
 from panacea_lab.config import POST, DefenseConfig, check, positive
+from panacea_lab.data.batching import Batch
 from panacea_lab.defenses.registry import Defense
+from panacea_lab.defenses.wanda import (  # noqa: F401  (the tensor rules, re-exported)
+    official_kept,
+    official_mask,
+    prune_top_scores_per_row,
+    pruned_per_row,
+    random_flat_mask,
+    random_prune_per_row,
+)
 
 METHODS = ("wanda", "random")
-
-
-def pruned_per_row(in_features: int, dense_ratio: float) -> int:
-    """Entries zeroed in each row: floor(dense_ratio * in_features), robust to 0.29 * 100 = 28.999..."""
-    if not (isinstance(dense_ratio, (int, float)) and 0.0 <= dense_ratio <= 1.0):
-        raise ValueError(f"dense_ratio = {dense_ratio!r}: must be in [0, 1] (the fraction of each row's "
-                         "weights to zero; Antidote's default is 0.1)")
-    return math.floor(dense_ratio * in_features + 1e-9)
-
-
-def _mask_from_columns(shape: torch.Size, columns: Tensor, device: torch.device) -> Tensor:
-    mask = torch.zeros(shape, dtype=torch.bool, device=device)
-    return mask.scatter_(1, columns.to(device), True)
-
-
-def prune_top_scores_per_row(delta: Tensor, act_norm: Tensor, dense_ratio: float) -> tuple[Tensor, Tensor]:
-    """Zero, in each row, the entries with the largest `|delta_ij| * act_norm_j`.
-
-    Returns (pruned delta, mask) where mask is True at the zeroed entries. Ties break by column index.
-    """
-    if delta.dim() != 2:
-        raise ValueError(f"delta has shape {tuple(delta.shape)}: pass one layer's (out x in) matrix")
-    if act_norm.shape != (delta.shape[1],):
-        raise ValueError(f"act_norm has shape {tuple(act_norm.shape)} but delta has {delta.shape[1]} input "
-                         "features: pass one norm per input feature (column)")
-    k = pruned_per_row(delta.shape[1], dense_ratio)
-    scores = delta.detach().float().abs() * act_norm.detach().float().to(delta.device)[None, :]
-    top = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
-    mask = _mask_from_columns(delta.shape, top, delta.device)
-    return delta.masked_fill(mask, 0), mask
-
-
-def random_prune_per_row(delta: Tensor, dense_ratio: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The control: zero as many entries per row as Antidote does, at uniformly random columns."""
-    if delta.dim() != 2:
-        raise ValueError(f"delta has shape {tuple(delta.shape)}: pass one layer's (out x in) matrix")
-    k = pruned_per_row(delta.shape[1], dense_ratio)
-    picks = torch.rand(tuple(delta.shape), generator=generator).argsort(dim=1)[:, :k]
-    mask = _mask_from_columns(delta.shape, picks, delta.device)
-    return delta.masked_fill(mask, 0), mask
+TARGETS = ("factors", "product")
 
 
 # ------------------------------------------------------------------------------ the model side
@@ -86,17 +70,32 @@ def lora_linear_layers(model: nn.Module) -> dict[str, LoraLinear]:
                              f"(found {active}, merged={m.merged}); set one with model.set_adapter(name)")
         if active[0] in getattr(m, "lora_variant", {}) or getattr(m, "lora_bias", {}).get(active[0], False):
             raise ValueError(f"{name}: adapter {active[0]!r} is a LoRA variant (DoRA, lora_bias); Antidote here "
-                             "prunes plain LoRA deltas B @ A only")
+                             "prunes plain LoRA factors only")
         layers[name] = m
     if not layers:
-        raise ValueError("the model has no active LoRA linear layer: Antidote prunes the fine-tuning LoRA delta, "
+        raise ValueError("the model has no active LoRA linear layer: Antidote prunes the fine-tuning LoRA, "
                          "so pass the fine-tuned peft model (not a merged one)")
     return layers
 
 
+def _active(layer: LoraLinear) -> str:
+    return next(x for x in layer.active_adapters if x in layer.lora_A)
+
+
+def lora_factors(layers: Mapping[str, LoraLinear]) -> dict[str, nn.Linear]:
+    """Each adapted layer's factors A and B as modules, named as their weights are minus ".weight"
+    (e.g. "...q_proj.lora_A.default"), the official mask's keys."""
+    out = {}
+    for name, layer in layers.items():
+        a = _active(layer)
+        out[f"{name}.lora_A.{a}"] = layer.lora_A[a]
+        out[f"{name}.lora_B.{a}"] = layer.lora_B[a]
+    return out
+
+
 def lora_delta(layer: LoraLinear) -> Tensor:
     """The adapter's effective weight change `B @ A * scaling`, (out x in), in float32."""
-    a = next(x for x in layer.active_adapters if x in layer.lora_A)
+    a = _active(layer)
     return (layer.lora_B[a].weight.float() @ layer.lora_A[a].weight.float()) * layer.scaling[a]
 
 
@@ -111,14 +110,14 @@ def _ids_and_mask(batch, device: torch.device) -> tuple[Tensor, Tensor]:
     return ids.to(device), mask.to(device)
 
 
-def input_feature_norms(model: nn.Module, batches: Iterable, layers: Mapping[str, nn.Module]) -> dict[str, Tensor]:
-    """||X_j||_2 per input feature of each layer, over every non-padded token of `batches` (eval, no grad)."""
-    sums: dict[str, Tensor | None] = {name: None for name in layers}
+def input_feature_norms(model: nn.Module, batches: Iterable, modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
+    """||X_j||_2 per input feature of each module, over every non-padded token of `batches` (eval, no grad)."""
+    sums: dict[str, Tensor | None] = {name: None for name in modules}
     keep: dict[str, Tensor] = {}
 
     def hook_for(name: str):
         def hook(_module, args, kwargs):
-            x = args[0] if args else kwargs["x"]
+            x = args[0] if args else next(iter(kwargs.values()))
             flat = x.detach().reshape(-1, x.shape[-1])
             if flat.shape[0] != keep["mask"].numel():
                 raise RuntimeError(f"{name}: input has {flat.shape[0]} token rows but the batch has "
@@ -128,7 +127,7 @@ def input_feature_norms(model: nn.Module, batches: Iterable, layers: Mapping[str
         return hook
 
     device = next(model.parameters()).device
-    handles = [m.register_forward_pre_hook(hook_for(n), with_kwargs=True) for n, m in layers.items()]
+    handles = [m.register_forward_pre_hook(hook_for(n), with_kwargs=True) for n, m in modules.items()]
     was_training = model.training
     model.eval()
     try:
@@ -148,11 +147,50 @@ def input_feature_norms(model: nn.Module, batches: Iterable, layers: Mapping[str
     return {n: s.sqrt().float() for n, s in sums.items()}
 
 
-def antidote_deltas(model: nn.Module, batches: Iterable | None, dense_ratio: float = 0.1, method: str = "wanda",
-                    seed: int = 0) -> tuple[dict[str, Tensor], pd.DataFrame]:
-    """The pruned (out x in) LoRA delta of every adapted layer, and a per-layer report. Model unchanged."""
+def _check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"method = {method!r}: use 'wanda' (Antidote) or 'random' (the same-count control)")
+
+
+# ------------------------------------------------------------------------------ target = "factors"
+def factor_masks(model: nn.Module, batches: Iterable | None, dense_ratio: float = 0.1, method: str = "wanda",
+                 seed: int = 0) -> tuple[dict[str, Tensor], pd.DataFrame]:
+    """The official masks (True = zeroed) of every LoRA factor, by factor name, and a report. Model unchanged."""
+    _check_method(method)
+    factors = lora_factors(lora_linear_layers(model))
+    norms = input_feature_norms(model, batches or [], factors) if method == "wanda" else {}
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    masks, rows = {}, []
+    for name, linear in factors.items():
+        w = linear.weight
+        if method == "wanda":
+            masks[name] = official_mask(w, norms[name], dense_ratio)
+        else:
+            masks[name] = random_flat_mask(w.shape, dense_ratio, gen).to(w.device)
+        rows.append({"factor": name, "rows": w.shape[0], "cols": w.shape[1], "zeroed": int(masks[name].sum()),
+                     "norm_before": float(w.detach().float().norm()),
+                     "norm_after": float(w.detach().float().masked_fill(masks[name], 0).norm())})
+    return masks, pd.DataFrame(rows)
+
+
+def prune_factors(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
+    """Zero each factor's masked entries in place (the official `param *= 1 - mask`); returns the model."""
+    factors = lora_factors(lora_linear_layers(model))
+    if set(masks) != set(factors):
+        odd = sorted(set(masks) ^ set(factors))
+        raise ValueError(f"masks and the model's LoRA factors differ (e.g. {odd[0]!r}): pass one mask per factor "
+                         "of lora_factors(lora_linear_layers(model))")
+    with torch.no_grad():
+        for name, linear in factors.items():
+            linear.weight.masked_fill_(masks[name].to(linear.weight.device), 0)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------ target = "product"
+def antidote_deltas(model: nn.Module, batches: Iterable | None, dense_ratio: float = 0.1, method: str = "wanda",
+                    seed: int = 0) -> tuple[dict[str, Tensor], pd.DataFrame]:
+    """The pruned (out x in) LoRA product of every adapted layer, and a per-layer report. Model unchanged."""
+    _check_method(method)
     layers = lora_linear_layers(model)
     norms = input_feature_norms(model, batches or [], layers) if method == "wanda" else {}
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -191,35 +229,59 @@ def fold_and_unload(model: nn.Module, deltas: Mapping[str, Tensor]) -> nn.Module
 
 
 def antidote(model: nn.Module, batches: Iterable | None, dense_ratio: float = 0.1, method: str = "wanda",
-             seed: int = 0) -> tuple[nn.Module, pd.DataFrame]:
-    """Prune the fine-tuned peft `model` (consumed) and return the plain pruned model with the report."""
-    deltas, report = antidote_deltas(model, batches, dense_ratio, method, seed)
-    return fold_and_unload(model, deltas), report
+             seed: int = 0, target: str = "factors") -> tuple[nn.Module, pd.DataFrame]:
+    """Antidote on the fine-tuned peft `model`: "factors" prunes it in place and returns it; "product"
+    consumes it and returns the plain merged model. Each with its report."""
+    if target == "factors":
+        masks, report = factor_masks(model, batches, dense_ratio, method, seed)
+        return prune_factors(model, masks), report
+    if target == "product":
+        deltas, report = antidote_deltas(model, batches, dense_ratio, method, seed)
+        return fold_and_unload(model, deltas), report
+    raise ValueError(f"target = {target!r}: use one of {TARGETS}")
+
+
+# ------------------------------------------------------------------------------ the registry
+def calibration_batches(batches: Iterable[Batch], n_samples: int) -> list[Batch]:
+    """The first n_samples rows of `batches` (the last batch cut short); fewer if the pool runs out."""
+    out, rows = [], 0
+    for b in batches:
+        if rows >= n_samples:
+            break
+        take = min(b.input_ids.shape[0], n_samples - rows)
+        out.append(b if take == b.input_ids.shape[0] else
+                   Batch(b.input_ids[:take], b.attention_mask[:take], b.labels[:take]))
+        rows += take
+    return out
 
 
 @dataclass(frozen=True)
 class AntidoteConfig(DefenseConfig):
-    """Antidote's knobs: the share of each row pruned, the defender batches that score it, and the
-    pruning rule (wanda, or random: the same-count control)."""
+    """Antidote's knobs: the share of each row pruned, the defender samples that score it (capped
+    by the defender's pool), what is pruned (the LoRA factors, official, or their product), and the
+    rule (wanda, or random: the control). Defaults: script/finetune/antidote_poison_ratio.sh:16-17."""
 
     name = "antidote"
     stage = POST
 
     dense_ratio: float = 0.1
-    n_batches: int = 4
+    n_samples: int = 2000
+    target: str = "factors"
     method: str = "wanda"
     seed: int = 0
 
     def check_values(self):
         check(0 <= self.dense_ratio <= 1, "dense_ratio", self.dense_ratio, "must be in [0, 1]")
-        positive(self, "n_batches")
+        positive(self, "n_samples")
+        check(self.target in TARGETS, "target", self.target, f"use one of {TARGETS}")
         check(self.method in METHODS, "method", self.method, f"use one of {METHODS}")
 
 
 def _prune(model, cfg: AntidoteConfig, ctx):
-    batches = ctx.harmful_batches(cfg.n_batches) if cfg.method == "wanda" else None
-    return antidote(model, batches, cfg.dense_ratio, cfg.method, cfg.seed)[0]
+    # every batch holds at least one row, so n_samples batches cover n_samples rows (or the whole pool)
+    batches = calibration_batches(ctx.harmful_batches(cfg.n_samples), cfg.n_samples) if cfg.method == "wanda" else None
+    return antidote(model, batches, cfg.dense_ratio, cfg.method, cfg.seed, cfg.target)[0]
 
 
 DEFENSE = Defense(name="antidote", stage=POST, config=AntidoteConfig, label="Antidote", param="dense_ratio",
-                  transform=_prune)
+                  transform=_prune, finetune_adapter="fresh")

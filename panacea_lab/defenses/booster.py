@@ -9,10 +9,17 @@ i.e. the gradient of f(w) + lam * (h(w) - h(w - alpha * G_h / ||G_h||)) with the
 constant: the model is trained so that one harmful (normalised) gradient step lowers the harmful
 loss as little as possible. The same harmful batch is used at w and at w'.
 
-Defaults lam = 5, alpha = 0.1 are Booster's own scripts (script/alignment/smooth_align.sh);
-Panacea's scripts run Booster as a baseline with lam = 100, alpha = 0.01. Unlike the official code
-(which undoes the step by adding it back), w is restored from a saved copy, bit for bit, and each
-gradient comes from its own backward pass (so the rule also holds under DDP).
+Defaults lam = 100, alpha = 0.01, a harmful batch of 10: the Panacea paper's baseline setting,
+script/alignment/booster.sh:2-3 of w-yibo/Panacea (lamb=100, alpha=0.01) and the harmful loader's
+batch size in BoosterAlignmentTrainer (trainer.py:149 there). Booster's own repository uses lam = 5,
+alpha = 0.1 (script/alignment/smooth_align.sh:14-15 of git-disl/Booster): the "authors" setting.
+Unlike the official code (which undoes the step by adding it back), w is restored from a saved
+copy, bit for bit, and each gradient comes from its own backward pass (so the rule also holds under
+DDP).
+
+The user's fine-tuning continues the aligned adapter: script/finetune/booster_gsm8k.sh:25 and :50
+of w-yibo/Panacea pass --lora_folder with --alternating single_lora, which train.py:295-310 loads
+as trainable instead of merging (the record's finetune_adapter = "continue").
 """
 from __future__ import annotations
 
@@ -32,8 +39,8 @@ class BoosterConfig(DefenseConfig):
 
     """Booster's knobs: lam weighs the harmful-perturbation regulariser, alpha is the inner step size."""
 
-    lam: float = 5.0
-    alpha: float = 0.1
+    lam: float = 100.0
+    alpha: float = 0.01
     harmful_batch_size: int = 10
 
     def check_values(self):
@@ -73,4 +80,5 @@ class BoosterRule(StepRule):
 
 
 DEFENSE = Defense(name="booster", stage=ALIGNMENT, config=BoosterConfig, label="Booster", param="lam",
-                  rule=lambda cfg, ctx: BoosterRule(cfg, ctx.harmful(cfg.harmful_batch_size)))
+                  rule=lambda cfg, ctx: BoosterRule(cfg, ctx.harmful(cfg.harmful_batch_size)),
+                  finetune_adapter="continue")

@@ -14,14 +14,16 @@ runs the three-pass step only every k-th step (plain SFT in between, eps carried
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from panacea_lab.config import FINETUNING, POST, DefenseConfig, check, positive
+from panacea_lab.config import FINETUNING, POST, DefenseConfig, check, new_field, positive
 from panacea_lab.data.batching import BatchStream
 from panacea_lab.defenses.common import gradient_at_shift, harmful_gradients
-from panacea_lab.defenses.perturb import add_, global_norm
+from panacea_lab.defenses.perturb import add_, global_norm, restrict
+from panacea_lab.defenses.random_noise import same_norm_control
 from panacea_lab.defenses.registry import Defense
 from panacea_lab.training.loop import StepRule, lm_loss
 
@@ -104,23 +106,66 @@ DEFENSE = Defense(name="panacea", stage=FINETUNING, config=PanaceaConfig, label=
 
 @dataclass(frozen=True)
 class EpsConfig(DefenseConfig):
-    """Panacea's post-fine-tuning half: add the run's stored eps, times `scale`, to the trained w."""
+    """Panacea's post-fine-tuning half: add the run's stored eps, times `scale`, to the trained w.
+
+    Optionally only part of it (which layers and modules carry the safety): `layers` (decoder layer
+    indices) and `modules` (e.g. q_proj) select tensors, empty meaning all; `layer_scales` gives one
+    factor per decoder layer (0 off, 1 as learnt). A layer or module the run's eps does not cover is
+    refused when the transform loads it, naming the field and the range.
+    """
 
     name = "eps"
     stage = POST
 
     scale: float = 1.0
+    layers: tuple[int, ...] = new_field(())
+    modules: tuple[str, ...] = new_field(())
+    layer_scales: tuple[float, ...] = new_field(())
 
     def check_values(self):
-        check(self.scale >= 0, "scale", self.scale, "must be >= 0 (1 applies eps as learnt)")
+        check(math.isfinite(self.scale) and self.scale >= 0, "scale", self.scale,
+              "must be a finite number >= 0 (1 applies eps as learnt)")
+        check(all(i >= 0 for i in self.layers), "layers", self.layers, "layer indices start at 0")
+        check(len(set(self.layers)) == len(self.layers), "layers", self.layers, "name each layer once")
+        check(all(m.strip() for m in self.modules), "modules", self.modules, "name modules, e.g. q_proj")
+        check(len(set(self.modules)) == len(self.modules), "modules", self.modules, "name each module once")
+        for i, s in enumerate(self.layer_scales):
+            check(math.isfinite(s) and s >= 0, f"layer_scales[{i}]", s,
+                  "each factor must be a finite number >= 0 (0 off, 1 as learnt)")
+        object.__setattr__(self, "layers", tuple(sorted(self.layers)))  # one key per selection, whatever the order
+        object.__setattr__(self, "modules", tuple(sorted(self.modules)))
+
+
+@dataclass(frozen=True)
+class EpsControlConfig(EpsConfig):
+    """The same-norm control of a (restricted) eps: a random direction, drawn from `seed`, over exactly
+    the tensors the restricted eps covers, with exactly its global L2 norm."""
+
+    name = "eps_control"
+
+    seed: int = 0
+
+
+def restricted_eps(cfg: EpsConfig, ctx) -> dict:
+    """The run's stored eps, restricted and scaled as `cfg` says (FileNotFoundError when it stored none)."""
+    return restrict(ctx.artifact("eps"), cfg.layers, cfg.modules, cfg.layer_scales, cfg.scale)
 
 
 def apply_eps(model, cfg: EpsConfig, ctx):
-    """w + scale * eps, in place (FileNotFoundError from `ctx` when the run stored no eps)."""
-    eps = ctx.artifact("eps")
-    add_(model, {k: cfg.scale * v for k, v in eps.items()} if cfg.scale != 1.0 else eps)
+    """w + the restricted, scaled eps, in place."""
+    add_(model, restricted_eps(cfg, ctx))
+    return model
+
+
+def apply_eps_control(model, cfg: EpsControlConfig, ctx):
+    """w + a random direction of the restricted eps's norm over its tensors (nothing when it is empty)."""
+    eps = restricted_eps(cfg, ctx)
+    if eps:
+        add_(model, same_norm_control(eps, cfg.seed))
     return model
 
 
 EPS = Defense(name="eps", stage=POST, config=EpsConfig, label="Panacea w + eps", param="scale",
               transform=apply_eps)
+EPS_CONTROL = Defense(name="eps_control", stage=POST, config=EpsControlConfig, label="same-norm random (eps tensors)",
+                      param="scale", transform=apply_eps_control, control=True)

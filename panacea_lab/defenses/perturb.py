@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
+
+from panacea_lab.config import ConfigError
 
 Delta = dict[str, Tensor]
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -181,3 +183,49 @@ def norms_by_layer_module(delta: Mapping[str, Tensor]) -> pd.DataFrame:
                      "norm": math.sqrt(sq)})
     columns = ["name", "layer", "module", "part", "sq_norm", "norm"]
     return pd.DataFrame(rows, columns=columns).astype({"layer": "int64", "sq_norm": "float64", "norm": "float64"})
+
+
+# ------------------------------------------------------------------------------ restricting
+def _decoder_layers(delta: Mapping[str, Tensor]) -> list[int]:
+    return sorted({parse_param_name(n)[0] for n in delta} - {-1})
+
+
+def restrict(delta: Mapping[str, Tensor], layers: Sequence[int] = (), modules: Sequence[str] = (),
+             layer_scales: Sequence[float] = (), scale: float = 1.0) -> Delta:
+    """The part of `delta` on the chosen decoder layers and modules, each tensor times its layer's factor.
+
+    Empty `layers` / `modules` keep all; `layer_scales[i]` multiplies layer i (0 drops it, 1 keeps it as
+    it is) and `scale` every tensor. Dropped tensors (outside the selection, or at factor 0) are left
+    out of the result, so a control drawn over the result's tensors covers exactly what is applied.
+    Tensors outside the decoder blocks (layer -1) follow `modules` and are kept only when `layers` is
+    empty. `delta` is not modified. Raises ConfigError naming the field when a layer or module is not
+    in `delta`, when `layer_scales` does not give one factor per layer, or when a factor is < 0.
+    """
+    have_layers = _decoder_layers(delta)
+    span = f"{have_layers[0]}..{have_layers[-1]}" if have_layers else "none"
+    unknown = [i for i in layers if i not in have_layers]
+    if unknown:
+        raise ConfigError(f"layers = {tuple(layers)!r}: layer {unknown[0]} is not among the decoder layers the "
+                          f"perturbation covers ({span}); pick layers in that range")
+    parsed = {n: parse_param_name(n) for n in delta}
+    have_modules = sorted({m for _, m, _ in parsed.values()})
+    missing = [m for m in modules if m not in have_modules]
+    if missing:
+        raise ConfigError(f"modules = {tuple(modules)!r}: {missing[0]!r} carries no perturbation; use some of "
+                          f"{', '.join(have_modules)}")
+    n_layers = have_layers[-1] + 1 if have_layers else 0
+    if layer_scales and len(layer_scales) != n_layers:
+        raise ConfigError(f"layer_scales has {len(layer_scales)} factors: give one per decoder layer "
+                          f"({n_layers}, layers 0..{n_layers - 1}), or none for all 1")
+    for name, value in [("scale", scale), *((f"layer_scales[{i}]", s) for i, s in enumerate(layer_scales))]:
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} = {value!r}: must be a finite number >= 0 (0 removes, 1 keeps as learnt)")
+    out = {}
+    for n, t in delta.items():
+        layer, module, _ = parsed[n]
+        if (layers and layer not in layers) or (modules and module not in modules):
+            continue
+        factor = scale * (layer_scales[layer] if layer_scales and layer >= 0 else 1.0)
+        if factor != 0:
+            out[n] = t if factor == 1 else t * factor
+    return out

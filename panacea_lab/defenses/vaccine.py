@@ -9,15 +9,21 @@ Vaccine trains on hidden states perturbed the worst way, so that the alignment s
 Hooks live for one pass only and are removed in `finally`, so evaluation and later steps see the
 plain model.
 
-Hook site (`site`): the official code (git-disl/Vaccine, trainer.py) hooks every `LlamaAttention`
-module, i.e. each decoder layer's attention output before the residual add, which is also what
-DESIGN.md describes; that is the default, "attention" (`layers[i].self_attn`, output[0]).
+Hook site (`site`): the official code hooks every attention module (`get_leaf_modules_with_grad`,
+which collects each LlamaAttention / OPTAttention / ... module for BaseTrainer's two passes, in
+trainer.py of w-yibo/Panacea), i.e. each decoder layer's attention output before the
+residual add; that is the default, "attention" (`layers[i].self_attn`, output[0]).
 `site="layer"` hooks the decoder layer's output hidden states instead (`layers[i]`). Either output
 may be a tensor or a tuple whose first item is the hidden states; both are handled.
 
-rho: the default 20 is the value our issue tracker attributes to the official scripts; we could not
-confirm it (the Vaccine script takes rho as a required argument; the paper's main results use 2 and
-Booster's repo runs Vaccine with 5). None of these is calibrated on the embedded world.
+rho = 20 is the Panacea paper's baseline setting: script/alignment/vaccine.sh:3 of w-yibo/Panacea
+(RHO=20, passed as --rho at :33). The Vaccine paper's main results use 2 and Booster's repository
+runs Vaccine with 5; none of these is calibrated on the embedded world.
+
+The user's fine-tuning that Vaccine is evaluated with merges the aligned adapter and trains a new
+LoRA: script/finetune/vaccine_gsm8k.sh:16 of w-yibo/Panacea passes --lora_folder without
+--alternating single_lora, so train.py:295-328 merges it (merge_and_unload) and attaches a fresh
+LoRA (the record's finetune_adapter = "fresh").
 """
 from __future__ import annotations
 
@@ -147,4 +153,4 @@ class VaccineRule(StepRule):
 
 
 DEFENSE = Defense(name="vaccine", stage=ALIGNMENT, config=VaccineConfig, label="Vaccine", param="rho",
-                  rule=lambda cfg, ctx: VaccineRule(cfg))
+                  rule=lambda cfg, ctx: VaccineRule(cfg), finetune_adapter="fresh")

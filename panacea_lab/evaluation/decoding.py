@@ -4,8 +4,9 @@ Why not only `model.generate`: it already stops when every row has produced EOS,
 keeps computing the rows that have ended (a batch of refusals and long compliances runs at the
 longest answer's length for every row). Here a row leaves the batch (and its KV cache) as soon as
 it ends, by EOS or because its partial answer's score is already final. The arithmetic is the
-same as `generate`'s (same prefill, positions, mask and cache; a row's logits do not depend on its
-neighbours), so the answers are the same token for token; tests hold the two to that.
+same as `generate`'s (same prefill, positions, mask and cache), and on the CPU a row's logits do not
+depend on how many rows share its batch, so the answers are the same token for token; tests hold
+the two to that. Evaluation uses this loop on the CPU only.
 
 `generate` stays the path for a model whose generation config asks for anything beyond plain
 greedy decoding (a repetition penalty, suppressed tokens...), which this loop does not apply.

@@ -10,8 +10,19 @@ from tqdm.auto import tqdm
 from panacea_lab.data.batching import prompt_ids
 from panacea_lab.data.world import Example, World
 from panacea_lab.evaluation.decoding import Final, greedy_rows, hf_rows, plain_greedy
-from panacea_lab.evaluation.judges import LABELS, label_all, make_judge
+from panacea_lab.evaluation.judges import LABELS, KeywordJudge, OracleJudge, label_all
+from panacea_lab.evaluation.moderation import BEAVER_DAM_ID, BeaverDamJudge
 from panacea_lab.evaluation.scoring import answer_is_final, decodes_with_spaces, extract_number, score_task
+
+
+def make_judge(name: str, model_path: str = ""):
+    """A judge by name; `model_path` locates a model judge's weights (beaver-dam: its default hub id)."""
+    if name == "beaver-dam":
+        return BeaverDamJudge.load(model_path or BEAVER_DAM_ID)
+    judges = {"oracle": OracleJudge, "keyword": KeywordJudge}
+    if name not in judges:
+        raise ValueError(f"judge = {name!r}: use one of {sorted(judges) + ['beaver-dam']}")
+    return judges[name]()
 
 
 def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int,
@@ -19,17 +30,19 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
     """Greedy answers, batched with left padding and the KV cache; order of `examples` is kept.
 
     Prompts are sorted by length so each batch pads little, then answers are put back in order.
-    A row leaves its batch when it ends (`decoding.greedy_rows`; `model.generate` when the model's
-    generation config asks for more than plain greedy decoding). `final[i]`, when given, says when
-    example i's partial answer already has its final score: that row ends there, its answer cut,
-    its score the same.
+    On the CPU a row leaves its batch when it ends (`decoding.greedy_rows`); elsewhere, or when the
+    model's generation config asks for more than plain greedy decoding, `model.generate` runs the
+    batch until every row has ended. `final[i]`, when given, says when example i's partial answer
+    already has its final score: that row ends there, its answer cut, its score the same.
     """
     encoded = [prompt_ids(tokenizer, ex) for ex in examples]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    rows_of = greedy_rows if plain_greedy(model) else hf_rows
+    # On the CPU the tests hold the answers token for token to generate's; a GPU may pick other
+    # kernels for other batch sizes (a near-tie could flip), and gains little from smaller batches.
+    rows_of = greedy_rows if device.type == "cpu" and plain_greedy(model) else hf_rows
 
     def decode(ids) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)
@@ -59,7 +72,8 @@ def harmful_metrics(labels: list[str]) -> dict[str, float]:
 
 
 def evaluate_model(model, tokenizer, world: World, cfg, keep_samples: bool = False) -> dict:
-    """HS / refusal / other on held-out harmful prompts and FA on each task's test split.
+    """HS / refusal / other on held-out harmful prompts (`cfg.split`: test, or validation for
+    choosing settings) and FA on each task's test split.
 
     `keep_samples` adds a few (prompt, answer, label) triples of the harmful evaluation to the
     result, which the run store writes to disk: pass True only for the embedded world, whose
@@ -67,7 +81,7 @@ def evaluate_model(model, tokenizer, world: World, cfg, keep_samples: bool = Fal
     out of the record unless the caller asks for them."""
     t0 = time.perf_counter()
     judge = make_judge(cfg.judge, cfg.judge_model)
-    harmful = world.harmful_test[: cfg.n_harmful]
+    harmful = world.harmful_split(getattr(cfg, "split", "test"))[: cfg.n_harmful]
     answers = generate(model, tokenizer, harmful, cfg.max_new_tokens, cfg.batch_size, desc="eval harmful")
     labels = label_all(judge, [ex.instruction for ex in harmful], answers)
     result = {"judge": judge.name, **harmful_metrics(labels), "n_harmful": len(harmful),

@@ -80,18 +80,6 @@ class OracleJudge:
         return HARMFUL if sum(text.count(s) for s in self._steps) >= 2 else OTHER
 
 
-def make_judge(name: str, model_path: str = ""):
-    """A judge by name; `model_path` locates a model judge's weights (beaver-dam: its default hub id)."""
-    if name == "beaver-dam":
-        from panacea_lab.evaluation.moderation import BEAVER_DAM_ID, BeaverDamJudge
-
-        return BeaverDamJudge.load(model_path or BEAVER_DAM_ID)
-    judges = {"oracle": OracleJudge, "keyword": KeywordJudge}
-    if name not in judges:
-        raise ValueError(f"judge = {name!r}: use one of {sorted(judges) + ['beaver-dam']}")
-    return judges[name]()
-
-
 def label_all(judge, prompts: list[str], answers: list[str]) -> list[str]:
     """Labels for every pair; model judges score in batches."""
     if hasattr(judge, "label_batch"):

@@ -3,8 +3,8 @@
 The rules are those of the authors' evaluation scripts (w-yibo/Panacea agnews/pred_eval.py and
 gsm8k/pred_eval.py; its sst2/ folder is git-disl/Booster's, whose agnews/ and gsm8k/ scorers are the
 same as Panacea's). Every script takes as prediction the decoded text after the prompt's
-"### Response:" up to the next "### Response:", stripped (pred_eval.py:85 of agnews/ and gsm8k/);
-`prediction` does the same on the generated part.
+"### Response:" up to the next "### Response:", stripped (pred_eval.py:85 of Panacea's agnews/ and
+gsm8k/, Booster sst2/pred_eval.py:140); `prediction` does the same on the generated part.
 
 Word-level decoding. The embedded world's tokenizer decodes with a space between every token
 ("Sci / Tech", "is : 7", "1 , 2"), which would make the official exact matches fail on answers that
@@ -127,7 +127,7 @@ def answer_is_final(task: str, label: str, spaced: bool = False):
             return True
         seen = _visible(fold(text.rstrip("\ufffd")[:-1]))
         if task in ACCEPTED:
-            for k in range(0):
+            for k in range(len(_VISIBLE_MARKER) - 1, 0, -1):
                 if seen.endswith(_VISIBLE_MARKER[:k]):
                     seen = seen[:-k]
                     break

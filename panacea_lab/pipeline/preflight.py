@@ -7,6 +7,9 @@ fail at its fifth stage fails here, in seconds, having written nothing.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, EvalConfig, ModelConfig, check
 from panacea_lab.models.loading import resolve_model_path
 from panacea_lab.pipeline.context import world_of
@@ -35,6 +38,15 @@ def check_attack(cfg: AttackConfig) -> None:
     check(n_harm <= len(world.attacker_pool), "n", cfg.n,
           f"{n_harm} harmful samples (n * p) asked but the attacker's pool holds {len(world.attacker_pool)}: "
           "lower n or p")
+
+
+def check_run_store(store) -> None:
+    """The run store's folder is a folder, or can be made one, that this process may write into."""
+    root = Path(store.root).expanduser().absolute()
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    check(existing.is_dir(), "runs", str(store.root), f"{existing} is a file: pass a folder for the run store")
+    check(store.read_only or os.access(existing, os.W_OK | os.X_OK), "runs", str(store.root),
+          f"{existing} is not writable: pass a folder you can write, or read the store with PANACEA_CACHE_ONLY=1")
 
 
 def check_eval(cfg: EvalConfig, align: AlignConfig | None) -> None:

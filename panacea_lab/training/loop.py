@@ -53,6 +53,7 @@ class StepRule:
     """Plain SFT: backward of the batch loss. Defenses subclass and override what they change."""
 
     name = "sft"
+    total_steps: int | None = None  # the stage's step count, set by train_loop before `prepare`
 
     def prepare(self, model, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
@@ -235,6 +236,7 @@ def train_loop(model, stream: BatchStream, cfg: LoopSettings, rule: StepRule | N
     total = max(1, math.ceil(cfg.epochs * stream.steps_per_epoch()))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, total, cfg.warmup_ratio))
     model, optimizer = accelerator.prepare(model, optimizer)
+    rule.total_steps = total
     rule.prepare(model, accelerator)
     batches = stream.forever()
     settings = {k: v for k, v in asdict(cfg).items() if k != "desc"}
@@ -276,4 +278,6 @@ def train_loop(model, stream: BatchStream, cfg: LoopSettings, rule: StepRule | N
               "seconds_per_step": train_seconds / total, "finalize": final}
     if checkpoint_dir is not None:
         result["checkpoint"] = ckpt.report(start)
+    if torch.cuda.is_available() and accelerator.device.type == "cuda":  # the allocator's peak of this process
+        result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result

