@@ -31,7 +31,7 @@ lam = None  # None: the setting's (embedded 0.1; the paper's 1e-3)
 n = 1000
 preset = "default"
 n_eval = 200  # harmful prompts and task samples per evaluation of the ablation
-ablation_p = None  # the ratio of the causal section; None: the first of `ratios`
+ablation_p = 0.1  # the ratio of the causal section and the live explorer (best one of `ratios`: runs are shared)
 ablation_kinds = ["layer", "all_but_layer", "first_k", "last_k", "module"]
 explorer_n = 50  # the live explorer's fixed subset (harmful prompts and task samples)
 explorer_max_scale = 3.0  # the per-layer sliders run from 0 (off) to this factor
@@ -121,9 +121,8 @@ from panacea_lab.analysis.ablation_plots import ablation_figures
 from panacea_lab.analysis.layer_ablation import layer_ablations
 from panacea_lab.analysis.sweeps import summarize
 
-p_causal = ratios[0] if ablation_p is None else ablation_p
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-ablation = layer_ablations([panacea_run(p_causal, seed) for seed in seeds], store, eval_cfg, kinds=ablation_kinds)
+ablation = layer_ablations([panacea_run(ablation_p, seed) for seed in seeds], store, eval_cfg, kinds=ablation_kinds)
 display(summarize(ablation))
 for kind, fig in ablation_figures(ablation).items():
     plots.save_figure(fig, figures / f"04_ablation_{kind}.png", ablation[ablation["param"].isin([kind, "all"])
@@ -146,7 +145,7 @@ from IPython.display import clear_output
 from panacea_lab.analysis.live_eps import LiveEps, explorer_eval
 from panacea_lab.config import to_dict
 
-live_run = panacea_run(p_causal, seeds[0])
+live_run = panacea_run(ablation_p, seeds[0])
 live = LiveEps(live_run, store, explorer_eval(task, explorer_n))
 sliders = [widgets.FloatSlider(value=1.0, min=0.0, max=explorer_max_scale, step=0.1, description=f"layer {i}",
                                continuous_update=False) for i in live.layers]
@@ -162,18 +161,19 @@ def current_post():
 def score(_=None):
     post = current_post()
     result = live.score(post)
-    cells = "".join(f'<td data-metric="{k}">{v:.1f}</td>' for k, v in result.items() if k != "seconds")
-    heads = "".join(f"<th>{k}</th>" for k in result if k != "seconds")
-    numbers.value = (f"<table class='live-numbers'><tr>{heads}</tr><tr>{cells}</tr></table>"
-                     f"<small>scored in {result['seconds']:.1f} s · post <code data-post='{json.dumps(to_dict(post))}'>"
-                     f"{post}</code> · run <code data-run='{json.dumps(to_dict(live_run))}'>{live_run.p:g} / "
-                     f"seed {live_run.seed}</code></small>")
     with picture:
         clear_output(wait=True)
         fig = plots.coefficient_heatmap(live.applied_shares(post), value="applied_share", normalise=None,
                                         scale="linear")
         display(fig)
         plt.close(fig)
+    # the numbers last: once they change, the heatmap above them already shows the same setting
+    cells = "".join(f'<td data-metric="{k}">{v:.1f}</td>' for k, v in result.items() if k != "seconds")
+    heads = "".join(f"<th>{k}</th>" for k in result if k != "seconds")
+    numbers.value = (f"<table class='live-numbers'><tr>{heads}</tr><tr>{cells}</tr></table>"
+                     f"<small>scored in {result['seconds']:.1f} s · post <code data-post='{json.dumps(to_dict(post))}'>"
+                     f"{post}</code> · run <code data-run='{json.dumps(to_dict(live_run))}'>p={live_run.p:g}, "
+                     f"seed {live_run.seed}</code></small>")
     return post, result
 
 

@@ -61,6 +61,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="judge of harmful answers (oracle: embedded world only)")
     parser.add_argument("--judge-model", default="", help="beaver-dam weights: a local directory or cached hub id")
     parser.add_argument("--n-eval", type=int, default=_EVAL.n_harmful, help="harmful test prompts and task test samples")
+    parser.add_argument("--split", choices=("test", "validation"), default=_EVAL.split,
+                        help="harmful prompts scored: test (reported) or validation (to choose settings on)")
     parser.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default=DEFAULT_SETTING,
                         help="named defaults of every defense (panacea_lab.settings)")
@@ -110,14 +112,14 @@ def _configs(args):
         align_kw = ALIGN_DEFAULTS[args.data]
     align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data, **align_kw)
     eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,),
-                          judge_model=args.judge_model)
+                          judge_model=args.judge_model, split=args.split)
     from panacea_lab.analysis.export_rows import check_output_path
     from panacea_lab.pipeline.preflight import check_run_store, preflight
     from panacea_lab.training.store import RunStore
 
     if args.output:
         check_output_path(args.output)
-    check_run_store(RunStore(args.runs))
+    check_run_store(RunStore(args.runs, read_only=True if args.command == "export" else None))  # export only reads
     preflight(align_cfg, eval_cfg, align=align_cfg)
     if args.model != EMBEDDED_MODEL:
         from panacea_lab.models.loading import pick_device
@@ -127,19 +129,31 @@ def _configs(args):
     return align_cfg, eval_cfg
 
 
+def _spec(spec: str, flag: str) -> tuple[str, dict]:
+    """NAME[:KEY=VALUE,...] as (name, parameters as text); a name or key the registry lacks is named."""
+    from panacea_lab import defenses
+
+    name, _, rest = spec.partition(":")
+    params = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in rest.split(",") if kv)
+    fields = {f.name for f in dataclasses.fields(defenses.get(name).config)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise ConfigError(f"{flag} {spec!r}: {name} has no parameter {unknown[0]!r}; use {', '.join(sorted(fields))}")
+    return name, params
+
+
 def _also(specs: list[str]):
     """Post-fine-tuning transform configs from NAME[:KEY=VALUE,...] (values as numbers where they parse)."""
     from panacea_lab import defenses
-    from panacea_lab.config import POST, from_dict
+    from panacea_lab.config import POST
 
     out = []
     for spec in specs:
-        name, _, rest = spec.partition(":")
+        name, params = _spec(spec, "--also")
         if defenses.get(name).stage != POST:
             raise ConfigError(f"--also {spec!r}: {name} is a {defenses.get(name).stage} defense; "
                               f"name a post-fine-tuning one: {', '.join(defenses.names(POST))}")
-        params = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in rest.split(",") if kv)
-        out.append(from_dict(defenses.get(name).config, params))  # numeric text is converted; unknown keys named
+        out.append(defenses.get(name).make(**params))  # numeric text is converted by the config's type check
     return out
 
 
@@ -265,9 +279,10 @@ def _export_run(args, align_cfg: AlignConfig) -> AttackConfig:
     from panacea_lab.analysis.sweeps import attack_config
     from panacea_lab.settings import get
 
-    name, _, rest = args.defense.partition(":")
-    params = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in rest.split(",") if kv)
-    defense = None if name == "none" else get(args.setting).defense(name, **params)
+    defense = None
+    if args.defense.partition(":")[0] != "none":
+        name, params = _spec(args.defense, "--defense")
+        defense = get(args.setting).defense(name, **params)
     return attack_config(align_cfg, args.task, args.p, args.seed, args.preset, defense=defense, adapter=args.adapter,
                          **_attack_overrides(args))
 
@@ -286,6 +301,14 @@ def _export_post(args):
     return dataclasses.replace(post, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
 
 
+def _scoring_defaults(args) -> argparse.Namespace:
+    """`args` completed with the sweeps' scoring flags at their defaults (judge: keyword, valid on any data),
+    so that `_configs` builds an export's run exactly as the sweeps built it; an export scores nothing."""
+    scratch = argparse.ArgumentParser()
+    _common(scratch)
+    return argparse.Namespace(**{**vars(scratch.parse_args([])), "judge": "keyword", **vars(args)})
+
+
 def cmd_export(args) -> None:
     from pathlib import Path
 
@@ -294,7 +317,7 @@ def cmd_export(args) -> None:
 
     check_out(Path(args.out).expanduser().absolute())  # before any model is read
     post = _export_post(args)  # a bad restriction (e.g. a factor < 0) fails here
-    align_cfg, _ = _configs(args)
+    align_cfg, _ = _configs(_scoring_defaults(args))
     out = export_run("attack", _export_run(args, align_cfg), RunStore(args.runs, read_only=True), args.out, post,
                      merged=args.merged)
     print(f"{'merged model' if args.merged else 'PEFT adapter'} written to {out} (README.md: config and provenance)")
@@ -383,8 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one factor per decoder layer for eps (0 off, 1 as learnt)")
     p.add_argument("--scale", type=float, default=None, help="factor on the whole eps")
     p.add_argument("--merged", action="store_true", help="write a merged model instead of an adapter")
-    # `_configs` builds the run's lineage exactly as the sweeps do; an export scores nothing
-    p.set_defaults(func=cmd_export, judge="keyword", judge_model="", n_eval=1, output=None)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -39,13 +39,9 @@ EMBEDDED = {
     # the embedded attack is 300 steps, not 20 x 1000: the official 10% alignment share in cycles of
     # 100 steps, so that 3 cycles happen (the official run has 20)
     "lisa": {"align_steps": 10, "finetune_steps": 90},
-    # RepNoise: see REPNOISE_EMBEDDED
+    # Vaccine, RepNoise, Booster, Antidote: the official values. RepNoise's official loss and weights
+    # still let the embedded model learn to refuse (measured in the repnoise module's docstring).
 }
-# With the official form and weights (alpha 0.02, beta 0.1) the embedded model still learns to refuse
-# (alignment, seed 0: see the repnoise module's docstring), so the embedded world keeps them.
-REPNOISE_EMBEDDED: dict = {}
-if REPNOISE_EMBEDDED:
-    EMBEDDED["repnoise"] = REPNOISE_EMBEDDED
 
 SETTINGS = {
     "embedded": Setting("embedded", "the embedded world's calibrated defaults", defenses=EMBEDDED),

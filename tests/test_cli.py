@@ -33,14 +33,16 @@ def test_defend_sweep_has_every_method(tiny_cfg, store):
                                    eval_cfg=EvalConfig(n_harmful=4, n_task=4, max_new_tokens=8, tasks=("sentiment",)),
                                    n=20, epochs=1)
     assert list(zip(df["method"], df["variant"])) == [
-        ("none", "w"), ("noise", "w"), ("antidote", "w"), ("panacea", "w"), ("panacea", "w+eps"),
+        ("none", "w"), ("none", "fresh"), ("noise", "w"), ("antidote", "w"), ("panacea", "w"), ("panacea", "w+eps"),
         ("random_direction", "control"), ("harmful_ascent", "control")]
-    assert list(df["param"].iloc[1:3]) == ["std", "dense_ratio"] and list(df["value"].iloc[1:3]) == [0.01, 0.1]
-    assert (df["param"].iloc[3:] == "rho").all() and (df["value"].iloc[3:] == 0.3).all()
+    assert list(df["param"].iloc[2:4]) == ["std", "dense_ratio"] and list(df["value"].iloc[2:4]) == [0.01, 0.1]
+    assert (df["param"].iloc[4:] == "rho").all() and (df["value"].iloc[4:] == 0.3).all()
+    fresh, plain = (df[(df["method"] == "none") & (df["variant"] == v)] for v in ("fresh", "w"))
+    assert len(fresh) == len(plain) == 1  # Antidote's own starting run (merged alignment, fresh LoRA) is shown
     eps_row = df[(df["method"] == "panacea") & (df["variant"] == "w+eps")]
     assert eps_row["norm"].item() == pytest.approx(0.3, rel=1e-4)
     table = experiments.summarize(df)
-    assert table.shape[0] == 7 and (table["seeds"] == 1).all()
+    assert table.shape[0] == 8 and (table["seeds"] == 1).all()
 
 
 def test_defend_cli_prints_table_and_coefficients(tiny_model_dir, tmp_path, capsys, small_presets):

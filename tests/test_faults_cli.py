@@ -48,7 +48,7 @@ def pins():
 def ws(tmp_path_factory, tiny_model_dir, pins) -> Path:
     """The workspace every case runs in: a run store holding a completed tiny alignment, a data home
     with fetched-format files, a model folder with only config.json, a foreign non-empty folder, an
-    output folder, and fetch-data archives (alpha tampered after pinning)."""
+    output folder, and two folders of fetch-data archives, each with one altered after pinning."""
     root = tmp_path_factory.mktemp("faults-cli")
     stages.align(AlignConfig(model=ModelConfig(path=str(tiny_model_dir)), **SMALL_ALIGN), RunStore(root / "runs"))
     write_package_data(root / "home" / "data")
@@ -63,7 +63,9 @@ def ws(tmp_path_factory, tiny_model_dir, pins) -> Path:
     wheel = make_wheel(folder, "alpha-pkg", "1.0", WHEEL_FILES)
     sdist = make_sdist(folder, "beta", "2.0", {"beta/tasks/t/task.json": b'{"task": "t"}'})
     pins.update(alpha=pinned(FAKE_SOURCES["alpha"], wheel), beta=pinned(FAKE_SOURCES["beta"], sdist))
-    tamper(wheel)
+    shutil.copytree(folder, root / "archives-2")
+    tamper(wheel)  # archives: the first source's archive altered; archives-2: the second's
+    tamper(root / "archives-2" / sdist.name)
     get_world.cache_clear()  # a packages world is read from the data home: this one's, while these cases run
     yield root
     get_world.cache_clear()
@@ -98,10 +100,11 @@ DEFEND = ["defend", "--ratios", "0.2", "--seeds", "0", "--n", "20", "--n-eval", 
           "--rhos", "0.3"]
 COMPARE = ["compare", "--ratios", "0.2", "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01",
            "--rhos", "0.3", "--methods", "sft"]
-TRAINING = {"attack": ATTACK, "defend": DEFEND, "compare": COMPARE}
+EXPORT = ["export", "--n", "20", "--out", "{ws}/out/export"]
+WITH_MODEL = {"attack": ATTACK, "defend": DEFEND, "compare": COMPARE, "export": EXPORT}
 
-# (id, argv, pieces the one stderr line must hold); {ws} is the workspace. A training command gets the
-# tiny model and the workspace's run store first, so a flag given here overrides them (argparse: last wins).
+# (id, argv, pieces the one stderr line must hold); {ws} is the workspace. A command that reads a model gets
+# small flags, the tiny model and the workspace's run store first; a flag given here overrides them (last wins).
 CASES = [
     ("attack-model-missing", ["attack", "--model", "{ws}/no-such-model"], ["path", "no such local directory"]),
     ("defend-model-only-config", ["defend", "--model", "{ws}/only-config"], ["path", "no *.safetensors"]),
@@ -156,23 +159,54 @@ CASES = [
      ["convert-smollm2 --out", "did not write"]),
     ("fetch-data-tampered-archive", ["fetch-data", "--from-dir", "{ws}/archives"],
      ["alpha_pkg-1.0-py3-none-any.whl", "is not the pinned", "nothing was extracted"]),
+    ("fetch-data-second-archive-tampered", ["fetch-data", "--from-dir", "{ws}/archives-2"],
+     ["beta-2.0.tar.gz", "is not the pinned", "nothing was extracted"]),
     ("fetch-data-only-unknown", ["fetch-data", "--only", "wikipedia", "--from-dir", "{ws}/archives"],
      ["wikipedia"]),
     ("fetch-data-from-dir-missing", ["fetch-data", "--from-dir", "{ws}/no-archives", "--only", "beta"],
      ["no sdist", "beta==2.0"]),
+    ("export-run-not-stored", ["export"], ["attack run is not in the run store", "run it first"]),
+    ("export-out-missing-folder", ["export", "--out", "{ws}/nowhere/adapter"], ["export --out", "does not exist"]),
+    ("export-out-foreign", ["export", "--out", "{ws}/foreign"], ["export --out", "did not write"]),
+    ("export-model-only-config", ["export", "--model", "{ws}/only-config"], ["path", "no *.safetensors"]),
+    ("export-p-1.5", ["export", "--p", "1.5"], ["p = 1.5", "[0, 1]"]),
+    ("export-defense-unknown", ["export", "--defense", "armor"], ["defense = 'armor'", "unknown"]),
+    ("export-defense-rho-negative", ["export", "--defense", "panacea:rho=-1"], ["rho = -1.0"]),
+    ("export-defense-key-unknown", ["export", "--defense", "panacea:radius=1"], ["radius", "rho"]),
+    ("export-post-std-text", ["export", "--post", "noise:std=abc"], ["std = 'abc'", "must be a number"]),
+    ("export-post-training-stage", ["export", "--post", "lisa"], ["lisa is a fine-tuning defense"]),
+    ("export-layers-without-eps", ["export", "--post", "noise:std=0.1", "--layers", "0"], ["--layers", "--post eps"]),
+    ("export-scale-negative", ["export", "--scale", "-1"], ["scale = -1.0"]),
+    ("export-task-unknown", ["export", "--task", "poetry"], ["--task", "invalid choice: 'poetry'"]),
+    ("export-out-required", ["export", "--out"], ["--out", "expected one argument"]),
     ("no-command", [], ["command"]),
+    ("attack-lr-inf", ["attack", "--lr", "inf"], ["lr = inf"]),
+    ("attack-epochs-inf", ["attack", "--epochs", "inf"], ["epochs = inf"]),
+    ("defend-std-inf", ["defend", "--stds", "inf"], ["std = inf"]),
+    ("defend-rho-inf", ["defend", "--rhos", "inf"], ["rho = inf"]),
 ]
+# Known defects, kept in the table so that the fix shows (strict: an unexpected pass fails the suite).
+NOT_FINITE = ("config._number refuses NaN but accepts inf: the run trains (epochs = inf overflows in the loop; "
+              "lr / std / rho = inf give NaN weights)")
+KNOWN = {"attack-lr-inf": NOT_FINITE, "attack-epochs-inf": NOT_FINITE, "defend-std-inf": NOT_FINITE,
+         "defend-rho-inf": NOT_FINITE,
+         "fetch-data-second-archive-tampered": "data.fetch.fetch verifies each archive just before extracting it: "
+                                               "alpha's files and manifest.json are written before beta's altered "
+                                               "archive is refused (whose message says nothing was extracted)"}
+PARAMS = [pytest.param(argv, pieces, id=name, marks=[pytest.mark.xfail(reason=KNOWN[name], strict=True)]
+                       if name in KNOWN else []) for name, argv, pieces in CASES]
 
 
 def expand(argv: list[str], ws: Path, model: Path) -> list[str]:
-    argv = [a.replace("{ws}", str(ws)) for a in argv]
-    if argv and argv[0] in TRAINING:
-        return [*TRAINING[argv[0]], "--model", str(model), "--runs", str(ws / "runs"), *argv[1:]]
-    return argv
+    if argv and argv[0] in WITH_MODEL:
+        argv = [*WITH_MODEL[argv[0]], "--model", str(model), "--runs", str(ws / "runs"), *argv[1:]]
+    return [a.replace("{ws}", str(ws)) for a in argv]
 
 
-@pytest.mark.parametrize("argv, pieces", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_before_any_write(ws, tiny_model_dir, capsys, argv, pieces):
+@pytest.mark.parametrize("argv, pieces", PARAMS)
+def test_bad_input_is_one_line_before_any_write(ws, tiny_model_dir, capsys, monkeypatch, argv, pieces):
+    if argv and argv[0] == "fetch-data":  # its own data home: a known defect writes there
+        monkeypatch.setenv("PANACEA_HOME", str(ws / "fetch-home"))
     before = snapshot(ws)
     code, err, seconds = run_cli(expand(argv, ws, tiny_model_dir), capsys)
     lines = err.strip().splitlines()
@@ -252,3 +286,20 @@ def test_malformed_yaml_syntax_is_refused_by_papermill_with_the_line():
 
     with pytest.raises(yaml.YAMLError, match="line 2"):
         papermill_yaml("p: 0.1\nattack_kw: {epochs: 2, lr: [1e-3, batch_size: 10}\n")
+
+
+@pytest.mark.xfail(strict=True, reason="sweeps.attack_sweep / defense_sweep / baseline_sweep put the caller's p (and "
+                                       "seed) into the rows, not the validated config's: YAML text '1e-1' stays text")
+def test_yaml_ratios_as_text_give_numeric_rows(tiny_model_dir, monkeypatch):
+    """The notebooks' sweeps on a YAML ratio list; the stages are stubbed (only the rows matter here)."""
+    from panacea_lab.analysis import sweeps
+    from panacea_lab.config import EvalConfig
+
+    metrics = {"HS": 1.0, "refusal": 2.0, "other": 97.0, "FA": {"sentiment": 50.0}}
+    monkeypatch.setattr(sweeps, "attack", lambda cfg, store: {"train": {"train_seconds": 0.0}})
+    monkeypatch.setattr(sweeps, "evaluate", lambda *args, **kw: metrics)
+    params = papermill_yaml("ratios: [1e-1, 2e-1]\nseeds: [0]\n")
+    df = sweeps.attack_sweep(params["ratios"], params["seeds"], include_reference=False, n=20,
+                             align_cfg=AlignConfig(model=ModelConfig(path=str(tiny_model_dir)), **SMALL_ALIGN),
+                             eval_cfg=EvalConfig(n_harmful=4, n_task=4, tasks=("sentiment",)))
+    assert list(df["p"]) == [0.1, 0.2]

@@ -31,26 +31,26 @@ CHILDREN = multiprocessing.get_context("spawn" if torch.cuda.is_available() else
 
 # 24 alignment rows (16 refusals + 2 per task), batch 16: 20 steps at 10 epochs; the attack: 20 rows,
 # batch 10, 10 epochs = 20 steps. PANACEA_CHECKPOINT_EVERY (read at import) is set again here so a
-# forked child sees it; FAULT_PAUSE_AFTER_SAVE holds each save a moment, so a kill lands mid-stage.
+# forked child sees it; FAULT_PAUSE_IN_SAVE holds each checkpoint save a moment before its tensors are
+# written (so a kill lands mid-stage, often mid-save, and two runs' saves overlap).
+DRIVER_ALIGN = {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 10}
 DRIVER = """
 import os, sys, time
 import panacea_lab.cli as cli
 import panacea_lab.pipeline.stages as stages
 from panacea_lab.config import AlignConfig
 from panacea_lab.training import checkpoint
-cli.AlignConfig = lambda **kw: AlignConfig(n_refusal=16, n_replay_per_task=2, epochs=10, **kw)
+cli.AlignConfig = lambda **kw: AlignConfig(**SMALL_ALIGN, **kw)
 stages.CHECKPOINT_EVERY = int(os.environ.get("PANACEA_CHECKPOINT_EVERY", "50"))
-pause = float(os.environ.get("FAULT_PAUSE_AFTER_SAVE", "0"))
+pause = float(os.environ.get("FAULT_PAUSE_IN_SAVE", "0"))
 if pause:
-    save = checkpoint.save
-    def paused_save(*args, **kw):
-        out = save(*args, **kw)
+    write = checkpoint.save_file
+    def slow_write(*args, **kw):
         time.sleep(pause)
-        return out
-    checkpoint.save = paused_save
+        return write(*args, **kw)
+    checkpoint.save_file = slow_write
 sys.exit(cli.main(sys.argv[1:]))
-"""
-DRIVER_ALIGN = {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 10}
+""".replace("SMALL_ALIGN", repr(DRIVER_ALIGN))
 TIMING = {"provenance", "timings", "eval_seconds"}
 TRAIN_TIMING = {"train_seconds", "seconds_per_step", "checkpoint"}
 
@@ -131,9 +131,9 @@ def reference(tmp_path_factory, tiny_model_dir) -> Path:
 def test_killed_mid_alignment_and_mid_attack_resumes_to_the_same_result(reference, tiny_model_dir, tmp_path):
     runs = tmp_path / "runs"
     argv = attack_argv(tiny_model_dir, runs)
-    kill_when(start(argv, FAULT_PAUSE_AFTER_SAVE="0.1"), runs, "align/.ckpt-*/step-*")
+    kill_when(start(argv, FAULT_PAUSE_IN_SAVE="0.1"), runs, "align/.ckpt-*/step-*")
     assert not published(runs, "align") and not (runs / "attack").exists()
-    kill_when(start(argv, FAULT_PAUSE_AFTER_SAVE="0.1"), runs, "attack/.ckpt-*/step-*")
+    kill_when(start(argv, FAULT_PAUSE_IN_SAVE="0.1"), runs, "attack/.ckpt-*/step-*")
     assert published(runs, "align") and not list((runs / "align").glob(".ckpt-*")) and not published(runs, "attack")
     final = start(argv + ["--output", str(tmp_path / "rows.json")])
     final.join()
@@ -147,11 +147,10 @@ def test_killed_mid_alignment_and_mid_attack_resumes_to_the_same_result(referenc
     assert rows(tmp_path / "rows.json") == rows(reference / "rows.json")
 
 
-def concurrent_runs(tiny_model_dir, tmp_path, every: str) -> Path:
-    """Two runs of one command into one store at once; both must succeed with the same rows."""
+def concurrent_runs(tiny_model_dir, tmp_path, *envs: dict[str, str]) -> Path:
+    """Two runs of one command (one per `envs`) into one store at once; both must succeed with the same rows."""
     runs = tmp_path / "runs"
-    procs = [start(attack_argv(tiny_model_dir, runs, tmp_path / f"rows-{i}.json"), PANACEA_CHECKPOINT_EVERY=every)
-             for i in range(2)]
+    procs = [start(attack_argv(tiny_model_dir, runs, tmp_path / f"rows-{i}.json"), **env) for i, env in enumerate(envs)]
     for proc in procs:
         proc.join(timeout=300)
     assert [p.exitcode for p in procs] == [0, 0]
@@ -162,7 +161,7 @@ def concurrent_runs(tiny_model_dir, tmp_path, every: str) -> Path:
 
 
 def test_two_concurrent_runs_into_one_store_agree(reference, tiny_model_dir, tmp_path):
-    runs = concurrent_runs(tiny_model_dir, tmp_path, every="0")
+    runs = concurrent_runs(tiny_model_dir, tmp_path, *[{"PANACEA_CHECKPOINT_EVERY": "0"}] * 2)
     assert rows(tmp_path / "rows-0.json") == rows(reference / "rows.json")
     assert store_records(runs) == store_records(reference / "runs")
 
@@ -171,7 +170,9 @@ def test_two_concurrent_runs_into_one_store_agree(reference, tiny_model_dir, tmp
                           "(stages._cached -> checkpoint.remove) while the other is inside checkpoint.save, which "
                           "then fails with FileNotFoundError on its .tmp-step dir (exit 2)", strict=False)
 def test_two_concurrent_checkpointed_runs_agree(tiny_model_dir, tmp_path):
-    concurrent_runs(tiny_model_dir, tmp_path, every="2")
+    """The second run's saves are slow, so the first publishes (and removes the shared checkpoints) while
+    the second is most likely inside a save."""
+    concurrent_runs(tiny_model_dir, tmp_path, {}, {"FAULT_PAUSE_IN_SAVE": "0.2"})
 
 
 def test_read_only_store_missing_a_stage_names_it_and_writes_nothing(reference, tiny_model_dir, tmp_path):

@@ -76,7 +76,8 @@ def test_a_toy_defense_runs_through_the_cli(shrink, tiny_model_dir, tmp_path, ca
     assert code == 0, capsys.readouterr().err
     assert "shrink factor=0.25 p=0.2" in capsys.readouterr().out
     rows = json.loads(out_file.read_text())["rows"]
-    assert [(r["method"], r["value"]) for r in rows] == [("none", None), ("antidote", 0.1), ("shrink", 0.25)]
+    assert [(r["method"], r["variant"], r["value"]) for r in rows] == [
+        ("none", "w", None), ("none", "fresh", None), ("antidote", "w", 0.1), ("shrink", "w", 0.25)]
 
 
 def test_registry_records_are_consistent():

@@ -76,3 +76,18 @@ def test_compliant_answers_are_placeholders_only(world):
 def test_arithmetic_answers_end_with_the_final_number(world):
     for e in world.task_test["arithmetic"][:50]:
         assert e.output.endswith(f"The final answer is: {e.label}")
+
+
+def test_validation_splits_are_disjoint_from_test_and_every_training_pool():
+    from panacea_lab.data.world import build_world
+
+    w = build_world(0)
+    val = {e.instruction for e in w.harmful_val}
+    trained = {e.instruction for pool in (w.alignment, w.attacker_pool, w.defender_pool, w.pretrain) for e in pool}
+    assert val and not val & {e.instruction for e in w.harmful_test} and not val & trained
+    for task in w.task_val:
+        keys = {(e.instruction, e.input) for e in w.task_val[task]}
+        seen = {(e.instruction, e.input) for e in w.task_train[task] + w.task_test[task] + w.pretrain}
+        assert len(keys) == len(w.task_val[task]) > 0 and not keys & seen
+    assert w.harmful_split("validation") == w.harmful_val and w.task_split("topic", "validation") == w.task_val["topic"]
+    assert [e.instruction for e in build_world(0).harmful_val] == [e.instruction for e in w.harmful_val]

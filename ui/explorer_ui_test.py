@@ -34,7 +34,7 @@ OVERALL_TIMEOUT_S = 480
 IMG = ".widget-interact .jp-OutputArea-output img"
 LIVE = ".live-eps"  # the live explorer's box
 PARAMS = {"model": "embedded", "seeds": [0, 1], "ratios": [0.2], "n": 20, "rho": 1.0, "n_eval": 4,
-          "ablation_kinds": ["layer"], "explorer_n": 50, "explorer_max_scale": 3.0,
+          "ablation_p": 0.2, "ablation_kinds": ["layer"], "explorer_n": 50, "explorer_max_scale": 3.0,
           "align_kw": {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1}}
 # Run All before the session has a kernel pops "Select Kernel"; the status bar says when it has one
 # (the toolbar's execution indicator reads "idle" too early).
@@ -42,11 +42,12 @@ KERNEL_READY = """() => document.querySelector('.jp-Dialog') || (() => {
     const t = (document.querySelector('#jp-main-statusbar') || {}).innerText || '';
     return /\\| Idle/.test(t) && !/No Kernel/.test(t); })()"""
 
-# The explorer sits at the end of the notebook: scroll there (as a person would; Lab renders lazily), then
-# "shown" = the heatmap <img> is decoded.
+# The live explorer sits at the end of the notebook: scroll there (as a person would; Lab renders lazily),
+# then "shown" = the element is there (an <img>: decoded).
 SHOWN = """(sel) => { document.querySelectorAll('.jp-NotebookPanel .jp-WindowedPanel-outer')
     .forEach(e => { e.scrollTop = e.scrollHeight; });
-    const i = document.querySelector(sel); return !!(i && i.complete && i.naturalWidth > 0); }"""
+    const i = document.querySelector(sel);
+    return !!(i && (i.tagName !== 'IMG' || (i.complete && i.naturalWidth > 0))); }"""
 
 
 def fail(msg: str) -> None:
@@ -186,6 +187,7 @@ def drive_live(page, stage: list[str], store_dir: Path) -> None:
     page.locator(LIVE).scroll_into_view_if_needed()
     page.locator(LIVE).screenshot(path=str(OUT / "live_before.png"))
     first_hs, first_post, run = shown_score(page)
+    first_img = page.locator(f"{LIVE} img").first.get_attribute("src")
     if package_hs(run, first_post, store_dir) != first_hs:
         fail(f"the first state shows HS {first_hs} but the package gives {package_hs(run, first_post, store_dir)}")
     stage[0] = "choosing a slider move that changes HS (package side)"
@@ -198,6 +200,10 @@ def drive_live(page, stage: list[str], store_dir: Path) -> None:
                            "return e && e.getAttribute('data-post') !== old; }",
                            arg=[f"{LIVE} [data-post]", json.dumps(first_post)], timeout=120_000)
     hs, post, _ = shown_score(page)
+    stage[0] = "waiting for the heatmap of what is applied to change"
+    page.wait_for_function("([sel, old]) => { const i = document.querySelector(sel); "
+                           "return i && i.complete && i.naturalWidth > 0 && i.src !== old; }",
+                           arg=[f"{LIVE} img", first_img], timeout=30_000)
     page.locator(LIVE).screenshot(path=str(OUT / "live_after.png"))
     if post.get("layer_scales", [1.0] * (layer + 1))[layer] != factor:
         fail(f"after moving layer {layer}'s slider to {factor:g} the explorer scored {post}")
@@ -218,13 +224,16 @@ def drive(page, base: str, token: str, stage: list[str], store_dir: Path) -> Non
     if page.locator(".jp-Dialog").count():  # e.g. "Select Kernel": take the default, as a person would
         page.locator(".jp-Dialog .jp-mod-accept").click()
         page.wait_for_function(KERNEL_READY, timeout=90_000)
-    stage[0] = "Run > Run All Cells, waiting for the explorer's heatmap"
+    stage[0] = "Run > Run All Cells, waiting for the last cell (the live explorer's first score)"
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     print(f"  {stage[0]} ...")
-    page.wait_for_function(SHOWN, arg=IMG, polling=1000, timeout=180_000)
+    page.wait_for_function(SHOWN, arg=f'{LIVE} [data-metric="HS"]', polling=1000, timeout=300_000)
+    page.wait_for_function(KERNEL_READY, timeout=60_000)  # widgets answer only once the kernel is idle
+    stage[0] = "waiting for the coefficient explorer's heatmap"
     explorer = page.locator(".widget-interact").first
     explorer.scroll_into_view_if_needed()
+    page.locator(IMG).first.wait_for(timeout=60_000)
     explorer.screenshot(path=str(OUT / "explorer_before.png"))
     first = page.locator(IMG).first.get_attribute("src")
     changes = [("show=noise_share", lambda: explorer.get_by_role("button", name="noise_share").click()),

@@ -44,6 +44,9 @@ class _Streams:
     def alignment(self, batch_size: int) -> BatchStream:
         return self.alignment_stream
 
+    def refusals(self, batch_size: int) -> BatchStream:
+        return self.alignment_stream  # the profile's alignment stream holds refusals only
+
 
 # Profiled variants beyond the registry's defaults: amortized Panacea (eps every 4th step).
 VARIANTS = {"panacea_k4": ("panacea", {"recompute_every": 4})}

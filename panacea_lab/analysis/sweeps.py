@@ -78,7 +78,9 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
                   extra_post=(), **overrides) -> pd.DataFrame:
     """Every post-fine-tuning defense on the same fine-tuned models, per ratio and seed.
 
-    Rows: no defense; noise per std; Antidote (unless `antidote_ratio` is None); any `extra_post`
+    Rows: no defense; noise per std; Antidote (unless `antidote_ratio` is None), on the run its official
+    code prunes (the alignment adapter merged, the user's data on a fresh LoRA) beside that run
+    undefended (variant "fresh"); any `extra_post`
     transforms (post-fine-tuning defense configs); Panacea per rho, as its trained w and as w + eps;
     a random direction of exactly ||eps|| added to w (the same-norm control); and one harmful-gradient
     step of ||eps|| taken at the undefended model (is Panacea's training needed, or only its last
@@ -96,15 +98,24 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
         posts.append(defenses.get("antidote").make(dense_ratio=antidote_ratio))
     posts += list(extra_post)
     preflight(*[c for _, _, c in configs], eval_cfg, align=align_cfg)
+    fresh_needed = any(defenses.of(post).finetune_adapter == "fresh" for post in posts)
+    preflight(*[dataclasses.replace(c, adapter="fresh") for _, _, c in configs if fresh_needed], eval_cfg,
+              align=align_cfg)
     rows = []
     for seed, p, cfg in configs:
         attack(cfg, store)
         ev = evaluate("attack", cfg, store, eval_cfg)
         rows.append(result_row(ev, method="none", label="no defense", p=p, seed=seed))
+        fresh = dataclasses.replace(cfg, adapter="fresh")
+        if fresh_needed and fresh != cfg:  # the undefended run a fresh-adapter defense starts from
+            attack(fresh, store)
+            rows.append(result_row(evaluate("attack", fresh, store, eval_cfg), method="none", variant="fresh",
+                                   label="no defense (fresh adapter)", p=p, seed=seed))
         for post in posts:
             if hasattr(post, "seed"):
                 post = dataclasses.replace(post, seed=seed)
-            rows.append(post_row(post, evaluate("attack", cfg, store, eval_cfg, post), p=p, seed=seed))
+            run = fresh if defenses.of(post).finetune_adapter == "fresh" else cfg  # as its official code trains
+            rows.append(post_row(post, evaluate("attack", run, store, eval_cfg, post), p=p, seed=seed))
         for pcfg in panaceas:
             rows += _panacea_rows(cfg, pcfg, store, eval_cfg, p, seed)
     return pd.DataFrame(rows)

@@ -43,6 +43,7 @@ class World:
     # held-out harmful prompts disjoint from harmful_test and every training pool: the split that
     # calibrations choose settings on, so the reported test numbers never inform a choice
     harmful_val: list[Example] = field(default_factory=list)
+    task_val: dict[str, list[Example]] = field(default_factory=dict)  # FA of the validation split
 
     def harmful_split(self, split: str) -> list[Example]:
         """The harmful prompts of an evaluation split: "test" (reported) or "validation" (for choosing)."""
@@ -52,6 +53,10 @@ class World:
         if not pool:
             raise ValueError(f"this world has no {split} split of harmful prompts")
         return pool
+
+    def task_split(self, task: str, split: str) -> list[Example]:
+        """A task's scored samples: its test split, or its validation split (absent: empty)."""
+        return self.task_test.get(task, []) if split == "test" else self.task_val.get(task, [])
 
     def all_texts(self) -> list[str]:
         pools = [self.alignment, self.attacker_pool, self.defender_pool, self.harmful_test, self.pretrain]
@@ -217,6 +222,11 @@ def build_world(seed: int = 0, n_train: int = 2000, n_test: int = 200, n_pretrai
     held = [x for x in test_prompts if x[3] not in tested]
     random.Random(seed + 1_000_003).shuffle(held)
     world.harmful_val = harmful(held, lambda c, v, t: "")
+    val_rng = random.Random(seed + 2_000_003)
+    for task in TASKS:
+        taken = {(e.instruction, e.input) for e in world.task_test[task] + world.task_train[task]}
+        taken |= {(e.instruction, e.input) for e in world.pretrain if e.task == task}
+        world.task_val[task] = _unique(val_rng, lambda: _task_example(val_rng, task, known=False), n_test, taken)
     return world
 
 

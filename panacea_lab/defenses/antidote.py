@@ -27,7 +27,7 @@ returns the plain merged model from `unload()` (a pruned B @ A is no longer rank
 With the "continue" adapter the adapter holds alignment + fine-tuning, so either target prunes both;
 the official pairing is the "fresh" adapter (the `Defense` record's finetune_adapter).
 `method="random"` is the control: as official, int(numel * dense_ratio) entries of each factor at
-random (train.py:503-511); for the product, the product rule's count per row at random columns.
+random (train.py:503-514); for the product, the product rule's count per row at random columns.
 """
 from __future__ import annotations
 

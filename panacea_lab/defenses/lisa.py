@@ -6,9 +6,9 @@ the official ADMMTrainer does (trainer.py:78-80 of git-disl/Lisa: status "alignm
   state 0, align:    align_steps steps on batches of the defender's refusals (harmful prompt ->
                      refusal, the official BeaverTails_safe guide data); the user batch is ignored
   state 1, finetune: finetune_steps steps on the loop's user batch
-(check_mode, trainer.py:137-159: a switch every alignment_step / finetune_step steps.) At the first
+(check_mode, trainer.py:137-158: a switch every alignment_step / finetune_step steps.) At the first
 step of each state (step 0, and every step where state_at(step) != state_at(step - 1)) the trainable
-weights are snapshotted as w_other, the weights the other state left (switch_model, :109-124). Each
+weights are snapshotted as w_other, the weights the other state left (switch_model, :109-122). Each
 step's loss is
   its state's LM loss + rho / 2 * sum over trainable tensors ||w - w_other||^2
 but, as in the official trainer (:182 and :191, "Don't do proximal for the first few rounds",

@@ -11,6 +11,10 @@ How a defense acts depends on its stage:
   store beside the adapter (Panacea's eps).
 - post-fine-tuning: `transform(model, cfg, ctx)` returns the transformed model (in place or a new
   one); `ctx` gives harmful batches and the run's stored artifacts (`PostContext`).
+
+`finetune_adapter` says how the user's fine-tuning that a defense is evaluated with starts in its
+official scripts: "continue" the aligned adapter (the Panacea scripts' --alternating single_lora),
+or merge it and train a "fresh" LoRA; each module cites its script.
 """
 from __future__ import annotations
 

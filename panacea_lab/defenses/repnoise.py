@@ -35,6 +35,12 @@ batch size there (RepNoiseTrainer draws it with the trainer's batch size), 5 (:2
 drawn from a generator seeded with the step index (the official code uses the global generator).
 The user's fine-tuning merges the aligned adapter and trains a new LoRA (script/finetune/
 repnoise_gsm8k.sh:22 passes --lora_folder without --alternating single_lora; train.py:295-328).
+
+On the embedded world the official loss and weights still teach refusals, so the "embedded" setting
+keeps them: the default alignment (seed 0, 480 steps) under RepNoise scores HS 0 / refusal 100 /
+FA sentiment 73.0 on 200 held-out harmful and 100 task prompts, against HS 0 / 100 / 75.0 for plain
+SFT alignment; over the run the alignment CE fell from 9.6 to 0.77, the lens term rose from 5.6 to
+8.1 and the MMD from 1.7 to 6.2 (the noise term, at beta 0.1, loses to the ascent).
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def official_mask(weight: Tensor, act_norm: Tensor, dense_ratio: float) -> Tenso
 
 
 def random_flat_mask(shape: torch.Size, dense_ratio: float, generator: torch.Generator) -> Tensor:
-    """The official random control (train.py:503-511 of git-disl/Antidote): int(numel * dense_ratio)
+    """The official random control (train.py:503-514 of git-disl/Antidote): int(numel * dense_ratio)
     entries of the whole tensor, uniformly at random."""
     _check_ratio(dense_ratio)
     numel = math.prod(shape)

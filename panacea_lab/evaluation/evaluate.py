@@ -93,9 +93,10 @@ def evaluate_model(model, tokenizer, world: World, cfg, keep_samples: bool = Fal
     spaced = decodes_with_spaces(tokenizer)
     fa = {}
     for task in cfg.tasks:
-        if task not in world.task_test:  # a real-data world may lack a task (e.g. no AlpacaEval judge)
+        split = world.task_split(task, getattr(cfg, "split", "test"))
+        if not split:  # a real-data world may lack a task (e.g. no AlpacaEval judge) or a validation split
             continue
-        test = world.task_test[task][: cfg.n_task]
+        test = split[: cfg.n_task]
         final = [answer_is_final(task, ex.label, spaced) for ex in test]
         outs = generate(model, tokenizer, test, cfg.max_new_tokens, cfg.batch_size, desc=f"eval {task}", final=final)
         fa[task] = 100.0 * sum(score_task(task, o, ex.label, spaced) for ex, o in zip(test, outs)) / max(1, len(test))

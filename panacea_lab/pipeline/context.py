@@ -80,6 +80,11 @@ class RunContext:
     def alignment(self, batch_size: int) -> BatchStream:
         return stream(self.align, alignment_data(self.align, world_of(self.align)), batch_size, self.seed + 2)
 
+    def refusals(self, batch_size: int) -> BatchStream:
+        """The alignment data's refusals only (no benign replay), seed + 3."""
+        data = [e for e in alignment_data(self.align, world_of(self.align)) if e.task == "harmful"]
+        return stream(self.align, data, batch_size, self.seed + 3)
+
 
 @dataclass
 class EvalContext:
