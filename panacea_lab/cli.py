@@ -96,20 +96,26 @@ def _post_finetuning_args(parser: argparse.ArgumentParser, stds: list[float], rh
 
 def _attack_overrides(args) -> dict:
     from panacea_lab.analysis.sweeps import override_fields
+    from panacea_lab.settings import get
 
-    return {"n": args.n, **override_fields(AttackConfig, epochs=args.epochs, lr=args.lr)}
+    return {"n": args.n, **get(args.setting).attack, **override_fields(AttackConfig, epochs=args.epochs, lr=args.lr)}
 
 
 def _configs(args):
     """Configs from the flags; a real model's memory estimate is printed before anything runs."""
     from panacea_lab.models.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
 
+    from panacea_lab.settings import get
+
+    setting = get(args.setting)
     model = preset_model_config(args.model) if args.model in PRESETS else ModelConfig(path=args.model)
-    align_kw = {}
+    if args.model == EMBEDDED_MODEL and setting.model:  # a real-model preset brings its own LoRA
+        model = dataclasses.replace(model, **setting.model)
+    align_kw = dict(setting.align)
     if args.data != "embedded":
         from panacea_lab.data.real_world import ALIGN_DEFAULTS
 
-        align_kw = ALIGN_DEFAULTS[args.data]
+        align_kw = {**align_kw, **ALIGN_DEFAULTS[args.data]}
     align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data, **align_kw)
     eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,),
                           judge_model=args.judge_model, split=args.split)

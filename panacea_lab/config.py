@@ -66,7 +66,7 @@ def _number(name: str, value, kind: type):
         return value
     check(isinstance(value, (int, float)), name, value, "must be a number")
     value = float(value)
-    check(not math.isnan(value), name, value, "must be a number, not NaN")
+    check(math.isfinite(value), name, value, "must be a finite number, not NaN or infinity")
     return value
 
 

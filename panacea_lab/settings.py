@@ -23,6 +23,10 @@ class Setting:
     about: str
     attack_preset: str = "default"
     defenses: dict[str, dict] = field(default_factory=dict)
+    # a training recipe: ModelConfig / AlignConfig / AttackConfig fields this setting changes
+    model: dict = field(default_factory=dict)
+    align: dict = field(default_factory=dict)
+    attack: dict = field(default_factory=dict)
 
     def defense(self, name: str, **overrides) -> DefenseConfig:
         """Defense `name`'s config under this setting; keyword overrides win."""
@@ -46,6 +50,14 @@ EMBEDDED = {
 SETTINGS = {
     "embedded": Setting("embedded", "the embedded world's calibrated defaults", defenses=EMBEDDED),
     "paper": Setting("paper", "the official code's defaults for every defense (the Panacea paper's baselines)"),
+    # the paper's training recipe on the embedded world (w-yibo/Panacea script/finetune/panacea_gsm8k.sh:
+    # constant lr, weight decay 0.1, 20 epochs; train.py: LoRA r 32, alpha 4 on q/k/v) with the official
+    # defenses; alignment keeps the embedded world's data size and lr (the paper's is 5000 samples at 5e-4)
+    "paper-recipe": Setting("paper-recipe", "the paper's training recipe and the official defenses",
+                            defenses={"panacea": {"rho": 1.0, "lam": 1e-3}},
+                            model={"lora_r": 32, "lora_alpha": 4, "lora_targets": ("q_proj", "k_proj", "v_proj")},
+                            align={"schedule": "constant", "weight_decay": 0.1},
+                            attack={"schedule": "constant", "weight_decay": 0.1, "epochs": 20.0}),
     "authors": Setting("authors", "each defense's own repository defaults where they differ from Panacea's",
                        defenses={"booster": {"lam": 5.0, "alpha": 0.1}}),
 }

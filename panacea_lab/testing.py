@@ -99,3 +99,13 @@ def write_paper_data(data_root: str | Path, seed: int = 0) -> Path:
     for split, rows in sst.items():
         (root / "sst2" / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return root
+
+
+def cpu_accelerator():
+    """A CPU `Accelerator` even where CUDA has been initialised: accelerate keeps one global state and
+    refuses `cpu=True` once another Accelerator chose the GPU, so the state is reset first."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=True)

@@ -37,7 +37,7 @@ def lora_with_random_b(cfg: ModelConfig):
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
-                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
+                p.copy_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))  # CPU draw: any device
     return model.train()
 
 

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from accelerate import Accelerator
 from conftest import lora_with_random_b
 from torch.func import functional_call
 
+from panacea_lab.testing import cpu_accelerator
 from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
 from panacea_lab.data.batching import BatchStream, encode
@@ -23,7 +23,7 @@ def _setup(tiny_cfg, world, **cfg):
     harm_rows = [encode(tok, e, 96) for e in world.defender_pool[:5]]
     rule = BoosterRule(BoosterConfig(harmful_batch_size=5, **cfg), BatchStream(harm_rows, 5, tok.pad_token_id, 7))
     harm_batch = next(BatchStream(harm_rows, 5, tok.pad_token_id, 7).epoch())  # the batch the rule will draw
-    rule.prepare(model, Accelerator(cpu=True))
+    rule.prepare(model, cpu_accelerator())
     return model, rule, user, harm_batch
 
 
@@ -83,7 +83,7 @@ def test_lam_zero_is_plain_sft(tiny_cfg, world):
 def test_runs_in_the_training_loop(tiny_cfg, world):
     model, rule, user, _ = _setup(tiny_cfg, world)
     out = train_loop(model, user, LoopSettings(epochs=2, lr=1e-3, batch_size=6), rule=rule,
-                     accelerator=Accelerator(cpu=True))
+                     accelerator=cpu_accelerator())
     assert out["steps"] == 2 and out["finalize"] == {}
     assert all(math.isfinite(row[k]) for row in out["log"] for k in ("loss", "h", "h_after", "grad_h_norm"))
 

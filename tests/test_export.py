@@ -11,10 +11,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from panacea_lab import pipeline, settings
+from panacea_lab import defenses, pipeline, settings
 from panacea_lab.analysis.sweeps import attack_config
 from panacea_lab.cli import main
-from panacea_lab.config import AlignConfig, ModelConfig
+from panacea_lab.config import AlignConfig, ConfigError, ModelConfig
 from panacea_lab.defenses.panacea import EpsConfig
 from panacea_lab.pipeline.context import EvalContext
 from panacea_lab.pipeline.evaluations import apply_post
@@ -88,8 +88,8 @@ def test_merged_export_loads_with_plain_transformers_and_gives_the_packages_logi
 
 def test_a_transform_that_returns_a_plain_model_is_exported_merged_only(trained, tmp_path):
     run, store = trained
-    antidote = pipeline_post("antidote", dense_ratio=0.1, target="product")  # prunes B @ A: no longer an adapter
-    with pytest.raises(Exception, match="--merged") as err:
+    antidote = defenses.get("antidote").make(dense_ratio=0.1, target="product")  # prunes B @ A: no longer an adapter
+    with pytest.raises(ConfigError, match="--merged") as err:
         export_run("attack", run, store, tmp_path / "a", antidote)
     assert "post = 'antidote'" in str(err.value) and not (tmp_path / "a").exists()
     out = export_run("attack", run, store, tmp_path / "b", antidote, merged=True)
@@ -98,10 +98,17 @@ def test_a_transform_that_returns_a_plain_model_is_exported_merged_only(trained,
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def pipeline_post(name, **kw):
-    from panacea_lab import defenses
-
-    return defenses.get(name).make(**kw)
+def test_a_fresh_adapter_run_is_exported_merged_only(trained, tmp_path):
+    run, store = trained
+    fresh = dataclasses.replace(run, adapter="fresh")  # its adapter sits on the merged aligned model
+    pipeline.attack(fresh, store)
+    with pytest.raises(ConfigError, match=r"^adapter = 'fresh'.*--merged"):
+        export_run("attack", fresh, store, tmp_path / "a", EpsConfig())
+    assert not (tmp_path / "a").exists()
+    out = export_run("attack", fresh, store, tmp_path / "b", EpsConfig(), merged=True)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    for got, want in zip(_logits(model, AutoTokenizer.from_pretrained(out)), _package_logits(fresh, store, EpsConfig())):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_the_cli_exports_a_stored_run(trained, tiny_model_dir, tmp_path, capsys, small_align):

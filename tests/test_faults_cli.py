@@ -185,14 +185,7 @@ CASES = [
     ("defend-std-inf", ["defend", "--stds", "inf"], ["std = inf"]),
     ("defend-rho-inf", ["defend", "--rhos", "inf"], ["rho = inf"]),
 ]
-# Known defects, kept in the table so that the fix shows (strict: an unexpected pass fails the suite).
-NOT_FINITE = ("config._number refuses NaN but accepts inf: the run trains (epochs = inf overflows in the loop; "
-              "lr / std / rho = inf give NaN weights)")
-KNOWN = {"attack-lr-inf": NOT_FINITE, "attack-epochs-inf": NOT_FINITE, "defend-std-inf": NOT_FINITE,
-         "defend-rho-inf": NOT_FINITE,
-         "fetch-data-second-archive-tampered": "data.fetch.fetch verifies each archive just before extracting it: "
-                                               "alpha's files and manifest.json are written before beta's altered "
-                                               "archive is refused (whose message says nothing was extracted)"}
+KNOWN: dict[str, str] = {}  # known defects, kept in the table so a fix shows (strict xfail)
 PARAMS = [pytest.param(argv, pieces, id=name, marks=[pytest.mark.xfail(reason=KNOWN[name], strict=True)]
                        if name in KNOWN else []) for name, argv, pieces in CASES]
 
@@ -288,8 +281,6 @@ def test_malformed_yaml_syntax_is_refused_by_papermill_with_the_line():
         papermill_yaml("p: 0.1\nattack_kw: {epochs: 2, lr: [1e-3, batch_size: 10}\n")
 
 
-@pytest.mark.xfail(strict=True, reason="sweeps.attack_sweep / defense_sweep / baseline_sweep put the caller's p (and "
-                                       "seed) into the rows, not the validated config's: YAML text '1e-1' stays text")
 def test_yaml_ratios_as_text_give_numeric_rows(tiny_model_dir, monkeypatch):
     """The notebooks' sweeps on a YAML ratio list; the stages are stubbed (only the rows matter here)."""
     from panacea_lab.analysis import sweeps

@@ -166,9 +166,6 @@ def test_two_concurrent_runs_into_one_store_agree(reference, tiny_model_dir, tmp
     assert store_records(runs) == store_records(reference / "runs")
 
 
-@pytest.mark.xfail(reason="two runs of one stage share runs/<stage>/.ckpt-<key>: the first to publish removes it "
-                          "(stages._cached -> checkpoint.remove) while the other is inside checkpoint.save, which "
-                          "then fails with FileNotFoundError on its .tmp-step dir (exit 2)", strict=False)
 def test_two_concurrent_checkpointed_runs_agree(tiny_model_dir, tmp_path):
     """The second run's saves are slow, so the first publishes (and removes the shared checkpoints) while
     the second is most likely inside a save."""

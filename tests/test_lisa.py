@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate import Accelerator
 from conftest import lora_with_random_b
 
+from panacea_lab.testing import cpu_accelerator
 from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
 from panacea_lab.data.batching import BatchStream, encode
@@ -21,7 +21,7 @@ def _setup(tiny_cfg, world, **cfg):
     align_rows = [encode(tok, e, 96) for e in world.alignment[:4]]
     rule = LisaRule(LisaConfig(align_batch_size=4, **cfg), BatchStream(align_rows, 4, tok.pad_token_id, 7))
     align = next(BatchStream(align_rows, 4, tok.pad_token_id, 7).epoch())  # the rule's first alignment batch
-    rule.prepare(model, Accelerator(cpu=True))
+    rule.prepare(model, cpu_accelerator())
     return model, rule, next(user.epoch()), align
 
 
@@ -94,7 +94,7 @@ def test_runs_in_the_loop(tiny_cfg, world):
     model, rule, _, _ = _setup(tiny_cfg, world, align_steps=1, finetune_steps=2)
     tok = build_tokenizer(world.all_texts())
     stream = BatchStream([encode(tok, e, 96) for e in world.task_train["sentiment"][:8]], 2, tok.pad_token_id, 0)
-    out = train_loop(model, stream, LoopSettings(epochs=1, lr=1e-3, batch_size=2), rule, Accelerator(cpu=True))
+    out = train_loop(model, stream, LoopSettings(epochs=1, lr=1e-3, batch_size=2), rule, cpu_accelerator())
     assert [row["state"] for row in out["log"]] == [0.0, 1.0, 1.0, 0.0]
     assert out["log"][0]["prox"] == 0.0 and out["log"][2]["prox"] > 0.0
     assert out["finalize"] == {}

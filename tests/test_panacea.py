@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate import Accelerator
 from conftest import lora_with_random_b
 from torch.func import functional_call
 
+from panacea_lab.testing import cpu_accelerator
 from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
 from panacea_lab.data.batching import BatchStream, encode
@@ -20,7 +20,7 @@ def _setup(tiny_cfg, world, **cfg):
     harm_rows = [encode(tok, e, 96) for e in world.defender_pool[:5]]
     rule = PanaceaRule(PanaceaConfig(harmful_batch_size=5, **cfg), BatchStream(harm_rows, 5, tok.pad_token_id, 7))
     harm_batch = next(BatchStream(harm_rows, 5, tok.pad_token_id, 7).epoch())  # the batch the rule will draw
-    rule.prepare(model, Accelerator(cpu=True))
+    rule.prepare(model, cpu_accelerator())
     return model, rule, next(user.epoch()), harm_batch
 
 

@@ -14,6 +14,7 @@ from accelerate.state import AcceleratorState
 from conftest import lora_with_random_b
 from tokenizers import AddedToken
 
+from panacea_lab.testing import cpu_accelerator
 from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError, ModelConfig
 from panacea_lab.data.batching import IGNORE_INDEX, BatchStream, encode, prompt_ids, set_template
@@ -147,7 +148,7 @@ def test_checkpointing_recomputes_and_leaves_the_same_panacea_gradient(tiny_cfg,
         calls[ckpt] = 0
         attn.register_forward_hook(lambda *_, c=ckpt: calls.__setitem__(c, calls[c] + 1))
         user, rule = panacea_setup(tok, world, tiny_cfg.max_length)
-        rule.prepare(model, Accelerator(cpu=True))
+        rule.prepare(model, cpu_accelerator())
         rule.gradient(model, next(user.epoch()), step=0)
         grads[ckpt] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     assert calls[True] == 2 * calls[False] == 6  # three passes, each layer recomputed in its backward
@@ -169,7 +170,7 @@ def test_one_panacea_step_and_generation_per_preset(name, world, tmp_path):
     assert adapted == set(preset.lora_targets)
     user, rule = panacea_setup(tok, world, cfg.max_length)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    out = train_loop(model, user, LoopSettings(epochs=1, lr=1e-3, batch_size=4), rule, Accelerator(cpu=True))
+    out = train_loop(model, user, LoopSettings(epochs=1, lr=1e-3, batch_size=4), rule, cpu_accelerator())
     assert out["steps"] == 1 and checkpointed(model) == preset.gradient_checkpointing
     for n, p in model.named_parameters():
         if n in before:

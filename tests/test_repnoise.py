@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from conftest import lora_with_random_b
 
+from panacea_lab.testing import cpu_accelerator
 from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
 from panacea_lab.data.batching import BatchStream, encode
@@ -45,7 +45,7 @@ def _setup(tiny_cfg, world, **cfg):
     harm_rows = [encode(tok, e, 96) for e in world.defender_pool[:4]]
     rule = RepNoiseRule(RepNoiseConfig(harmful_batch_size=4, **cfg), BatchStream(harm_rows, 4, tok.pad_token_id, 7))
     harm = next(BatchStream(harm_rows, 4, tok.pad_token_id, 7).epoch())  # the batch the rule will draw
-    rule.prepare(model, Accelerator(cpu=True))
+    rule.prepare(model, cpu_accelerator())
     return model, rule, next(refusals.epoch()), harm
 
 
@@ -208,7 +208,7 @@ def test_runs_in_the_loop(tiny_cfg, world):
     model, rule, batch, _ = _setup(tiny_cfg, world)
     tok = build_tokenizer(world.all_texts())
     stream = BatchStream([encode(tok, e, 96) for e in world.alignment[:4]], 2, tok.pad_token_id, 0)
-    out = train_loop(model, stream, LoopSettings(epochs=1, lr=1e-3, batch_size=2), rule, Accelerator(cpu=True))
+    out = train_loop(model, stream, LoopSettings(epochs=1, lr=1e-3, batch_size=2), rule, cpu_accelerator())
     assert out["steps"] == 2 and {"loss", "mmd", "lens_ce"} <= set(out["log"][-1])
     assert out["finalize"] == {}
 

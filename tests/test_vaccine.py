@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from accelerate import Accelerator
 from conftest import lora_with_random_b
 
+from panacea_lab.testing import cpu_accelerator
 from panacea_lab.models.base_model import build_tokenizer
 from panacea_lab.config import ConfigError
 from panacea_lab.data.batching import Batch, BatchStream, encode
@@ -21,7 +21,7 @@ def _setup(tiny_cfg, world, **cfg):
     model = lora_with_random_b(tiny_cfg)
     user = BatchStream([encode(tok, e, 96) for e in world.defender_pool[:6]], 6, tok.pad_token_id, 0)
     rule = VaccineRule(VaccineConfig(**cfg))
-    rule.prepare(model, Accelerator(cpu=True))
+    rule.prepare(model, cpu_accelerator())
     return model, rule, user
 
 
@@ -133,7 +133,7 @@ def test_runs_in_the_training_loop(tiny_cfg, world):
     model, rule, user = _setup(tiny_cfg, world)
     hooks_before = _hook_count(model)
     out = train_loop(model, user, LoopSettings(epochs=2, lr=1e-3, batch_size=6), rule=rule,
-                     accelerator=Accelerator(cpu=True))
+                     accelerator=cpu_accelerator())
     assert out["steps"] == 2 and out["finalize"] == {}
     assert all(math.isfinite(row[k]) for row in out["log"] for k in ("loss", "loss_perturbed", "eps_norm"))
     assert _hook_count(model) == hooks_before

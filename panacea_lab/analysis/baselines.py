@@ -57,8 +57,8 @@ def baseline_configs(method: str, ratios, seeds, task: str, preset: str, align_c
     if method != "sft" and defenses.get(method).stage == FINETUNING:
         defense = settings.get(setting).defense(method)
     overrides = {"adapter": finetune_adapter(method), **overrides}
-    return [(p, seed, attack_config(base, task, p, seed, preset, defense=defense, **overrides))
-            for seed in seeds for p in ratios]
+    return [(c.p, c.seed, c) for c in (attack_config(base, task, p, seed, preset, defense=defense, **overrides)
+                                       for seed in seeds for p in ratios)]  # the checked values
 
 
 def baseline_sweep(ratios, seeds, methods=None, task: str = "sentiment", preset: str = "default",

@@ -31,7 +31,7 @@ from panacea_lab.training.store import RunStore
 
 KINDS = ("layer", "all_but_layer", "first_k", "last_k", "module")
 _WHAT = {"layer": "on layer {}", "all_but_layer": "without layer {}", "first_k": "on the first {} layers",
-         "last_k": "on the last {} layers", "module": "on {}"}
+         "last_k": "on the last {} layers", "module": "on {}", "all": "on every layer"}
 
 
 @dataclass(frozen=True)
@@ -122,14 +122,11 @@ def layer_ablation(run: AttackConfig, store: RunStore | None = None, eval_cfg: E
                           variant="control" if is_control else "w+eps", label=label,
                           param=param, value=value, share=share, norm=norm, **ident)
 
-    whole = Restriction("all", None)
-    parts = [whole] + restrictions(*eps_parts(eps), kinds=kinds)
     rows = [row(None, None, None, "")]
-    for part in parts:
-        what = "on every layer" if part is whole else part.describe()
-        rows.append(row(part.post(), part.param, part.value, what))
+    for part in [Restriction("all", None), *restrictions(*eps_parts(eps), kinds=kinds)]:
+        rows.append(row(part.post(), part.param, part.value, part.describe()))
         if control:
-            rows.append(row(part.post(control_seed=run.seed), part.param, part.value, what))
+            rows.append(row(part.post(control_seed=run.seed), part.param, part.value, part.describe()))
     return pd.DataFrame(rows)
 
 

@@ -26,7 +26,16 @@ def attack_config(align_cfg: AlignConfig, task: str, p: float, seed: int, preset
     """An attack from a named strength preset; keyword overrides win over the preset."""
     if preset not in ATTACK_PRESETS:
         raise ConfigError(f"preset = {preset!r}: use one of {sorted(ATTACK_PRESETS)}")
+    unknown = sorted(set(overrides) - set(AttackConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"attack: no field {', '.join(unknown)}; use {', '.join(AttackConfig.__dataclass_fields__)}")
     return AttackConfig(align=align_cfg, task=task, p=p, seed=seed, **{**ATTACK_PRESETS[preset], **overrides})
+
+
+def attacks(align_cfg: AlignConfig, task: str, ratios, seeds, preset: str, **overrides) -> list:
+    """(seed, p, config) of every attack of a sweep; rows carry the checked values (numbers, not text)."""
+    cfgs = [attack_config(align_cfg, task, p, seed, preset, **overrides) for seed in seeds for p in ratios]
+    return [(c.seed, c.p, c) for c in cfgs]
 
 
 def result_row(ev: dict, *, method: str, label: str, variant: str = "w", param: str | None = None,
@@ -55,7 +64,7 @@ def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default"
     store = store or RunStore()
     align_cfg = align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig()
-    configs = [(seed, p, attack_config(align_cfg, task, p, seed, preset, **overrides)) for seed in seeds for p in ratios]
+    configs = attacks(align_cfg, task, ratios, seeds, preset, **overrides)
     preflight(*[c for _, _, c in configs], eval_cfg, align=align_cfg)  # every setting before any stage
     rows = []
     if include_reference:  # base and aligned are scored on every task: alignment must not cost FA
@@ -92,7 +101,7 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
     rhos = [chosen.param("panacea", "rho")] if rhos is None else list(rhos)
     panacea_kw = {**(panacea_kw or {}), **({"lam": lam} if lam is not None else {})}
     panaceas = [chosen.defense("panacea", rho=rho, **panacea_kw) for rho in rhos]
-    configs = [(seed, p, attack_config(align_cfg, task, p, seed, preset, **overrides)) for seed in seeds for p in ratios]
+    configs = attacks(align_cfg, task, ratios, seeds, preset, **overrides)
     posts = [defenses.get("noise").make(std=std) for std in stds]
     if antidote_ratio is not None:
         posts.append(defenses.get("antidote").make(dense_ratio=antidote_ratio))

@@ -310,9 +310,12 @@ def fetch(only: list[str] | None = None, force: bool = False, cache_dir: str | P
         folder = Path(from_dir or cache_dir or tmp)
         if not from_dir:
             folder.mkdir(parents=True, exist_ok=True)
+        archives = {}
+        for src in todo:  # every archive is checked against its pin before any is extracted
+            archives[src.name] = find_archive(src, folder) if from_dir else download(src, folder)
+            archives[src.name] = (archives[src.name], verify(src, archives[src.name]))
         for src in todo:
-            archive = find_archive(src, folder) if from_dir else download(src, folder)
-            archive_sha = verify(src, archive)
+            archive, archive_sha = archives[src.name]
             entries = extract(src, archive, root)
             for entry in entries:
                 entry["archive_sha256"] = archive_sha

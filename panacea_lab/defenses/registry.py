@@ -89,7 +89,11 @@ class Defense:
             raise ConfigError(f"defense {self.name!r} ({self.stage}) must define `{needs}`")
 
     def make(self, **params) -> DefenseConfig:
-        """The defense's validated config from keyword parameters."""
+        """The defense's validated config from keyword parameters (an unknown one is named)."""
+        known = set(self.config.__dataclass_fields__)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigError(f"{self.name}: no parameter {', '.join(unknown)}; use {', '.join(sorted(known))}")
         return self.config(**params)
 
 

@@ -6,7 +6,9 @@ Models are rebuilt from the base weights plus the stored adapters, never from pi
 """
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,10 +50,27 @@ def fit(model, examples: list[Example], tokenizer, max_length: int, settings: Lo
                       checkpoint_dir=checkpoint if every else None, checkpoint_every=every)
 
 
+@contextmanager
+def stage_lock(store: RunStore, stage: str, cfg):
+    """One process at a time computes a stage (and owns its checkpoints); the OS releases the lock of
+    a killed process. A second process waits, then finds the result stored."""
+    path = store.root / stage / f".lock-{config_hash(key(stage, cfg))}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _cached(store: RunStore, stage: str, cfg, compute) -> dict:
     """The stage from the store, or computed once; its checkpoints go once the result is published."""
-    result = store.cached(stage, key(stage, cfg), compute)
-    if not store.read_only:
+    keyed = key(stage, cfg)
+    if store.read_only or store.load(stage, keyed) is not None:
+        return store.cached(stage, keyed, compute)  # served (or, read-only, refused) without a lock
+    with stage_lock(store, stage, cfg):
+        result = store.cached(stage, keyed, compute)
         checkpoint.remove(checkpoint_dir(store, stage, cfg))
     return result
 

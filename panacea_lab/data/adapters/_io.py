@@ -127,7 +127,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """Rows of a .json (array, or the JSON lines `Dataset.to_json` writes), .jsonl(.gz) or .parquet file."""
     name = path.name.lower()
     if name.endswith(".parquet"):
-        import pandas as pd  # pyarrow comes with `datasets`; pandas names it if it is missing
+        import pandas as pd  # pyarrow comes with the test and real extras; pandas names it if it is missing
 
         try:
             return pd.read_parquet(path).to_dict("records")

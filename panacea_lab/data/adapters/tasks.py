@@ -1,8 +1,9 @@
 """The benign fine-tuning tasks with the paper's instructions and answer formats.
 
-Why the exact strings matter: FA is scored by finding the label word (sentiment, topic) or the
-number after "The final answer is:" (arithmetic) in the answer, and a model fine-tuned on other
-wording answers in other words. The strings are those of the authors' code, e.g.
+Why the exact strings matter: FA is scored by an exact match of the answer to the label word
+(sentiment, topic) or by the number after "The final answer is: " (arithmetic), as the official
+evaluation scripts do (panacea_lab/evaluation/scoring.py), and a model fine-tuned on other wording
+answers in other words. The strings are those of the authors' code, e.g.
 github.com/git-disl/Vaccine sst2/build_dataset.py, ag_news/build_dataset.py,
 gsm8k/build_dataset.py and alpaca/pred_eval.py (Booster and Panacea reuse them).
 
