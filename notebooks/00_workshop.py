@@ -40,7 +40,7 @@ ratio = 0.1  # harmful ratio p: the share of harmful samples in the user's data
 seed = 0
 n = 1000  # the user's fine-tuning samples
 preset = "default"  # attack strength: default | strong
-setting = "embedded"  # named defaults (panacea_lab.settings): "embedded" (Panacea lambda 0.1) or "paper" (1e-3)
+setting = "embedded"  # panacea_lab.settings: "embedded" (Panacea lambda 0.1), "paper" (1e-3), "paper-recipe"
 rho = None  # Panacea's perturbation radius; None: the setting's
 lam = None  # Panacea's lambda; None: the setting's
 stds = [0.01, 0.02, 0.04, 0.08]  # random-noise std values (per LoRA entry)
@@ -56,23 +56,23 @@ import pandas as pd
 from IPython.display import display
 from safetensors.torch import load_file
 
-from panacea_lab import pipeline, settings
-from panacea_lab.analysis import plots
+from panacea_lab import pipeline
+from panacea_lab.analysis import plots, recipe
 from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.config import EvalConfig
 from panacea_lab.paths import PACKAGE_ROOT
 from panacea_lab.pipeline.stages import artifact
 from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
 figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
-align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
+align_cfg = recipe.align_config(setting, recipe.model_config(setting, model), **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-attack_cfg = attack_config(align_cfg, task, ratio, seed, preset, n=n)
-panacea = settings.get(setting).defense("panacea", **{k: v for k, v in {"rho": rho, "lam": lam}.items()
-                                                     if v is not None})
+attack_kw = recipe.attack_overrides(setting, n=n)  # the setting's training recipe, if it has one
+attack_cfg = attack_config(align_cfg, task, ratio, seed, preset, **attack_kw)
+panacea = recipe.panacea(setting, rho, lam)
 run = dataclasses.replace(attack_cfg, defense=panacea)  # the same fine-tuning, under Panacea
-sweep = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n)
+sweep = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, **attack_kw)
 metrics = ["label", "HS", "refusal", "other", f"FA_{task}"]
 print(f"setting {setting!r}: Panacea rho = {panacea.rho:g}, lambda = {panacea.lam:g}")
 

@@ -33,7 +33,7 @@ step_alignments = ["sft"]  # and "vaccine", "repnoise", "booster": do alignment-
 score_every = 60  # score a checkpoint every k optimiser steps
 n_eval_steps = 50  # harmful prompts and task samples per checkpoint
 preset = "default"  # attack strength: default | strong
-setting = "embedded"  # named defaults of the step_alignments defenses (panacea_lab.settings): embedded | paper
+setting = "embedded"  # panacea_lab.settings: the step_alignments defenses' values and any training recipe
 n_eval = 200  # harmful test prompts and task test samples
 align_kw = {}  # AlignConfig overrides, e.g. {"epochs": 1} for a smoke run
 runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
@@ -43,18 +43,19 @@ figures_dir = "figures"  # relative to the repository root, or an absolute path
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab.analysis import baselines, plots
+from panacea_lab.analysis import baselines, plots, recipe
 from panacea_lab.analysis.sweeps import attack_sweep, summarize
 from panacea_lab.analysis.trajectory import Trajectory, trajectory
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.config import EvalConfig
 from panacea_lab.paths import PACKAGE_ROOT
 from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
 figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
-align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
+align_cfg = recipe.align_config(setting, recipe.model_config(setting, model), **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
 sweep = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store)
+attack_kw = recipe.attack_overrides(setting)  # the setting's training recipe, if it has one
 
 # %% [markdown]
 # ## HS and FA against the harmful ratio *p*
@@ -63,7 +64,7 @@ sweep = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, s
 # (degenerate or off-topic): a model that is merely broken shows up there, not as safe.
 
 # %%
-df = attack_sweep(ratios, seeds, n=n, **sweep)
+df = attack_sweep(ratios, seeds, n=n, **attack_kw, **sweep)
 display(summarize(df))
 
 # %%
@@ -81,7 +82,7 @@ plots.save_figure(fig, figures / "01_attack_vs_ratio.png", df)
 # More samples at the same ratio means more harmful examples *and* more benign ones.
 
 # %%
-by_n = pd.concat([attack_sweep([ratio_for_n], seeds, include_reference=False, n=k, **sweep)
+by_n = pd.concat([attack_sweep([ratio_for_n], seeds, include_reference=False, n=k, **attack_kw, **sweep)
                   .assign(n=k, label=f"fine-tuned n={k}") for k in sample_counts])
 display(by_n.groupby("n")[["HS", "refusal", "other", f"FA_{task}"]].agg(["mean", "std"]).round(1))
 
@@ -107,7 +108,8 @@ step_eval = EvalConfig(n_harmful=n_eval_steps, n_task=n_eval_steps, tasks=(task,
 steps = pd.DataFrame([
     {**point, "method": method, "run": f"{baselines.label(method).split(' (')[0]} p={p:g}", "seed": seed}
     for method in step_alignments
-    for p, seed, cfg in baselines.baseline_configs(method, step_ratios, seeds, task, preset, align_cfg, setting, n=n)
+    for p, seed, cfg in baselines.baseline_configs(method, step_ratios, seeds, task, preset, align_cfg, setting,
+                                                   n=n, **attack_kw)
     for point in trajectory(Trajectory(run=cfg, every=score_every, eval=step_eval), store)["points"]])
 display(steps.groupby(["run", "step"])[["HS", "other", f"FA_{task}"]].mean().round(1).unstack("run"))
 

@@ -23,7 +23,7 @@ seeds = [0, 1]  # CPU scale (make reproduce); the paper's: [0, 1, 2]
 stds = [0.01, 0.02, 0.04, 0.08]  # finer: [0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08]
 n = 1000
 preset = "default"
-setting = "embedded"  # named defaults (panacea_lab.settings): embedded | paper
+setting = "embedded"  # named defaults and training recipe (panacea_lab.settings): embedded | paper | paper-recipe
 n_eval = 200
 align_kw = {}
 runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
@@ -32,17 +32,18 @@ figures_dir = "figures"  # relative to the repository root, or an absolute path
 # %%
 from IPython.display import display
 
-from panacea_lab.analysis import plots
+from panacea_lab.analysis import plots, recipe
 from panacea_lab.analysis.sweeps import defense_sweep, summarize
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.config import EvalConfig
 from panacea_lab.paths import PACKAGE_ROOT
 from panacea_lab.training.store import RunStore
 
 figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
-align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
+align_cfg = recipe.align_config(setting, recipe.model_config(setting, model), **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
 df = defense_sweep([ratio], seeds, task=task, preset=preset, stds=stds, rhos=[], antidote_ratio=None,
-                   align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(runs), setting=setting, n=n)
+                   align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(runs), setting=setting,
+                   **recipe.attack_overrides(setting, n=n))
 display(summarize(df))
 
 # %% [markdown]

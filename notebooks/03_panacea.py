@@ -25,7 +25,7 @@ task = "sentiment"
 ratios = [0.1, 0.2]  # CPU scale: a Panacea run is ~2 min on 2 cores. The paper's grid: [0.05, 0.1, 0.2]
 seeds = [0]  # and [0, 1, 2]
 stds = [0.01, 0.02, 0.04, 0.08]
-setting = "embedded"  # named defaults (panacea_lab.settings): "embedded" (Panacea lambda 0.1) or "paper" (1e-3)
+setting = "embedded"  # panacea_lab.settings: "embedded" (Panacea lambda 0.1), "paper" (1e-3), "paper-recipe"
 rho = None  # the rho drawn across p and in the training curves; None: the setting's
 rhos = None  # Panacea's radii, each one more run per ratio and seed; None: [rho]; e.g. [0.5, 1, 2]
 lam = None  # Panacea's lambda; None: the setting's
@@ -47,21 +47,22 @@ import dataclasses
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab import pipeline, settings
-from panacea_lab.analysis import plots
+from panacea_lab import pipeline
+from panacea_lab.analysis import plots, recipe
 from panacea_lab.analysis.baselines import baseline_sweep
 from panacea_lab.analysis.sweeps import attack_config, defense_sweep, summarize
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.config import EvalConfig
 from panacea_lab.paths import PACKAGE_ROOT
 from panacea_lab.training.store import RunStore
 
 store = RunStore(runs)
 figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
-align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
+align_cfg = recipe.align_config(setting, recipe.model_config(setting, model), **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-common = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, setting=setting, n=n)
-panacea = settings.get(setting).defense("panacea", **{k: v for k, v in {"rho": rho, "lam": lam}.items()
-                                                     if v is not None})
+attack_kw = recipe.attack_overrides(setting, n=n)  # the setting's training recipe, if it has one
+common = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, setting=setting,
+              **attack_kw)
+panacea = recipe.panacea(setting, rho, lam)
 rho_drawn = panacea.rho
 rhos = [rho_drawn] if rhos is None else rhos
 if rho_drawn not in rhos:
@@ -150,7 +151,7 @@ for metric in ("HS", f"FA_{task}"):
 # falls. The clamp at 5 stops the push once the perturbed model no longer fits harmful answers.
 
 # %%
-run = dataclasses.replace(attack_config(align_cfg, task, ratios[-1], seeds[0], preset, n=n), defense=panacea)
+run = dataclasses.replace(attack_config(align_cfg, task, ratios[-1], seeds[0], preset, **attack_kw), defense=panacea)
 log = pd.DataFrame(pipeline.attack(run, store)["train"]["log"])
 fig = plots.training_curves(log)
 plots.save_figure(fig, figures / "03_training_curves.png", log)

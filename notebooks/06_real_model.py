@@ -38,7 +38,7 @@ attack_kw = {"epochs": 2, "lr": 5e-4, "batch_size": 10}  # lr 1e-4 left HS at 2 
 align_kw = {"n_refusal": 90, "n_replay_per_task": 20, "epochs": 2, "lr": 3e-4, "batch_size": 10}
 model_kw = {"max_length": 128}
 stds = [0.02, 0.08]  # 0.005 and 0.02 both left HS at 96-97
-setting = "embedded"  # named defaults (panacea_lab.settings): "embedded" (Panacea lambda 0.1) or "paper" (1e-3)
+setting = "embedded"  # panacea_lab.settings: "embedded" (Panacea lambda 0.1), "paper" (1e-3), "paper-recipe"
 rho = None  # Panacea's perturbation radius; None: the setting's
 lam = None  # Panacea's lambda; None: the setting's
 n_eval = 100
@@ -55,13 +55,11 @@ import time
 if panacea_home:
     os.environ["PANACEA_HOME"] = panacea_home
 
-import pandas as pd
 from IPython.display import display
 
-from panacea_lab import settings
-from panacea_lab.analysis import plots
+from panacea_lab.analysis import plots, recipe
 from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients, summarize
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
+from panacea_lab.config import EvalConfig, ModelConfig
 from panacea_lab.data.adapters import load as load_source
 from panacea_lab.evaluation.judges import refusal_agreement
 from panacea_lab.models.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
@@ -73,11 +71,12 @@ t_start = time.perf_counter()
 store = RunStore(runs)
 figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
 model_cfg = preset_model_config(model, **model_kw) if model in PRESETS else ModelConfig(path=model, **model_kw)
-align_cfg = AlignConfig(model=model_cfg, data=data, prevalence="uniform", **align_kw)
+# the setting's training recipe (if it has one) under this notebook's align_kw / attack_kw; a preset keeps its LoRA
+align_cfg = recipe.align_config(setting, model_cfg, data=data, prevalence="uniform", **align_kw)
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,), judge=judge, max_new_tokens=max_new_tokens)
-common = dict(task=task, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, n=n, **attack_kw)
-panacea = settings.get(setting).defense("panacea", **{k: v for k, v in {"rho": rho, "lam": lam}.items()
-                                                     if v is not None})
+finetune_kw = recipe.attack_overrides(setting, n=n, **attack_kw)
+common = dict(task=task, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, **finetune_kw)
+panacea = recipe.panacea(setting, rho, lam)
 print(f"setting {setting!r}: Panacea rho = {panacea.rho:g}, lambda = {panacea.lam:g}")
 world = world_of(align_cfg)
 print(f"model {model_cfg.path} ({model_cfg.template} template); data {data!r}:",
@@ -103,7 +102,8 @@ display(summarize(attacked.assign(**{"HS+": attacked["HS"] + attacked["other"]})
 # trained w (is it the direction or only the size?).
 
 # %%
-defended = defense_sweep([ratio], seeds, stds=stds, rhos=[panacea.rho], lam=panacea.lam, setting=setting, **common)
+defended = defense_sweep([ratio], seeds, stds=stds, rhos=[panacea.rho], lam=panacea.lam, antidote_ratio=None,
+                         setting=setting, **common)
 defended["HS+"] = defended["HS"] + defended["other"]
 display(summarize(defended))
 shown = defended.query("method in ['none', 'noise', 'panacea', 'random_direction']")
@@ -115,7 +115,7 @@ plots.save_figure(fig, figures / "06_real_model_defenses.png", defended)
 # Each cell is that (layer, module)'s share of ||eps||^2; noise's share follows tensor sizes alone.
 
 # %%
-run = dataclasses.replace(attack_config(align_cfg, task, ratio, seeds[0], n=n, **attack_kw), defense=panacea)
+run = dataclasses.replace(attack_config(align_cfg, task, ratio, seeds[0], **finetune_kw), defense=panacea)
 coeffs = eps_coefficients(run, store)
 fig = plots.coefficient_heatmap(coeffs)
 plots.save_figure(fig, figures / "06_real_model_heatmap.png", coeffs)

@@ -19,10 +19,12 @@ def test_sweep_rows_and_stages(tiny_cfg, store, monkeypatch):
     align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1, batch_size=8)
     df = baselines.baseline_sweep([0.2], [0], methods=("sft", "vaccine", "lisa"), align_cfg=align, eval_cfg=EVAL,
                                   store=store, setting="tiny", n=20, epochs=1)
-    assert list(df["method"]) == ["sft", "vaccine", "lisa"]
-    assert list(df["label"]) == ["SFT (no defense)", "Vaccine", "Lisa"]
-    assert len(list((store.root / "align").iterdir())) == 2  # SFT and Vaccine alignments; Lisa reuses SFT's
-    assert len(list((store.root / "attack").iterdir())) == 3
+    assert list(zip(df["method"], df["variant"])) == [("sft", "w"), ("vaccine", "w"), ("lisa", "w"), ("sft", "fresh")]
+    assert list(df["label"]) == ["SFT (no defense)", "Vaccine", "Lisa", "SFT (no defense) (fresh adapter)"]
+    aligns = [d for d in (store.root / "align").iterdir() if not d.name.startswith(".")]
+    attacks = [d for d in (store.root / "attack").iterdir() if not d.name.startswith(".")]
+    assert len(aligns) == 2  # SFT and Vaccine alignments; Lisa reuses SFT's
+    assert len(attacks) == 4  # the undefended attack once as each method's official adapter mode
     assert ((df["HS"] + df["refusal"] + df["other"]).round(6) == 100).all()
 
 

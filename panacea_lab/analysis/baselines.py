@@ -74,10 +74,18 @@ def baseline_sweep(ratios, seeds, methods=None, task: str = "sentiment", preset:
     eval_cfg = eval_cfg or EvalConfig(tasks=(task,))
     runs = [(m, *run) for m in methods for run in baseline_configs(m, ratios, seeds, task, preset, align_cfg,
                                                                     setting, **overrides)]
+    # a method trained on a fresh LoRA is compared with the same attack on a fresh LoRA, undefended:
+    # the attack is not equally strong on both (README "The paper's baselines")
+    fresh = "adapter" not in overrides and any(c.adapter == "fresh" for *_, c in runs)
+    if fresh and "sft" in methods:
+        runs += [("sft", p, seed, dataclasses.replace(cfg, adapter="fresh"))
+                 for m, p, seed, cfg in runs if m == "sft"]
     preflight(*[cfg for *_, cfg in runs], eval_cfg, align=align_cfg)
     rows = []
     for method, p, seed, cfg in runs:
         result = attack(cfg, store)
-        rows.append(result_row(evaluate("attack", cfg, store, eval_cfg), method=method, label=label(method), p=p,
+        variant = "fresh" if method == "sft" and cfg.adapter == "fresh" else "w"
+        rows.append(result_row(evaluate("attack", cfg, store, eval_cfg), method=method, variant=variant,
+                               label=label(method) + (" (fresh adapter)" if variant == "fresh" else ""), p=p,
                                seed=seed, preset=preset, train_seconds=result["train"]["train_seconds"]))
     return pd.DataFrame(rows)
