@@ -106,6 +106,6 @@ def test_attack_on_fetched_data_with_flags(tiny_model_dir, tmp_path, capsys, mon
     assert code == 0
     assert out.index("memory estimate") < out.index("fine-tuned p=0.2")
     assert "FA_arithmetic" in out and "FA_topic" not in out  # the fetched world's two tasks
-    (attack_dir,) = (tmp_path / "runs" / "attack").iterdir()
+    (attack_dir,) = [d for d in (tmp_path / "runs" / "attack").iterdir() if not d.name.startswith(".")]
     stored = json.loads((attack_dir / "result.json").read_text())["config"]
     assert (stored["epochs"], stored["lr"], stored["align"]["data"]) == (1.0, 1e-4, "packages")
