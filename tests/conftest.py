@@ -44,3 +44,14 @@ def lora_with_random_b(cfg: ModelConfig):
 @pytest.fixture
 def store(tmp_path):
     return RunStore(tmp_path / "runs")
+
+
+@pytest.fixture
+def panacea_run(tiny_cfg):
+    """A tiny Panacea run (20 samples, one epoch) for the post-fine-tuning tests."""
+    from panacea_lab.config import AlignConfig, AttackConfig
+    from panacea_lab.defenses.panacea import PanaceaConfig
+
+    align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1, batch_size=8)
+    return AttackConfig(align=align, n=20, p=0.2, epochs=1, batch_size=10,
+                        defense=PanaceaConfig(rho=0.4, lam=0.1, harmful_batch_size=4))

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 import dataclasses
 
 from panacea_lab import pipeline
-from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, EvalConfig
+from panacea_lab.config import ConfigError, EvalConfig
 from panacea_lab.defenses.antidote import AntidoteConfig
 from panacea_lab.defenses.panacea import EpsConfig, PanaceaConfig
 from panacea_lab.defenses.perturb import gaussian_noise, global_norm
@@ -21,10 +21,8 @@ EVAL = EvalConfig(n_harmful=6, n_task=4, max_new_tokens=12, tasks=("sentiment",)
 
 
 @pytest.fixture
-def run(tiny_cfg):
-    align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1, batch_size=8)
-    return AttackConfig(align=align, n=20, p=0.2, epochs=1, batch_size=10,
-                        defense=PanaceaConfig(rho=0.4, lam=0.1, harmful_batch_size=4))
+def run(panacea_run):
+    return panacea_run
 
 
 def _plain(run):

@@ -12,8 +12,8 @@ from panacea_lab import pipeline
 from panacea_lab.analysis.ablation_plots import ablation_figure, ablation_figures, ablation_rows
 from panacea_lab.analysis.layer_ablation import Restriction, eps_parts, layer_ablation, restrictions, share_of
 from panacea_lab.analysis.live_eps import LiveEps
-from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, EvalConfig
-from panacea_lab.defenses.panacea import EpsConfig, EpsControlConfig, PanaceaConfig
+from panacea_lab.config import ConfigError, EvalConfig
+from panacea_lab.defenses.panacea import EpsConfig, EpsControlConfig
 from panacea_lab.defenses.perturb import applied
 from panacea_lab.pipeline.context import EvalContext
 from panacea_lab.pipeline.evaluations import apply_post
@@ -23,10 +23,8 @@ EVAL = EvalConfig(n_harmful=4, n_task=4, max_new_tokens=8, tasks=("sentiment",))
 
 
 @pytest.fixture
-def run(tiny_cfg):
-    align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1, batch_size=8)
-    return AttackConfig(align=align, n=20, p=0.2, epochs=1, batch_size=10,
-                        defense=PanaceaConfig(rho=0.4, lam=0.1, harmful_batch_size=4))
+def run(panacea_run):
+    return panacea_run
 
 
 def test_restrictions_cover_every_kind_over_the_layers_and_modules_present():

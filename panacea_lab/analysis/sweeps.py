@@ -106,16 +106,15 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
     if antidote_ratio is not None:
         posts.append(defenses.get("antidote").make(dense_ratio=antidote_ratio))
     posts += list(extra_post)
-    preflight(*[c for _, _, c in configs], eval_cfg, align=align_cfg)
     fresh_needed = any(defenses.of(post).finetune_adapter == "fresh" for post in posts)
-    preflight(*[dataclasses.replace(c, adapter="fresh") for _, _, c in configs if fresh_needed], eval_cfg,
-              align=align_cfg)
+    fresh_of = {cfg: dataclasses.replace(cfg, adapter="fresh") for _, _, cfg in configs}
+    preflight(*[c for _, _, c in configs], *(fresh_of.values() if fresh_needed else ()), eval_cfg, align=align_cfg)
     rows = []
     for seed, p, cfg in configs:
         attack(cfg, store)
         ev = evaluate("attack", cfg, store, eval_cfg)
         rows.append(result_row(ev, method="none", label="no defense", p=p, seed=seed))
-        fresh = dataclasses.replace(cfg, adapter="fresh")
+        fresh = fresh_of[cfg]
         if fresh_needed and fresh != cfg:  # the undefended run a fresh-adapter defense starts from
             attack(fresh, store)
             rows.append(result_row(evaluate("attack", fresh, store, eval_cfg), method="none", variant="fresh",

@@ -67,9 +67,12 @@ def stage_lock(store: RunStore, stage: str, cfg):
 def _cached(store: RunStore, stage: str, cfg, compute) -> dict:
     """The stage from the store, or computed once; its checkpoints go once the result is published."""
     keyed = key(stage, cfg)
-    if store.read_only or store.load(stage, keyed) is not None:
-        return store.cached(stage, keyed, compute)  # served (or, read-only, refused) without a lock
-    with stage_lock(store, stage, cfg):
+    hit = store.load(stage, keyed)
+    if hit is not None:
+        return hit
+    if store.read_only:
+        return store.cached(stage, keyed, compute)  # refuses, naming the stage
+    with stage_lock(store, stage, cfg):  # another process may finish it meanwhile: `cached` looks again
         result = store.cached(stage, keyed, compute)
         checkpoint.remove(checkpoint_dir(store, stage, cfg))
     return result
