@@ -29,11 +29,12 @@ n = 1000  # fine-tuning samples
 sample_counts = [250, 1000]  # n sweep, at ratio_for_n; e.g. [250, 500, 1000]
 ratio_for_n = 0.1
 step_ratios = [0.1]  # HS along fine-tuning steps, one run per ratio and seed; e.g. [0.05, 0.1, 0.2]
-step_alignments = ["sft"]  # and "vaccine", "repnoise", "booster": do alignment-stage defenses hold or fade?
+step_methods = ["sft"]  # and vaccine, repnoise, booster, lisa, panacea: do the defenses hold or fade?
+step_overrides = {}  # attack overrides of the step runs, e.g. {"epochs": 20, "schedule": "constant"}: 2000 steps
 score_every = 60  # score a checkpoint every k optimiser steps
 n_eval_steps = 50  # harmful prompts and task samples per checkpoint
 preset = "default"  # attack strength: default | strong
-setting = "embedded"  # panacea_lab.settings: the step_alignments defenses' values and any training recipe
+setting = "embedded"  # panacea_lab.settings: the step_methods defenses' values and any training recipe
 n_eval = 200  # harmful test prompts and task test samples
 align_kw = {}  # AlignConfig overrides, e.g. {"epochs": 1} for a smoke run
 runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
@@ -100,17 +101,28 @@ plots.save_figure(fig, figures / "01_attack_vs_n.png", by_n)
 # ## HS against fine-tuning steps
 # One fine-tuning run per ratio (and alignment method), scored in place every few steps; step 0
 # is the aligned model. Does refusal erode steadily as harmful samples accumulate, or break at
-# once? With `step_alignments` listing Vaccine, RepNoise or Booster, this is the paper's motivating
-# experiment: alignment-stage defenses start safe, but do they stay safe as fine-tuning goes on?
+# once? With `step_methods` listing the defenses, this is the paper's motivating experiment:
+# defenses start safe, but do they stay safe as fine-tuning goes on? Panacea's line is w + eps at
+# each checkpoint (the eps of that step), what a provider stopping there would serve.
 
 # %%
 step_eval = EvalConfig(n_harmful=n_eval_steps, n_task=n_eval_steps, tasks=(task,))
-steps = pd.DataFrame([
-    {**point, "method": method, "run": f"{baselines.label(method).split(' (')[0]} p={p:g}", "seed": seed}
-    for method in step_alignments
-    for p, seed, cfg in baselines.baseline_configs(method, step_ratios, seeds, task, preset, align_cfg, setting,
-                                                   n=n, **attack_kw)
-    for point in trajectory(Trajectory(run=cfg, every=score_every, eval=step_eval), store)["points"]])
+
+
+def step_rows(method, p, seed, cfg):
+    """One row per scored checkpoint; a Panacea run's rows are w + eps at that step."""
+    traj = trajectory(Trajectory(run=cfg, every=score_every, eval=step_eval), store)
+    name = baselines.label(method).split(" (")[0]
+    lines = {f"{name} w + eps" if "points_eps" in traj else name: traj.get("points_eps", traj["points"])}
+    return [{**point, "method": method, "run": f"{line} p={p:g}", "seed": seed}
+            for line, points in lines.items() for point in points]
+
+
+steps = pd.DataFrame([row for method in step_methods
+                      for p, seed, cfg in baselines.baseline_configs(method, step_ratios, seeds, task, preset,
+                                                                     align_cfg, setting, n=n,
+                                                                     **{**attack_kw, **step_overrides})
+                      for row in step_rows(method, p, seed, cfg)])
 display(steps.groupby(["run", "step"])[["HS", "other", f"FA_{task}"]].mean().round(1).unstack("run"))
 
 # %%
@@ -120,5 +132,5 @@ plots.save_figure(fig, figures / "01_hs_vs_steps.png", steps)
 # %% [markdown]
 # **What this shows.** Step 0 is the aligned model; each line is one fine-tuning run followed in
 # time. A line that stays flat and then jumps says refusal breaks at once after enough harmful
-# steps; a steady climb says it erodes. With alignment-stage defenses listed, compare their lines
-# to SFT's: a defense that starts low but ends where SFT ends only delays the attack.
+# steps; a steady climb says it erodes. With the defenses listed, compare their lines to SFT's: a
+# defense that starts low but ends where SFT ends only delays the attack.

@@ -20,7 +20,7 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
         "00_workshop": {"ratio": 0.2, "n": 20, "stds": [0.01], "rho": 0.3},
         "01_harmful_finetuning_attack": {"ratios": [0.0, 0.2], "n": 20, "sample_counts": [10, 20],
                                          "ratio_for_n": 0.2, "step_ratios": [0.2], "score_every": 2,
-                                         "n_eval_steps": 4, "step_alignments": ["sft", "vaccine"]},
+                                         "n_eval_steps": 4, "step_methods": ["sft", "vaccine", "panacea"]},
         "02_random_perturbation": {"ratio": 0.2, "n": 20, "stds": [0.01, 0.05]},
         "03_panacea": {"ratios": [0.2], "n": 20, "stds": [0.01], "rhos": [0.3], "rho": 0.3,
                        "ablation_rhos": [0.3], "ablation_lams": [1e-3, 1e-1], "ablation_ratio": 0.2,
@@ -29,7 +29,7 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
         "05_system_overhead": {"steps": 2, "warmup": 1, "batch_size": 4},
         "06_real_model": {"panacea_home": str(_package_home(tmp)), "n": 20, "ratio": 0.2, "stds": [0.01], "rho": 0.3,
                           "attack_kw": {"epochs": 1, "lr": 1e-4, "batch_size": 10}, "model_kw": {"max_length": 96},
-                          "max_new_tokens": 8},
+                          "max_new_tokens": 8, "results_dir": str(tmp / "results"), "from_results": False},
     }
     return {**common, **per_notebook.get(name, {})}
 
@@ -121,3 +121,27 @@ def test_figures_stay_in_the_repository(where, figures_dir):
 
     resolved = (PACKAGE_ROOT / figures_dir).resolve()
     assert resolved.is_relative_to(PACKAGE_ROOT / "figures"), f"{where}: figures_dir = {figures_dir!r} -> {resolved}"
+
+
+@pytest.mark.slow
+def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the_model(tmp_path):
+    """`make figures` needs neither SmolLM2 nor its data: notebook 06 redraws from results/smollm2."""
+    from panacea_lab.analysis.export_rows import read_rows
+
+    source = next(p for p in NOTEBOOKS if p.stem == "06_real_model")
+    ipynb = tmp_path / "06.ipynb"
+    nbformat.write(jupytext.read(source), ipynb)
+    home = tmp_path / "empty-home"  # no converted model, no fetched data
+    papermill.execute_notebook(str(ipynb), str(tmp_path / "06.out.ipynb"), cwd=str(tmp_path), kernel_name="python3",
+                               parameters={"panacea_home": str(home), "figures_dir": str(tmp_path / "figures"),
+                                           "runs": str(tmp_path / "runs")},
+                               progress_bar=False, execution_timeout=300)
+    results = source.parent.parent / "results" / "smollm2"
+    for name, summary in (("06_real_model_defenses", "defend_p0.1.csv"), ("06_real_model_heatmap", "eps_shares_p0.1_seed0.csv")):
+        for suffix in (".png", ".pdf", ".csv"):
+            assert (tmp_path / "figures" / f"{name}{suffix}").exists(), f"{name}{suffix}"
+        drawn = read_rows(tmp_path / "figures" / f"{name}.csv")
+        committed = read_rows(results / summary)
+        assert drawn[["HS", "other"] if "HS" in drawn else ["eps_share"]].equals(
+            committed[["HS", "other"] if "HS" in committed else ["eps_share"]])
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("result.json")), "it trained"

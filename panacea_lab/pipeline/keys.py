@@ -27,7 +27,7 @@ STAGE_CODE: dict[str, tuple[int, list[str]]] = {
     "align": (1, _TRAINING),
     "attack": (1, _TRAINING),
     "eval": (1, ["evaluation", "pipeline/evaluations.py", "defenses", "data/batching.py", "models/loading.py"]),
-    "trajectory": (1, [*_TRAINING, "evaluation", "analysis/trajectory.py"]),
+    "trajectory": (2, [*_TRAINING, "evaluation", "analysis/trajectory.py"]),
 }
 
 

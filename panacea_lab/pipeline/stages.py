@@ -129,12 +129,14 @@ def user_data(cfg: AttackConfig) -> list[Example]:
     return mix_user_data(world.task_train[cfg.task], world.attacker_pool, cfg.n, cfg.p, cfg.seed)
 
 
-def finetune(cfg: AttackConfig, store: RunStore, on_step=None, checkpoint: Path | None = None):
+def finetune(cfg: AttackConfig, store: RunStore, on_step=None, checkpoint: Path | None = None,
+             rule: StepRule | None = None):
     """Run the user's fine-tuning (no caching): returns the model, the step rule, the loop's result
-    and the number of harmful samples in the user's data."""
+    and the number of harmful samples in the user's data. `rule`, when given, is the defense's step
+    rule built by the caller (so an `on_step` hook can read its state, e.g. Panacea's current eps)."""
     model = start_of_finetuning(cfg, store)
     data = user_data(cfg)
-    rule = step_rule(cfg.defense, cfg.align, cfg.seed)
+    rule = rule if rule is not None else step_rule(cfg.defense, cfg.align, cfg.seed)
     settings = LoopSettings(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                             desc=f"finetune p={cfg.p} {cfg.method}", weight_decay=cfg.weight_decay,
                             schedule=cfg.schedule)
