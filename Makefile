@@ -72,7 +72,7 @@ reproduce: $(STAMP)
 
 # Re-render every figure from the run store; fails (naming the stage) rather than train anything. Notebook 06
 # (a real model) redraws from its committed summaries in results/smollm2/: no model, no data needed.
-FIGURE_NOTEBOOKS := $(sort $(wildcard notebooks/$(if $(filter command line,$(origin NB)),$(NB),0[0-6])_*.py))
+FIGURE_NOTEBOOKS := $(NOTEBOOKS) $(if $(filter file,$(origin NB)),$(wildcard notebooks/06_*.py))
 figures: $(STAMP)
 	$(call run_notebooks,PANACEA_CACHE_ONLY=1,$(SCALE),$(FIGURE_NOTEBOOKS))
 

@@ -112,10 +112,9 @@ step_eval = EvalConfig(n_harmful=n_eval_steps, n_task=n_eval_steps, tasks=(task,
 def step_rows(method, p, seed, cfg):
     """One row per scored checkpoint; a Panacea run's rows are w + eps at that step."""
     traj = trajectory(Trajectory(run=cfg, every=score_every, eval=step_eval), store)
-    name = baselines.label(method).split(" (")[0]
-    lines = {f"{name} w + eps" if "points_eps" in traj else name: traj.get("points_eps", traj["points"])}
+    line = baselines.label(method).split(" (")[0] + (" w + eps" if "points_eps" in traj else "")
     return [{**point, "method": method, "run": f"{line} p={p:g}", "seed": seed}
-            for line, points in lines.items() for point in points]
+            for point in traj.get("points_eps", traj["points"])]
 
 
 steps = pd.DataFrame([row for method in step_methods
