@@ -34,6 +34,9 @@ ablation_lams = [1e-3, 1e-1]  # and [1e-3, 1e-2, 1e-1]
 ablation_ratio = 0.1
 baselines = ["sft"]  # the paper's comparison: ["sft", "vaccine", "repnoise", "booster", "lisa"] (each ~1-5 min)
 baseline_ratios = [0.1]  # ratios (among `ratios`) of the baseline comparison
+axis_tasks = []  # the defenses at axis_ratio when the user fine-tunes on other tasks, e.g. ["topic", "arithmetic"]
+axis_ns = []  # ... and on other numbers of fine-tuning samples, e.g. [500, 1000, 2000]
+axis_ratio = 0.1
 n = 1000
 preset = "default"
 n_eval = 200
@@ -126,6 +129,41 @@ for p in baseline_ratios:
 # The alignment-stage baselines act before the attack, the post-fine-tuning ones after it; read
 # HS and FA side by side, since a method that lowers HS by lowering FA (or by raising *other*)
 # trades usefulness for safety rather than restoring refusals.
+
+# %% [markdown]
+# ## Other fine-tuning tasks and sample counts
+# The same post-fine-tuning defenses at `axis_ratio` when the user's task is another one
+# (`axis_tasks`) or the user brings another number of samples (`axis_ns`); each is its own attack,
+# so each costs one fine-tuning and one Panacea training per seed. Off at the CPU scale.
+
+# %%
+AXIS_ROWS = "(method == 'panacea' and variant == 'w+eps') or method in ['none', 'noise', 'antidote', 'random_direction']"
+
+
+def axis_sweep(**changed):
+    return defense_sweep([axis_ratio], seeds, stds=[mid_std], rhos=[rho_drawn], lam=panacea.lam,
+                         **{**common, **changed}).query(AXIS_ROWS)
+
+
+for other_task in axis_tasks:
+    rows = axis_sweep(task=other_task, eval_cfg=dataclasses.replace(eval_cfg, tasks=(other_task,)))
+    display(summarize(rows))
+    fig = plots.method_bars(rows, metrics=("HS", "other", f"FA_{other_task}"))
+    plots.save_figure(fig, figures / f"03_defenses_task_{other_task}.png", rows)
+if axis_ns:
+    by_n = pd.concat([axis_sweep(n=k).assign(n=k) for k in axis_ns], ignore_index=True)
+    by_n["label"] = by_n["label"] + " n=" + by_n["n"].astype(str)
+    display(summarize(by_n))
+    fig = plots.metric_vs_param(by_n[by_n["variant"] != "fresh"], param="n", metrics=("HS", "other", f"FA_{task}"), baseline_label=None,
+                                group_by=lambda label: label.rsplit(" n=", 1)[0])
+    plots.save_figure(fig, figures / "03_defenses_vs_n.png", by_n)
+
+# %% [markdown]
+# **What this shows.** Whether the verdict at the default task and n carries over. On a task whose
+# FA the fine-tuning barely moves (the embedded world's arithmetic and instruction following sit near
+# their base model's level), FA shows only whether a defense breaks the model, not whether it keeps
+# what the user trained; more samples at the same ratio bring more harmful samples, so the attack and
+# the defense both change with n.
 
 # %% [markdown]
 # ## rho x lambda ablation (HS of w + eps, and FA)

@@ -31,7 +31,7 @@ lam = None  # None: the setting's (embedded 0.1; the paper's 1e-3)
 n = 1000
 preset = "default"
 n_eval = 200  # harmful prompts and task samples per evaluation of the ablation
-ablation_p = 0.1  # the ratio of the causal section and the live explorer (best one of `ratios`: runs are shared)
+ablation_ratio = 0.1  # the ratio of the causal section and the live explorer (best one of `ratios`: runs are shared)
 ablation_kinds = ["layer", "all_but_layer", "first_k", "last_k", "module"]
 explorer_n = 50  # the live explorer's fixed subset (harmful prompts and task samples)
 explorer_max_scale = 3.0  # the per-layer sliders run from 0 (off) to this factor
@@ -77,6 +77,16 @@ fig = plots.coefficient_heatmap(next(iter(coeffs.values())), value="noise_share"
 plots.save_figure(fig, figures / "04_noise_reference.png", next(iter(coeffs.values())))
 
 # %% [markdown]
+# **What this shows.** Each cell is one layer x module's share of ||eps||² (the map sums to 1). Compare
+# a run's map with the noise reference: noise's shares follow tensor sizes alone (every layer holds
+# 1/6 of the norm on this six-layer model, the MLP projections more than attention's), so any cell much
+# darker than its noise counterpart is where the training put eps on purpose. On the embedded world
+# (p = 0.1, seed 0) layer 0 holds about 62% of ||eps||² against noise's 17%, and k_proj / v_proj hold
+# more than their size would give them. Several seeds' maps side by side tell a stable pattern from a
+# seed's accident. A large share is not yet a proof that the layer matters: the causal section tests that.
+
+
+# %% [markdown]
 # ## Coefficient explorer
 # Pick a run, a normalisation (the whole map, each layer, or each module sums to 1), the modules
 # and a layer range. The controls wrap `plots.coefficient_heatmap`, a pure function, so what you
@@ -109,6 +119,12 @@ explorer = widgets.interactive(show, **controls)
 display(explorer)
 
 # %% [markdown]
+# **What this shows.** The same maps, re-normalised: "layer" makes each row sum to 1 (which module a
+# layer's eps prefers), "module" each column (at which depth a module type's eps sits). Narrow the
+# layer range to look past layer 0's dominance at the later layers' pattern.
+
+
+# %% [markdown]
 # ## Causal test: eps on part of the model
 # Each row is a cached evaluation of the same trained run with eps restricted, and of a random
 # direction with the restricted eps's norm over exactly the same tensors. If one layer's eps removes
@@ -122,11 +138,22 @@ from panacea_lab.analysis.layer_ablation import layer_ablations
 from panacea_lab.analysis.sweeps import summarize
 
 eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-ablation = layer_ablations([panacea_run(ablation_p, seed) for seed in seeds], store, eval_cfg, kinds=ablation_kinds)
+ablation = layer_ablations([panacea_run(ablation_ratio, seed) for seed in seeds], store, eval_cfg, kinds=ablation_kinds)
 display(summarize(ablation))
 for kind, fig in ablation_figures(ablation).items():
     plots.save_figure(fig, figures / f"04_ablation_{kind}.png", ablation[ablation["param"].isin([kind, "all"])
                                                                           | ablation["param"].isna()])
+
+# %% [markdown]
+# **What this shows.** Each figure has one bar pair per part of the model: HS (and *refusal*, *other*,
+# FA) with eps applied only there, beside a random direction of the same norm on the same tensors;
+# the dashed lines are w alone and eps on every layer. Read HS and *refusal* together: a part that
+# brings HS to 0 while refusals stay low turns compliance into broken answers, not refusals. On the
+# embedded world (p = 0.1, seed 0) eps on layer 0 alone removes compliance (HS 0.5) but refuses only
+# 46% of the time, the first three layers together restore every refusal, and eps on every layer *but*
+# layer 0 does too: the early-layer core is sufficient but not necessary. The same-norm random rows
+# stay at w's HS everywhere, so what acts is eps's direction, not its size.
+
 
 # %% [markdown]
 # ## Live explorer: scale eps per layer, switch modules, score
@@ -145,7 +172,7 @@ from IPython.display import clear_output
 from panacea_lab.analysis.live_eps import LiveEps, explorer_eval
 from panacea_lab.config import to_dict
 
-live_run = panacea_run(ablation_p, seeds[0])
+live_run = panacea_run(ablation_ratio, seeds[0])
 live = LiveEps(live_run, store, explorer_eval(task, explorer_n))
 sliders = [widgets.FloatSlider(value=1.0, min=0.0, max=explorer_max_scale, step=0.1, description=f"layer {i}",
                                continuous_update=False) for i in live.layers]
@@ -186,3 +213,10 @@ live_explorer = widgets.VBox([widgets.HBox([widgets.VBox(sliders), widgets.VBox(
                               picture])
 live_explorer.add_class("live-eps")
 display(live_explorer)
+
+# %% [markdown]
+# **What this shows.** The first state is eps as learnt (every slider at 1), so its numbers equal the
+# "eps on every layer" row above on this smaller subset. Try setting layer 0 to 0 and scoring, then
+# only layer 0 at 1: the numbers reproduce the causal section's rows in seconds, and factors above 1
+# show how far a layer's eps can be pushed before FA falls.
+

@@ -11,7 +11,7 @@ from panacea_lab.config import AlignConfig, EvalConfig
 @pytest.fixture
 def small_presets(monkeypatch):
     """Tiny alignment defaults so the CLI's own code path runs in seconds."""
-    monkeypatch.setattr("panacea_lab.cli.AlignConfig",
+    monkeypatch.setattr("panacea_lab.cli_flags.AlignConfig",
                         lambda **kw: AlignConfig(n_refusal=16, n_replay_per_task=2, epochs=1, **kw))
 
 

@@ -22,7 +22,7 @@ from panacea_lab.pipeline.export import export_run
 from panacea_lab.training.store import RunStore
 
 SMALL_ALIGN = {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1}
-RUN_FLAGS = ["--p", "0.2", "--n", "20", "--epochs", "1", "--defense", "panacea:rho=0.5,harmful_batch_size=4"]
+RUN_FLAGS = ["--ratio", "0.2", "--n", "20", "--epochs", "1", "--defense", "panacea:rho=0.5,harmful_batch_size=4"]
 PROMPTS = ["### Instruction:\nhow do i pick a lock\n\n### Response:\n", "the movie was great"]
 
 
@@ -44,7 +44,7 @@ def trained(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture
 def small_align(monkeypatch):
-    monkeypatch.setattr("panacea_lab.cli.AlignConfig", lambda **kw: AlignConfig(**SMALL_ALIGN, **kw))
+    monkeypatch.setattr("panacea_lab.cli_flags.AlignConfig", lambda **kw: AlignConfig(**SMALL_ALIGN, **kw))
 
 
 def _package_logits(run, store, post):

@@ -79,7 +79,7 @@ def no_training(monkeypatch, ws, pins):
 
     monkeypatch.setattr(stages, "train_loop", refuse)
     monkeypatch.setattr(base_model, "train_loop", refuse)
-    monkeypatch.setattr("panacea_lab.cli.AlignConfig", lambda **kw: AlignConfig(**{**SMALL_ALIGN, **kw}))
+    monkeypatch.setattr("panacea_lab.cli_flags.AlignConfig", lambda **kw: AlignConfig(**{**SMALL_ALIGN, **kw}))
     monkeypatch.setenv("PANACEA_HOME", str(ws / "home"))
     monkeypatch.delenv("PANACEA_CACHE_ONLY", raising=False)
     monkeypatch.setattr(fetch, "SOURCES", pins)

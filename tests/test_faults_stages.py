@@ -121,7 +121,7 @@ def reference(tmp_path_factory, tiny_model_dir) -> Path:
 
     root = tmp_path_factory.mktemp("reference")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("panacea_lab.cli.AlignConfig", lambda **kw: AlignConfig(**DRIVER_ALIGN, **kw))
+        mp.setattr("panacea_lab.cli_flags.AlignConfig", lambda **kw: AlignConfig(**DRIVER_ALIGN, **kw))
         mp.setattr(stages, "CHECKPOINT_EVERY", 0)
         assert main(attack_argv(tiny_model_dir, root / "runs", root / "rows.json")) == 0
     assert {p.parent.name for p in (root / "runs").glob("*/*/result.json")} and not list(root.rglob(".ckpt-*"))
@@ -206,7 +206,7 @@ def test_damaged_entries_are_moved_aside_and_recomputed(reference, tiny_model_di
     (align_entry / "adapter" / "adapter_model.safetensors").unlink()
     result = attack_entry / "result.json"
     result.write_bytes(result.read_bytes()[: result.stat().st_size // 2])
-    monkeypatch.setattr("panacea_lab.cli.AlignConfig", lambda **kw: AlignConfig(**DRIVER_ALIGN, **kw))
+    monkeypatch.setattr("panacea_lab.cli_flags.AlignConfig", lambda **kw: AlignConfig(**DRIVER_ALIGN, **kw))
     assert main(attack_argv(tiny_model_dir, runs, tmp_path / "rows.json")) == 0
     err = capsys.readouterr().err
     assert f"artifact {align_entry / 'adapter' / 'adapter_model.safetensors'} is missing" in err

@@ -24,7 +24,8 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
         "02_random_perturbation": {"ratio": 0.2, "n": 20, "stds": [0.01, 0.05]},
         "03_panacea": {"ratios": [0.2], "n": 20, "stds": [0.01], "rhos": [0.3], "rho": 0.3,
                        "ablation_rhos": [0.3], "ablation_lams": [1e-3, 1e-1], "ablation_ratio": 0.2,
-                       "baselines": ["sft", "repnoise", "lisa"], "baseline_ratios": [0.2]},
+                       "baselines": ["sft", "repnoise", "lisa"], "baseline_ratios": [0.2],
+                       "axis_tasks": ["topic"], "axis_ns": [10, 20], "axis_ratio": 0.2},
         "04_safety_coefficients": {"ratios": [0.2], "n": 20, "rho": 0.3},
         "05_system_overhead": {"steps": 2, "warmup": 1, "batch_size": 4},
         "06_real_model": {"panacea_home": str(_package_home(tmp)), "n": 20, "ratio": 0.2, "stds": [0.01], "rho": 0.3,
@@ -97,14 +98,35 @@ def test_parameter_sets_name_only_declared_parameters(param_file, tmp_path):
         assert isinstance(value, type(default)) or isinstance(default, float) and isinstance(value, int), name
 
 
+def _defaults(source: Path) -> dict:
+    """A notebook's parameters cell as {name: default value}."""
+    cell = next(c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", []))
+    return {t.id: ast.literal_eval(a.value) for a in ast.parse(cell.source).body
+            if isinstance(a, ast.Assign) for t in a.targets if isinstance(t, ast.Name)}
+
+
+def test_parameter_names_mean_the_same_in_every_notebook():
+    """One vocabulary: a harmful ratio is `ratio` (one value), `ratios` (a list) or `<what>_ratio(s)`, never
+    `p`; a name two notebooks share takes the same kind of value in both (so a parameter file or a
+    reader moving between notebooks never meets `ratio` as a list in one and a number in another)."""
+    kinds: dict[str, dict[str, type]] = {}
+    for source in NOTEBOOKS:
+        for name, default in _defaults(source).items():
+            assert name != "p" and not name.endswith("_p"), f"{source.stem}: {name!r} names a ratio: use *_ratio"
+            if name.endswith("ratios") or name.endswith("seeds"):
+                assert isinstance(default, list), f"{source.stem}: {name} is plural, so a list"
+            if default is not None:
+                kinds.setdefault(name, {})[source.stem] = float if isinstance(default, int | float) else type(default)
+    mixed = {name: seen for name, seen in kinds.items() if len(set(seen.values())) > 1}
+    assert not mixed, f"parameters with different kinds of value across notebooks: {mixed}"
+
+
 def _figures_dirs():
     """(where, figures_dir) of every notebook's default and every parameter set that names one."""
     import yaml
 
     for source in NOTEBOOKS:
-        cell = next(c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", []))
-        defaults = {t.id: ast.literal_eval(a.value) for a in ast.parse(cell.source).body
-                    if isinstance(a, ast.Assign) for t in a.targets if isinstance(t, ast.Name)}
+        defaults = _defaults(source)
         if "figures_dir" in defaults:
             yield source.stem, defaults["figures_dir"]
     for param_file in PARAM_SETS:

@@ -67,7 +67,7 @@ def test_a_toy_defense_runs_through_a_notebook_style_call(shrink, tiny_cfg, stor
 
 
 def test_a_toy_defense_runs_through_the_cli(shrink, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("panacea_lab.cli.AlignConfig",
+    monkeypatch.setattr("panacea_lab.cli_flags.AlignConfig",
                         lambda **kw: AlignConfig(n_refusal=16, n_replay_per_task=2, epochs=1, **kw))
     out_file = tmp_path / "rows.json"
     code = main(["defend", "--model", str(tiny_model_dir), "--runs", str(tmp_path / "runs"), "--ratios", "0.2",

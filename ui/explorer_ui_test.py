@@ -34,7 +34,7 @@ OVERALL_TIMEOUT_S = 480
 IMG = ".widget-interact .jp-OutputArea-output img"
 LIVE = ".live-eps"  # the live explorer's box
 PARAMS = {"model": "embedded", "seeds": [0, 1], "ratios": [0.2], "n": 20, "rho": 1.0, "n_eval": 4,
-          "ablation_p": 0.2, "ablation_kinds": ["layer"], "explorer_n": 50, "explorer_max_scale": 3.0,
+          "ablation_ratio": 0.2, "ablation_kinds": ["layer"], "explorer_n": 50, "explorer_max_scale": 3.0,
           "align_kw": {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1}}
 # Run All before the session has a kernel pops "Select Kernel"; the status bar says when it has one
 # (the toolbar's execution indicator reads "idle" too early).

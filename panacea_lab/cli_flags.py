@@ -1,0 +1,169 @@
+"""The command line's shared flags and their translation into validated configs.
+
+One place defines each flag (so every subcommand spells and defaults it the same way) and one function
+turns the parsed flags into the configs the sweeps take; the commands in `panacea_lab.cli` stay thin.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from panacea_lab.config import (
+    ATTACK_PRESETS,
+    DATA_SOURCES,
+    EMBEDDED_MODEL,
+    JUDGES,
+    TASKS,
+    AlignConfig,
+    AttackConfig,
+    ConfigError,
+    EvalConfig,
+    ModelConfig,
+)
+from panacea_lab.settings import DEFAULT_SETTING, SETTINGS
+from panacea_lab.training.store import DEFAULT_ROOT
+
+ATTACK_DEFAULTS, EVAL_DEFAULTS = AttackConfig(), EvalConfig()
+
+
+class Parser(argparse.ArgumentParser):
+    """A usage error as one line naming the flag, like every other error (argparse prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default; a flag whose default is None, or whose help already names its default,
+    says it in its own words (no "(default: None)")."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def subcommand(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
+
+
+def common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=EMBEDDED_MODEL,
+                        help="base model: 'embedded', a preset (e.g. smollm2-135m, llama2-7b) or a local HF directory")
+    parser.add_argument("--data", choices=DATA_SOURCES, default="embedded",
+                        help="where every data role comes from: the synthetic world, `fetch-data`'s packages, or "
+                             "the paper's BeaverTails files (data/README.md)")
+    parser.add_argument("--judge", choices=JUDGES, default=EVAL_DEFAULTS.judge,
+                        help="judge of harmful answers (oracle: embedded world only)")
+    parser.add_argument("--judge-model", default="", help="beaver-dam weights: a local directory or cached hub id "
+                                                          "(default: PKU-Alignment/beaver-dam-7b from the local cache)")
+    parser.add_argument("--n-eval", type=int, default=EVAL_DEFAULTS.n_harmful, help="harmful test prompts and task test samples")
+    parser.add_argument("--split", choices=("test", "validation"), default=EVAL_DEFAULTS.split,
+                        help="harmful prompts scored: test (reported) or validation (to choose settings on)")
+    parser.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default=DEFAULT_SETTING,
+                        help="named defaults of every defense (panacea_lab.settings)")
+    parser.add_argument("--output", default=None,
+                        help="also write every row (with provenance) to this .json or .csv file "
+                             "(default: none written)")
+
+
+def finetune_flags(parser: argparse.ArgumentParser, ratios: list[float], seeds: list[int]) -> None:
+    parser.add_argument("--task", choices=TASKS, default=ATTACK_DEFAULTS.task, help="the user's benign task")
+    parser.add_argument("--ratios", type=float, nargs="+", default=ratios, help="harmful ratios p")
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds, help="fine-tuning seeds (mean ± std)")
+    parser.add_argument("--n", type=int, default=ATTACK_DEFAULTS.n, help="fine-tuning samples")
+    parser.add_argument("--preset", choices=sorted(ATTACK_PRESETS), default="default", help="attack strength")
+    parser.add_argument("--align-seed", type=int, default=AlignConfig().seed, help="seed of the one shared alignment")
+    parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: the preset's)")
+    parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the preset's)")
+
+
+def post_finetuning_flags(parser: argparse.ArgumentParser, stds: list[float], rhos: list[float] | None) -> None:
+    parser.add_argument("--stds", type=float, nargs="*", default=stds, help="noise std sweep")
+    parser.add_argument("--rhos", type=float, nargs="*", default=rhos,
+                        help="Panacea perturbation radii (default: the setting's rho)")
+    parser.add_argument("--lam", type=float, default=None, help="Panacea lambda (default: the setting's; "
+                                                                 "embedded 0.1, paper 1e-3)")
+    parser.add_argument("--h-const", action="store_true", help="treat h(w) as a constant in Panacea's objective")
+    parser.add_argument("--recompute-every", type=int, default=1, help="amortized Panacea: recompute eps every k steps")
+    parser.add_argument("--dense-ratio", type=float, default=0.1, help="Antidote: share of each row pruned")
+    parser.add_argument("--also", nargs="*", default=[], metavar="NAME[:KEY=VALUE,...]",
+                        help="further post-fine-tuning transforms of the registry, e.g. noise:std=0.03")
+
+
+def attack_overrides(args) -> dict:
+    from panacea_lab.analysis.sweeps import override_fields
+    from panacea_lab.settings import get
+
+    return {"n": args.n, **get(args.setting).attack, **override_fields(AttackConfig, epochs=args.epochs, lr=args.lr)}
+
+
+def build_configs(args):
+    """Configs from the flags; a real model's memory estimate is printed before anything runs."""
+    from panacea_lab.models.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
+
+    from panacea_lab.settings import get
+
+    setting = get(args.setting)
+    model = preset_model_config(args.model) if args.model in PRESETS else ModelConfig(path=args.model)
+    if args.model == EMBEDDED_MODEL and setting.model:  # a real-model preset brings its own LoRA
+        model = dataclasses.replace(model, **setting.model)
+    align_kw = dict(setting.align)
+    if args.data != "embedded":
+        from panacea_lab.data.real_world import ALIGN_DEFAULTS
+
+        align_kw = {**align_kw, **ALIGN_DEFAULTS[args.data]}
+    align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data, **align_kw)
+    eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,),
+                          judge_model=args.judge_model, split=args.split)
+    from panacea_lab.analysis.export_rows import check_output_path
+    from panacea_lab.pipeline.preflight import check_run_store, preflight
+    from panacea_lab.training.store import RunStore
+
+    if args.output:
+        check_output_path(args.output)
+    check_run_store(RunStore(args.runs, read_only=True if args.command == "export" else None))  # export only reads
+    preflight(align_cfg, eval_cfg, align=align_cfg)
+    if args.model != EMBEDDED_MODEL:
+        from panacea_lab.models.loading import pick_device
+
+        print(format_estimate(estimate_memory(model, batch_size=10, seq_len=model.max_length, method="panacea",
+                                              device="cuda" if pick_device().type == "cuda" else "cpu")))
+    return align_cfg, eval_cfg
+
+
+def parse_spec(spec: str, flag: str) -> tuple[str, dict]:
+    """NAME[:KEY=VALUE,...] as (name, parameters as text); a name or key the registry lacks is named."""
+    from panacea_lab import defenses
+
+    name, _, rest = spec.partition(":")
+    params = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in rest.split(",") if kv)
+    fields = {f.name for f in dataclasses.fields(defenses.get(name).config)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise ConfigError(f"{flag} {spec!r}: {name} has no parameter {unknown[0]!r}; use {', '.join(sorted(fields))}")
+    return name, params
+
+
+def post_transforms(specs: list[str]):
+    """Post-fine-tuning transform configs from NAME[:KEY=VALUE,...] (values as numbers where they parse)."""
+    from panacea_lab import defenses
+    from panacea_lab.config import POST
+
+    out = []
+    for spec in specs:
+        name, params = parse_spec(spec, "--also")
+        if defenses.get(name).stage != POST:
+            raise ConfigError(f"--also {spec!r}: {name} is a {defenses.get(name).stage} defense; "
+                              f"name a post-fine-tuning one: {', '.join(defenses.names(POST))}")
+        out.append(defenses.get(name).make(**params))  # numeric text is converted by the config's type check
+    return out
+
+
+def write_output(df, args) -> None:
+    if args.output:
+        from panacea_lab.analysis.export_rows import write_rows
+
+        print(f"rows: {write_rows(df, args.output, command=' '.join(sys.argv))}")
