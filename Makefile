@@ -66,6 +66,7 @@ endef
 # CPU scale by default (about 16 min on 2 cores from an empty run store); SCALE=full for the paper's grid;
 # NB=03 runs one notebook, e.g. `make reproduce SCALE=compare NB=03` (every baseline over 3 seeds).
 # SCALE=grid / grid-strong NB=03: the post-fine-tuning defenses' 3 ratios x 3 seeds x 3 rho grid per attack.
+# SCALE=axes NB=03: the same defenses at p = 0.1 over other tasks and sample counts n, 3 seeds.
 # Notebooks 00-05 by default; 06 (a real model) needs the fetched data and SmolLM2: `make real`.
 reproduce: $(STAMP)
 	$(call run_notebooks,,$(SCALE))
