@@ -37,10 +37,11 @@ DRIVER_ALIGN = {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 10}
 DRIVER = """
 import os, sys, time
 import panacea_lab.cli as cli
+import panacea_lab.cli_flags as cli_flags
 import panacea_lab.pipeline.stages as stages
 from panacea_lab.config import AlignConfig
 from panacea_lab.training import checkpoint
-cli.AlignConfig = lambda **kw: AlignConfig(**SMALL_ALIGN, **kw)
+cli_flags.AlignConfig = lambda **kw: AlignConfig(**SMALL_ALIGN, **kw)
 stages.CHECKPOINT_EVERY = int(os.environ.get("PANACEA_CHECKPOINT_EVERY", "50"))
 pause = float(os.environ.get("FAULT_PAUSE_IN_SAVE", "0"))
 if pause:
