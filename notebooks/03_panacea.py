@@ -137,7 +137,8 @@ for p in baseline_ratios:
 # so each costs one fine-tuning and one Panacea training per seed. Off at the CPU scale.
 
 # %%
-AXIS_ROWS = "(method == 'panacea' and variant == 'w+eps') or method in ['none', 'noise', 'antidote', 'random_direction']"
+AXIS_ROWS = ("(method == 'panacea' and variant == 'w+eps')"
+             " or method in ['none', 'noise', 'antidote', 'random_direction']")
 
 
 def axis_sweep(**changed):
@@ -154,9 +155,10 @@ if axis_ns:
     by_n = pd.concat([axis_sweep(n=k).assign(n=k) for k in axis_ns], ignore_index=True)
     by_n["label"] = by_n["label"] + " n=" + by_n["n"].astype(str)
     display(summarize(by_n))
-    fig = plots.metric_vs_param(by_n[by_n["variant"] != "fresh"], param="n", metrics=("HS", "other", f"FA_{task}"), baseline_label=None,
+    drawn = by_n[by_n["variant"] != "fresh"]  # the fresh-adapter run is Antidote's reference, not a defense
+    fig = plots.metric_vs_param(drawn, param="n", metrics=("HS", "other", f"FA_{task}"), baseline_label=None,
                                 group_by=lambda label: label.rsplit(" n=", 1)[0])
-    plots.save_figure(fig, figures / "03_defenses_vs_n.png", by_n)
+    plots.save_figure(fig, figures / "03_defenses_vs_n.png", drawn)
 
 # %% [markdown]
 # **What this shows.** Whether the verdict at the default task and n carries over. On a task whose

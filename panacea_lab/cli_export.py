@@ -39,8 +39,8 @@ def _export_run(args, align_cfg: AlignConfig) -> AttackConfig:
     if args.defense.partition(":")[0] != "none":
         name, params = parse_spec(args.defense, "--defense")
         defense = get(args.setting).defense(name, **params)
-    return attack_config(align_cfg, args.task, args.ratio, args.seed, args.preset, defense=defense, adapter=args.adapter,
-                         **attack_overrides(args))
+    return attack_config(align_cfg, args.task, args.ratio, args.seed, args.preset, defense=defense,
+                         adapter=args.adapter, **attack_overrides(args))
 
 
 def _export_post(args):
@@ -82,9 +82,9 @@ def cmd_export(args) -> None:
 
 
 def add_export(sub) -> None:
-    p = subcommand(sub, "export", "write a stored run's w + eps (or any post-fine-tuning transform, or part of eps) as a "
-                               "PEFT adapter directory, or with --merged as a merged model directory (safetensors), "
-                               "with a README.md card of its config and provenance")
+    p = subcommand(sub, "export", "write a stored run's w + eps (or any post-fine-tuning transform, or part of eps) "
+                                  "as a PEFT adapter directory, or with --merged as a merged model directory "
+                                  "(safetensors), with a README.md card of its config and provenance")
     p.add_argument("--out", required=True, help="a new (or empty) directory inside an existing folder")
     p.add_argument("--model", default=EMBEDDED_MODEL, help="the run's base model, as given to `defend`")
     p.add_argument("--data", choices=DATA_SOURCES, default="embedded", help="the run's data, as given to `defend`")

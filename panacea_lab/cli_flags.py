@@ -58,7 +58,8 @@ def common_flags(parser: argparse.ArgumentParser) -> None:
                         help="judge of harmful answers (oracle: embedded world only)")
     parser.add_argument("--judge-model", default="", help="beaver-dam weights: a local directory or cached hub id "
                                                           "(default: PKU-Alignment/beaver-dam-7b from the local cache)")
-    parser.add_argument("--n-eval", type=int, default=EVAL_DEFAULTS.n_harmful, help="harmful test prompts and task test samples")
+    parser.add_argument("--n-eval", type=int, default=EVAL_DEFAULTS.n_harmful,
+                        help="harmful test prompts and task test samples")
     parser.add_argument("--split", choices=("test", "validation"), default=EVAL_DEFAULTS.split,
                         help="harmful prompts scored: test (reported) or validation (to choose settings on)")
     parser.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
