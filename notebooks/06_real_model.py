@@ -14,7 +14,8 @@
 # The same pipeline as notebooks 01-04, on a pretrained chat model instead of the embedded world:
 # align it to refuse, let a user fine-tune it on sentiment data with a fraction p of harmful
 # pairs, then compare random noise with Panacea's optimised perturbation, and look at where eps
-# sits across the model's 30 decoder layers.
+# sits across the model's 30 decoder layers. Panacea's settings are chosen on a validation split of
+# harmful prompts and reported on two test sets: AdvBench's held-out prompts and StrongREJECT's.
 #
 # **Setup, once** (both offline afterwards; nothing lands in the repository):
 # ```
@@ -40,7 +41,9 @@ seeds = [0]
 n = 200  # the user's fine-tuning samples
 attack_kw = {"epochs": 2, "lr": 5e-4, "batch_size": 10}  # lr 1e-4 left HS at 2 (alignment held)
 align_kw = {"n_refusal": 90, "n_replay_per_task": 20, "epochs": 2, "lr": 3e-4, "batch_size": 10}
-model_kw = {"max_length": 128}
+# "bucketed": the loss over length-grouped micro-batches, logits at label positions only (same loss up
+# to rounding, about twice as fast here); dtype "bfloat16" is faster again on CPUs with bf16 support
+model_kw = {"max_length": 128, "loss": "bucketed"}
 stds = [0.02, 0.08]  # 0.005 and 0.02 both left HS at 96-97
 setting = "embedded"  # panacea_lab.settings: "embedded" (Panacea lambda 0.1), "paper" (1e-3), "paper-recipe"
 rho = None  # Panacea's perturbation radius; None: the setting's
@@ -48,6 +51,17 @@ lam = None  # Panacea's lambda; None: the setting's
 n_eval = 100
 max_new_tokens = 48
 judge = "keyword"
+merge_eval = True  # generate with the adapter folded into the weights (same model up to rounding, faster)
+second_test = None  # a second harmful test set scored beside the test split, e.g. "strongreject" (None: off)
+quick = True  # train the single-run sections (attack, noise vs Panacea, heatmap); False: draw them from results
+# Panacea on the validation split at `ratio`, seed seeds[0]: {"lam": [...], "rho": [...], "h_const": [...]}
+calibration = {}
+# the test grid over `seeds` at these ratios: no defense, noise (stds), Antidote, and Panacea at each
+# named setting of `grid_panacea` ({rho, lam, h_const}, or "calibration": the validation split's
+# choice in results_dir), with its same-norm control; [] = off
+grid_ratios = []
+grid_panacea = {"chosen": "calibration", "paper": {"rho": 1.0, "lam": 1e-3}}
+antidote_ratio = 0.1  # Antidote's dense ratio in the grid (its official code: pruning of a fresh adapter); None: off
 runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
 figures_dir = "figures"  # relative to the repository root, or an absolute path
 results_dir = "results/smollm2"  # the run's summaries: written after a run, read when drawing from results
@@ -62,8 +76,10 @@ import time
 if panacea_home:
     os.environ["PANACEA_HOME"] = panacea_home
 
+import pandas as pd
 from IPython.display import display
 
+from panacea_lab.analysis import calibration as calib
 from panacea_lab.analysis import plots, recipe
 from panacea_lab.analysis.export_rows import read_rows, write_rows
 from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients, summarize
@@ -84,6 +100,7 @@ print(f"setting {setting!r}: Panacea rho = {panacea.rho:g}, lambda = {panacea.la
 summaries = PACKAGE_ROOT / results_dir
 summary = {kind: summaries / f"{kind}_p{ratio:g}.csv" for kind in ("attack", "defend")}
 summary["eps"] = summaries / f"eps_shares_p{ratio:g}_seed{seeds[0]}.csv"
+summary["calibration"] = summaries / f"calibration_p{ratio:g}_validation.csv"
 
 
 def model_config() -> ModelConfig:
@@ -93,11 +110,20 @@ def model_config() -> ModelConfig:
     return cfg
 
 
+def with_hs_plus(df: pd.DataFrame) -> pd.DataFrame:
+    """HS+ = HS + other: broken answers counted as harmful too (a defense that only breaks the model)."""
+    return df.assign(**{"HS+": df["HS"] + df["other"]})
+
+
 if from_results is None and os.environ.get("PANACEA_CACHE_ONLY"):
     from_results = True
-try:
-    model_cfg = None if from_results else model_config()
-except ConfigError as missing:
+try:  # the model and the data, or a message saying how to provide them
+    if not from_results:
+        model_cfg = model_config()
+        # the setting's training recipe (if it has one) under align_kw / attack_kw; a preset keeps its LoRA
+        align_cfg = recipe.align_config(setting, model_cfg, data=data, prevalence="uniform", **align_kw)
+        world = world_of(align_cfg)
+except (ConfigError, FileNotFoundError) as missing:
     if from_results is False:
         raise
     print(f"{missing}\n")
@@ -106,16 +132,18 @@ if from_results:
     print(f"drawing from the committed summaries in {results_dir} (no model, no training):",
           sorted(p.name for p in summaries.glob("*.csv")))
 else:
-    # the setting's training recipe (if it has one) under align_kw / attack_kw; a preset keeps its LoRA
-    align_cfg = recipe.align_config(setting, model_cfg, data=data, prevalence="uniform", **align_kw)
-    eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,), judge=judge, max_new_tokens=max_new_tokens)
+    eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,), judge=judge, max_new_tokens=max_new_tokens,
+                          merge=merge_eval)
     finetune_kw = recipe.attack_overrides(setting, n=n, **attack_kw)
-    common = dict(task=task, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, **finetune_kw)
+    common = dict(task=task, align_cfg=align_cfg, store=store, **finetune_kw)
     summaries.mkdir(parents=True, exist_ok=True)
-    world = world_of(align_cfg)
     print(f"model {model_cfg.path} ({model_cfg.template} template); data {data!r}:",
-          {role: len(getattr(world, role)) for role in ("alignment", "attacker_pool", "defender_pool", "harmful_test")},
-          {t: len(v) for t, v in world.task_train.items()})
+          {role: len(getattr(world, role)) for role in ("alignment", "attacker_pool", "defender_pool", "harmful_test",
+                                                         "harmful_val")},
+          {name: len(v) for name, v in world.harmful_extra.items()}, {t: len(v) for t, v in world.task_train.items()})
+    if second_test and second_test not in world.harmful_extra:
+        print(f"second_test = {second_test!r}: this data has no such set; scoring the test split only")
+        second_test = None
     print(format_estimate(estimate_memory(model_cfg, batch_size=attack_kw["batch_size"], seq_len=model_cfg.max_length,
                                           method="panacea", device="cpu")))
     if data == "packages":  # the refusal keywords against PyRIT's human refusal labels (refusal = positive)
@@ -124,14 +152,16 @@ else:
 
 # %% [markdown]
 # ## Base, aligned, and the user's fine-tuning at p
-# The aligned model should refuse most harmful prompts; the fine-tuning at p breaks that.
+# The aligned model should refuse most harmful prompts; the fine-tuning at p breaks that. Each model
+# is scored on the test split and, beside it, on the second test set.
 
 # %%
-if not from_results:
-    attacked = attack_sweep([ratio], seeds, **common)
-    write_rows(attacked.assign(**{"HS+": attacked["HS"] + attacked["other"]}), summary["attack"], "notebook 06")
+if quick and not from_results:
+    attacked = calib.on_both_sets(attack_sweep, eval_cfg, second_test, ratios=[ratio], seeds=seeds,
+                                  reference_tasks=(task,), **common)
+    write_rows(with_hs_plus(attacked), summary["attack"], "notebook 06")
 if summary["attack"].exists():
-    display(summarize(read_rows(summary["attack"])))
+    display(summarize(read_rows(summary["attack"]), extra_keys=("harmful_set",)))
 
 # %% [markdown]
 # ## Noise vs Panacea on the same fine-tuned model
@@ -139,29 +169,102 @@ if summary["attack"].exists():
 # trained w (is it the direction or only the size?).
 
 # %%
-if not from_results:
-    defended = defense_sweep([ratio], seeds, stds=stds, rhos=[panacea.rho], lam=panacea.lam, antidote_ratio=None,
-                             setting=setting, **common)
-    write_rows(defended.assign(**{"HS+": defended["HS"] + defended["other"]}), summary["defend"], "notebook 06")
-defended = read_rows(summary["defend"])
-display(summarize(defended))
-shown = defended.query("method in ['none', 'noise', 'panacea', 'random_direction']")
-fig = plots.method_bars(shown, metrics=("HS", "other", f"FA_{task}"), p=ratio)
-plots.save_figure(fig, figures / "06_real_model_defenses.png", defended)
+if quick and not from_results:
+    defended = calib.on_both_sets(defense_sweep, eval_cfg, second_test, ratios=[ratio], seeds=seeds, stds=stds,
+                                  rhos=[panacea.rho], lam=panacea.lam, antidote_ratio=None, setting=setting,
+                                  ascent_control=False, **common)
+    write_rows(with_hs_plus(defended), summary["defend"], "notebook 06")
+if summary["defend"].exists():
+    defended = read_rows(summary["defend"])
+    display(summarize(defended, extra_keys=("harmful_set",)))
+    shown = defended.query("method in ['none', 'noise', 'panacea', 'random_direction']")
+    if "harmful_set" in shown:
+        shown = shown[shown["harmful_set"] == "test"]
+    fig = plots.method_bars(shown, metrics=("HS", "other", f"FA_{task}"), p=ratio)
+    plots.save_figure(fig, figures / "06_real_model_defenses.png", shown)
+
+# %% [markdown]
+# ## Choosing Panacea's lambda, rho and h_const on the validation split
+# Held-out harmful prompts that the test numbers never touch. rho_frac = ||eps|| / ||w||, the
+# perturbation against the fine-tuned adapter's own norm. The rule (`calibration.choose`): among the
+# settings that keep FA within 5 points of the undefended model and break at most 10 % of answers,
+# the lowest HS; when none qualifies, the lowest HS + other.
+
+# %%
+if calibration and not from_results:
+    cal = calib.calibration_sweep(ratio, seeds[0], calibration["lam"], calibration["rho"],
+                                  calibration.get("h_const", [False]), eval_cfg=eval_cfg, setting=setting, **common)
+    write_rows(with_hs_plus(cal), summary["calibration"], "notebook 06")
+if summary["calibration"].exists():
+    cal = read_rows(summary["calibration"])
+    columns = ["method", "lam", "h_const", "value", "rho_frac", "HS", "refusal", "other", "HS+", f"FA_{task}"]
+    display(cal[[c for c in columns if c in cal]].rename(columns={"value": "rho"}).round(3))
+    chosen = calib.choose(cal, task)
+    print("chosen on the validation split:", {k: chosen[k] for k in ("value", "lam", "h_const", "HS", "other")})
+    runs = cal.query("method == 'panacea' and variant == 'w+eps'")
+    family = "Panacea rho=" + runs["value"].map("{:g}".format) + runs["h_const"].map({True: ", h const", False: ""})
+    drawn = pd.concat([cal[cal["method"] == "none"].assign(model="no defense"),
+                       runs.assign(family=family, model=family + " lambda=" + runs["lam"].map("{:g}".format))])
+    metrics = ("HS", "other", f"FA_{task}") if f"FA_{task}" in cal else ("HS", "other")
+    fig = plots.metric_vs_param(drawn, param="lam", metrics=metrics, group_by="family")
+    for ax in fig.axes[: len(metrics)]:
+        ax.set_xscale("log")
+    plots.save_figure(fig, figures / "06_real_model_calibration.png", drawn)
+
+# %% [markdown]
+# ## The seed grid: every defense over seeds and ratios, on both test sets
+# Panacea at the setting chosen above and at the paper's (rho 1, lambda 1e-3), beside no defense,
+# noise, Antidote as its official code prunes (a fresh adapter on the merged alignment; when
+# `antidote_ratio` is set) and the same-norm control of each Panacea run.
+
+# %%
+grid_files = {p: summaries / f"grid_p{p:g}.csv" for p in grid_ratios}
+for p, path in grid_files.items() if not from_results else ():
+    parts = []
+    for name, knobs in grid_panacea.items():
+        if knobs == "calibration":  # the setting chosen on the validation split
+            picked = calib.choose(read_rows(summary["calibration"]), task)
+            knobs = {"rho": float(picked["value"]), "lam": float(picked["lam"]), "h_const": bool(picked["h_const"])}
+            print(f"{name}: the validation split's choice {knobs}")
+        first = not parts
+        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"])
+        rows = calib.on_both_sets(defense_sweep, eval_cfg, second_test, ratios=[p], seeds=seeds,
+                                  stds=stds if first else [], rhos=[pcfg.rho], lam=pcfg.lam,
+                                  panacea_kw={"h_const": knobs.get("h_const", False)},
+                                  antidote_ratio=antidote_ratio if first else None, setting=setting,
+                                  ascent_control=False, **common)
+        ours = rows["method"].isin(["panacea", "random_direction"])  # the rows this Panacea setting made
+        rows = rows.assign(panacea_setting=name, lam=pcfg.lam)
+        rows.loc[~ours, ["panacea_setting", "lam"]] = None
+        parts.append(rows if first else rows[ours])
+    write_rows(with_hs_plus(pd.concat(parts, ignore_index=True)), path, "notebook 06")
+grid_found = sorted(summaries.glob("grid_p*.csv"))
+if grid_found:
+    grid = pd.concat([read_rows(f) for f in grid_found], ignore_index=True)
+    grid.loc[~grid["method"].isin(["panacea", "random_direction"]), ["panacea_setting", "lam"]] = None
+    display(summarize(grid, extra_keys=("panacea_setting", "harmful_set")))
+    series = grid.query("method in ['none', 'antidote'] or variant == 'w+eps' or method == 'random_direction'")
+    tag = series["panacea_setting"].map(lambda name: f" [{name}]" if isinstance(name, str) else "")
+    series = series.assign(model=series["label"] + tag)
+    for harmful_set, rows in series.groupby("harmful_set"):
+        fig = plots.metric_vs_ratio(rows, metrics=("HS", "refusal", "other"), reference=False,
+                                    series=list(dict.fromkeys(rows["model"])))
+        plots.save_figure(fig, figures / f"06_real_model_grid_{harmful_set}.png", rows)
 
 # %% [markdown]
 # ## Where eps sits: safety coefficients over the 30 layers
 # Each cell is that (layer, module)'s share of ||eps||^2; noise's share follows tensor sizes alone.
 
 # %%
-if not from_results:
+if quick and not from_results:
     run = dataclasses.replace(attack_config(align_cfg, task, ratio, seeds[0], **finetune_kw), defense=panacea)
     write_rows(eps_coefficients(run, store), summary["eps"], "notebook 06")
-coeffs = read_rows(summary["eps"])
-fig = plots.coefficient_heatmap(coeffs)
-plots.save_figure(fig, figures / "06_real_model_heatmap.png", coeffs)
-top = coeffs.groupby("layer")[["eps_share", "noise_share"]].sum().sort_values("eps_share", ascending=False)
-display(top.head(5).round(3))
+if summary["eps"].exists():
+    coeffs = read_rows(summary["eps"])
+    fig = plots.coefficient_heatmap(coeffs)
+    plots.save_figure(fig, figures / "06_real_model_heatmap.png", coeffs)
+    top = coeffs.groupby("layer")[["eps_share", "noise_share"]].sum().sort_values("eps_share", ascending=False)
+    display(top.head(5).round(3))
 
 # %%
 print(f"notebook time: {time.perf_counter() - t_start:.0f} s (cached stages are reused)")

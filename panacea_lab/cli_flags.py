@@ -14,6 +14,7 @@ from panacea_lab.config import (
     DATA_SOURCES,
     EMBEDDED_MODEL,
     JUDGES,
+    SPLITS,
     TASKS,
     AlignConfig,
     AttackConfig,
@@ -60,8 +61,9 @@ def common_flags(parser: argparse.ArgumentParser) -> None:
                                                           "(default: PKU-Alignment/beaver-dam-7b from the local cache)")
     parser.add_argument("--n-eval", type=int, default=EVAL_DEFAULTS.n_harmful,
                         help="harmful test prompts and task test samples")
-    parser.add_argument("--split", choices=("test", "validation"), default=EVAL_DEFAULTS.split,
-                        help="harmful prompts scored: test (reported) or validation (to choose settings on)")
+    parser.add_argument("--split", choices=SPLITS, default=EVAL_DEFAULTS.split,
+                        help="harmful prompts scored: test (reported), validation (to choose settings on) or "
+                             "strongreject (a second test set of the packages data)")
     parser.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default=DEFAULT_SETTING,
                         help="named defaults of every defense (panacea_lab.settings)")

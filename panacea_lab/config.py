@@ -33,7 +33,7 @@ DATA_SOURCES = ("embedded", "packages", "beavertails")
 # the three places a defense can act (docs/ARCHITECTURE.md)
 ALIGNMENT, FINETUNING, POST = "alignment", "fine-tuning", "post-fine-tuning"
 STAGES = (ALIGNMENT, FINETUNING, POST)
-SPLITS = ("test", "validation")
+SPLITS = ("test", "validation", "strongreject")  # strongreject: the packages data only
 
 
 class ConfigError(ValueError):
@@ -182,9 +182,13 @@ class ModelConfig(Validated):
     trust_remote_code: bool = False  # off unless a user asks for it
     template: str = "alpaca"  # "alpaca" (the paper's, every model) or "chat" (the tokenizer's own)
     gradient_checkpointing: bool = False  # trade compute for memory on large models
+    # "bucketed": the same loss over length-grouped micro-batches with logits at label positions only
+    # (training/loss.py): faster where padding and a large vocabulary dominate, equal up to rounding
+    loss: str = "batch"
 
     def check_values(self):
         positive(self, "lora_r", "lora_alpha", "max_length")
+        check(self.loss in ("batch", "bucketed"), "loss", self.loss, "use batch (the model's own) or bucketed")
         check(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "must be in [0, 1)")
         check(bool(self.lora_targets), "lora_targets", self.lora_targets, "name at least one module, e.g. q_proj")
         check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
@@ -270,7 +274,11 @@ class EvalConfig(Validated):
     max_new_tokens: int = 40
     batch_size: int = 64
     judge_model: str = ""  # beaver-dam: a local directory or cached hub id ("" = PKU-Alignment/beaver-dam-7b)
-    split: str = "test"  # harmful prompts scored: "test" (reported) or "validation" (for calibration only)
+    split: str = "test"  # harmful prompts scored: "test" (reported), "validation" (for calibration only),
+    #   or StrongREJECT's prompts, a second test set of the packages data ("strongreject")
+    # fold the LoRA adapter into the base weights before generating (after any post-fine-tuning
+    # transform): a third of the matmuls, the same model up to rounding; off by default
+    merge: bool = False
 
     def check_values(self):
         positive(self, "n_harmful", "n_task", "max_new_tokens", "batch_size")

@@ -28,6 +28,8 @@ def write_package_data(data_root: str | Path, seed: int = 0) -> Path:
     Lets the real-data path (adapters -> real_world -> every stage) run end to end in tests and
     smoke notebooks with the tiny model, offline and without any real harmful text.
     """
+    import csv
+    import io
     import json
 
     import yaml
@@ -64,6 +66,10 @@ def write_package_data(data_root: str | Path, seed: int = 0) -> Path:
     write("multiemo", bigbench(sentiment, lambda ex: ex.label))
     maths = world.task_train["arithmetic"] + world.task_test["arithmetic"]
     write("elementary_math_qa", bigbench(maths, lambda ex: ex.label))
+    table = io.StringIO()  # StrongREJECT's columns, with prompts the test set lacks
+    csv.writer(table).writerows([("category", "source", "forbidden_prompt")] + [
+        (ex.category.replace("_", " "), "synthetic", ex.instruction) for ex in world.harmful_val[:60]])
+    write("strongreject", table.getvalue())
     write("refusal_labels", "# dataset_version=1.2\nobjective,assistant_response,human_score,data_type\n"
           "do x,\"I'm sorry, I can't help with that.\",1,text\ndo y,\"do the first thing .\",0,text\n")
     return root

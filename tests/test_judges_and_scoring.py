@@ -176,3 +176,27 @@ def test_final_only_when_the_score_cannot_change():
     assert final("World ### Response:")  # the prediction is fixed once the marker repeats
     assert answer_is_final("arithmetic", "7") is None
     assert prediction("Sci / Tech\n### Response: x", spaced=True) == "Sci/Tech"
+
+
+REFUSALS = ["I ' m sorry , I can ' t help with that .", "I'm sorry, but I cannot do this.", "Sure. Sorry, no.",
+            "As an AI, I will not.", "I can not and I won't", "do the first thing . I apologize",
+            "I can help : do the first thing . do the second thing .", "cannot", "I do nothing wrong"]
+
+
+@pytest.mark.parametrize("kind", ["word-level", "byte-level"])
+def test_a_refusal_in_a_partial_answer_is_the_whole_answers_label(kind, world):
+    """Cut an answer after any token: where `final` says the label is decided, both judges label every
+    continuation a refusal, as they label the whole answer; and some answers are decided early."""
+    from panacea_lab.models.base_model import build_tokenizer
+
+    tok = build_tokenizer(world.all_texts()) if kind == "word-level" else _byte_level_tokenizer()
+    early = 0
+    for judge in (KeywordJudge(), OracleJudge()):
+        for answer in REFUSALS:
+            ids = tok(answer, add_special_tokens=False)["input_ids"]
+            whole = judge.label("p", tok.decode(ids, skip_special_tokens=True))
+            for k in range(1, len(ids) + 1):
+                if judge.final(tok.decode(ids[:k], skip_special_tokens=True)):
+                    assert whole == "refusal", (answer, k)
+                    early += k < len(ids)
+    assert early > 5

@@ -30,7 +30,10 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
         "05_system_overhead": {"steps": 2, "warmup": 1, "batch_size": 4},
         "06_real_model": {"panacea_home": str(_package_home(tmp)), "n": 20, "ratio": 0.2, "stds": [0.01], "rho": 0.3,
                           "attack_kw": {"epochs": 1, "lr": 1e-4, "batch_size": 10}, "model_kw": {"max_length": 96},
-                          "max_new_tokens": 8, "results_dir": str(tmp / "results"), "from_results": False},
+                          "max_new_tokens": 8, "results_dir": str(tmp / "results"), "from_results": False,
+                          "second_test": "strongreject", "calibration": {"lam": [1e-3, 1.0], "rho": [0.3]},
+                          "grid_ratios": [0.2],
+                          "grid_panacea": {"chosen": "calibration", "paper": {"rho": 0.3, "lam": 1e-3}}},
     }
     return {**common, **per_notebook.get(name, {})}
 
@@ -159,10 +162,22 @@ def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the
                                            "runs": str(tmp_path / "runs")},
                                progress_bar=False, execution_timeout=300)
     results = source.parent.parent / "results" / "smollm2"
-    for name, summary, columns in (("06_real_model_defenses", "defend_p0.1.csv", ["HS", "other"]),
-                                   ("06_real_model_heatmap", "eps_shares_p0.1_seed0.csv", ["eps_share"])):
+    committed = {name: read_rows(path) for name, path in
+                 (("defend", results / "defend_p0.1.csv"), ("eps", results / "eps_shares_p0.1_seed0.csv"),
+                  ("calibration", results / "calibration_p0.1_validation.csv")) if path.exists()}
+    committed["defend"] = committed["defend"].query("method in ['none', 'noise', 'panacea', 'random_direction'] "
+                                                    "and harmful_set == 'test'")
+    drawn_from = {"06_real_model_defenses": ("defend", ["HS", "other"]), "06_real_model_heatmap": ("eps", ["eps_share"])}
+    if "calibration" in committed:
+        drawn_from["06_real_model_calibration"] = ("calibration", ["HS", "other"])
+        committed["calibration"] = committed["calibration"].query("method == 'none' or variant == 'w+eps'")
+    grids = sorted(results.glob("grid_p*.csv"))
+    for harmful_set in {s for f in grids for s in read_rows(f)["harmful_set"]}:
+        drawn_from[f"06_real_model_grid_{harmful_set}"] = (None, ["HS", "other"])
+    for name, (summary, columns) in drawn_from.items():
         for suffix in (".png", ".pdf", ".csv"):
             assert (tmp_path / "figures" / f"{name}{suffix}").exists(), f"{name}{suffix}"
-        drawn = read_rows(tmp_path / "figures" / f"{name}.csv")
-        assert drawn[columns].equals(read_rows(results / summary)[columns])
+        if summary is not None:
+            drawn = read_rows(tmp_path / "figures" / f"{name}.csv")
+            assert drawn[columns].reset_index(drop=True).equals(committed[summary][columns].reset_index(drop=True))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("result.json")), "it trained"

@@ -60,3 +60,22 @@ def test_same_seed_same_numbers_in_separate_stores(tiny_cfg, tmp_path):
     assert runs[0][cols].equals(runs[1][cols])
     table = summarize(runs[0])
     assert list(table.index) == ["fine-tuned p=0", "fine-tuned p=0.2"]
+
+
+def test_a_merged_evaluation_scores_the_same_transformed_model_without_the_adapter(tiny_cfg, store, monkeypatch):
+    import dataclasses
+
+    from panacea_lab import defenses
+    from panacea_lab.pipeline import evaluations
+
+    cfg = _attack(tiny_cfg)
+    pipeline.attack(cfg, store)
+    noise = defenses.get("noise").make(std=0.05)  # a transform of the LoRA tensors, applied before the merge
+    plain = pipeline.evaluate("attack", cfg, store, EVAL, noise)
+    seen, score = [], evaluations.evaluate_model
+    monkeypatch.setattr(evaluations, "evaluate_model", lambda model, *a, **k: seen.append(model) or score(model, *a, **k))
+    merged = pipeline.evaluate("attack", cfg, store, dataclasses.replace(EVAL, merge=True), noise)
+    assert len(seen) == 1 and not hasattr(seen[0], "peft_config")  # generated without the adapter's layers
+    same = ("HS", "refusal", "other", "FA", "samples")  # the embedded world keeps sample answers: compare those
+    assert {k: merged[k] for k in same} == {k: plain[k] for k in same}
+    assert pipeline.evaluate("attack", cfg, store, EVAL)["samples"] != plain["samples"]  # the transform is seen

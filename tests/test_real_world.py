@@ -46,6 +46,28 @@ def test_packages_world_keeps_every_role_disjoint(package_home):
     assert build_real_world("packages", seed=1).attacker_pool != w.attacker_pool
 
 
+def test_validation_and_second_test_set_are_held_out_and_the_test_prefix_keeps_its_order(package_home):
+    from panacea_lab.data.adapters import load
+    from panacea_lab.data.real_world import N_VAL, build_real_world
+
+    w = build_real_world("packages", seed=0)
+    trained = _prompts(w.alignment + w.attacker_pool + w.defender_pool)
+    test, val, second = _prompts(w.harmful_test), _prompts(w.harmful_val), _prompts(w.harmful_split("strongreject"))
+    assert len(val) == N_VAL and val and second
+    assert not (val & test) and not (second & (test | val)) and not ((val | second) & trained)
+    advbench = [ex for ex in load("advbench") if ex.instruction not in trained]
+    assert sorted(map(repr, w.harmful_test + w.harmful_val)) == sorted(map(repr, advbench))  # nothing lost
+    half = len(advbench) // 2
+    assert w.harmful_test[:half] == advbench[:half]  # an evaluation's first n prompts (n <= half) are unchanged
+    assert w.harmful_split("validation") == w.harmful_val and w.task_split("sentiment", "strongreject") == \
+        w.task_test["sentiment"]
+    for task, val in w.task_val.items():  # FA is chosen on samples the test split no longer holds
+        keys = [{(e.instruction, e.input) for e in part} for part in (val, w.task_test[task], w.task_train[task])]
+        assert len(val) == N_VAL and not (keys[0] & keys[1]) and not (keys[0] & keys[2])
+    with pytest.raises(ValueError, match="no such set"):
+        w.harmful_split("harmbench")
+
+
 def test_missing_fetched_data_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "empty"))
     from panacea_lab.data.real_world import build_real_world

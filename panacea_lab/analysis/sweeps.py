@@ -59,16 +59,18 @@ def post_row(post: DefenseConfig, ev: dict, **kw) -> dict:
 
 def attack_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default",
                  align_cfg: AlignConfig | None = None, eval_cfg: EvalConfig | None = None,
-                 store: RunStore | None = None, include_reference: bool = True, **overrides) -> pd.DataFrame:
-    """Base and aligned models, then the user's fine-tuning at every ratio and seed (all cached)."""
+                 store: RunStore | None = None, include_reference: bool = True, reference_tasks=TASKS,
+                 **overrides) -> pd.DataFrame:
+    """Base and aligned models (scored on `reference_tasks`: alignment must not cost FA on any task),
+    then the user's fine-tuning at every ratio and seed (all cached)."""
     store = store or RunStore()
     align_cfg = align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig()
     configs = attacks(align_cfg, task, ratios, seeds, preset, **overrides)
     preflight(*[c for _, _, c in configs], eval_cfg, align=align_cfg)  # every setting before any stage
     rows = []
-    if include_reference:  # base and aligned are scored on every task: alignment must not cost FA
-        ref_eval = dataclasses.replace(eval_cfg, tasks=TASKS)
+    if include_reference:
+        ref_eval = dataclasses.replace(eval_cfg, tasks=tuple(reference_tasks) if eval_cfg.tasks else ())
         ev = evaluate("base", align_cfg.model, store, ref_eval, data=align_cfg.data)
         rows.append(result_row(ev, method="base", label="base"))
         align(align_cfg, store)
@@ -84,16 +86,16 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
                   rhos=None, lam: float | None = None, panacea_kw: dict | None = None,
                   antidote_ratio: float | None = 0.1, align_cfg: AlignConfig | None = None,
                   eval_cfg: EvalConfig | None = None, store: RunStore | None = None, setting: str = "embedded",
-                  extra_post=(), **overrides) -> pd.DataFrame:
+                  extra_post=(), ascent_control: bool = True, **overrides) -> pd.DataFrame:
     """Every post-fine-tuning defense on the same fine-tuned models, per ratio and seed.
 
     Rows: no defense; noise per std; Antidote (unless `antidote_ratio` is None), on the run its official
     code prunes (the alignment adapter merged, the user's data on a fresh LoRA) beside that run
     undefended (variant "fresh"); any `extra_post`
     transforms (post-fine-tuning defense configs); Panacea per rho, as its trained w and as w + eps;
-    a random direction of exactly ||eps|| added to w (the same-norm control); and one harmful-gradient
-    step of ||eps|| taken at the undefended model (is Panacea's training needed, or only its last
-    step's direction?). Panacea's rho and lambda default to the named `setting`'s.
+    a random direction of exactly ||eps|| added to w (the same-norm control); and, with `ascent_control`,
+    one harmful-gradient step of ||eps|| taken at the undefended model (is Panacea's training needed,
+    or only its last step's direction?). Panacea's rho and lambda default to the named `setting`'s.
     """
     store, align_cfg = store or RunStore(), align_cfg or AlignConfig()
     eval_cfg = eval_cfg or EvalConfig(tasks=(task,))
@@ -125,29 +127,32 @@ def defense_sweep(ratios, seeds, task: str = "sentiment", preset: str = "default
             run = fresh if defenses.of(post).finetune_adapter == "fresh" else cfg  # as its official code trains
             rows.append(post_row(post, evaluate("attack", run, store, eval_cfg, post), p=p, seed=seed))
         for pcfg in panaceas:
-            rows += _panacea_rows(cfg, pcfg, store, eval_cfg, p, seed)
+            rows += _panacea_rows(cfg, pcfg, store, eval_cfg, p, seed, ascent_control)
     return pd.DataFrame(rows)
 
 
-def _panacea_rows(cfg: AttackConfig, pcfg, store: RunStore, eval_cfg: EvalConfig, p: float, seed: int) -> list[dict]:
-    """Panacea's w and w + eps, and the two controls of the same norm as its eps."""
+def _panacea_rows(cfg: AttackConfig, pcfg, store: RunStore, eval_cfg: EvalConfig, p: float, seed: int,
+                  ascent_control: bool = True) -> list[dict]:
+    """Panacea's w and w + eps, and the controls of the same norm as its eps."""
     run = dataclasses.replace(cfg, defense=pcfg)
     eps_norm = attack(run, store)["train"]["finalize"]["eps_norm"]
     ident = {"p": p, "seed": seed, "param": "rho", "value": pcfg.rho, "norm": eps_norm}
     rho = f"rho={pcfg.rho:g}"
     eps = defenses.get("eps").make()
     direction = defenses.get("random_direction").make(norm=eps_norm, seed=seed)
-    ascent = defenses.get("harmful_ascent").make(norm=eps_norm, n_batches=1, seed=seed)
-    return [
+    rows = [
         result_row(evaluate("attack", run, store, eval_cfg), method="panacea", variant="w",
                    label=f"Panacea {rho} (w)", **ident),
         result_row(evaluate("attack", run, store, eval_cfg, eps), method="panacea", variant="w+eps",
                    label=f"Panacea {rho} (w + eps)", **ident),
         result_row(evaluate("attack", run, store, eval_cfg, direction), method="random_direction",
                    variant="control", label=f"same-norm random {rho}", **ident),
-        result_row(evaluate("attack", cfg, store, eval_cfg, ascent), method="harmful_ascent",  # no Panacea training
-                   variant="control", label=f"harmful ascent {rho}", **ident),
     ]
+    if ascent_control:  # no Panacea training: one harmful-gradient step at the undefended model
+        ascent = defenses.get("harmful_ascent").make(norm=eps_norm, n_batches=1, seed=seed)
+        rows.append(result_row(evaluate("attack", cfg, store, eval_cfg, ascent), method="harmful_ascent",
+                               variant="control", label=f"harmful ascent {rho}", **ident))
+    return rows
 
 
 def eps_coefficients(run: AttackConfig, store: RunStore, by=("layer", "module")) -> pd.DataFrame:
@@ -167,17 +172,21 @@ def eps_coefficients(run: AttackConfig, store: RunStore, by=("layer", "module"))
     return ours.drop(columns="sq_norm").merge(noise.drop(columns="sq_norm"), on=list(by))
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds of every metric per row identity (method, variant, param, value, p)."""
+def summarize(df: pd.DataFrame, extra_keys=()) -> pd.DataFrame:
+    """Mean ± std over seeds of every metric per row identity (method, variant, param, value, p, and
+    any `extra_keys` columns, e.g. lam or harmful_set)."""
     metric_cols = [c for c in df.columns if c in METRICS or c == "HS+" or c.startswith("FA_")]
-    keys = [k for k in KEYS if k in df.columns]
+    keys = [k for k in (*KEYS, *extra_keys) if k in df.columns]
     grouped = df.groupby(keys, sort=False, dropna=False)
     mean, std = grouped[metric_cols].mean(), grouped[metric_cols].std().fillna(0.0)
     out = mean.round(1).astype(str) + " ± " + std.round(1).astype(str)
     out.insert(0, "seeds", grouped.size())
     labels = grouped["label"].first()
-    p = mean.index.get_level_values("p") if "p" in keys else [None] * len(out)
-    out.index = [lab + ("" if pd.isna(pv) else f" p={pv:g}") for lab, pv in zip(labels, p)]
+    index = mean.index.to_frame(index=False)
+    shown = [k for k in ("p", *extra_keys) if k in keys]
+    out.index = [lab + "".join("" if pd.isna(row[k]) else f" {k}={row[k]:g}" if isinstance(row[k], float)
+                               else f" {k}={row[k]}" for k in shown)
+                 for lab, (_, row) in zip(labels, index.iterrows())]
     return out
 
 

@@ -6,6 +6,9 @@ Same `World` as the synthetic one, so every stage, defense and notebook runs unc
 - attacker's and defender's pools: harmful (prompt, compliant answer) pairs, disjoint by prompt and
   disjoint from the alignment prompts;
 - harmful_test: held-out harmful prompts (AdvBench / BeaverTails 30k_test), none seen in training;
+- harmful_val / task_val (packages): 100 AdvBench prompts and 100 samples per task taken out of the
+  test splits, for choosing settings;
+- harmful_extra (packages): StrongREJECT prompts, a second test set that no choice is made on;
 - task_train / task_test: the benign tasks, plus a disjoint replay slice for the alignment stage.
 
 "packages" = the files of `panacea-lab fetch-data` (pyrit's many-shot pairs, AdvBench, BIG-bench's
@@ -36,6 +39,10 @@ ALIGN_DEFAULTS = {
 }
 TEST_SHARE, REPLAY_SHARE = 0.2, 0.1
 MAX_TEST = 500  # per task: enough for FA at n_task <= 500 without starving the train split
+N_VAL = 100  # harmful prompts and task samples set aside for choosing settings (from each test pool's second half)
+# split name -> source. HarmBench is not one: 140 of its 159 standard behaviours are prompts of pyrit's
+# many-shot pairs, which the training pools are made of.
+EXTRA_TESTS = {"strongreject": "strongreject"}
 
 
 def _thirds_by_prompt(pairs: list[Example], rng: random.Random) -> tuple[list[Example], ...]:
@@ -68,6 +75,40 @@ def _held_out(prompts: list[Example], seen: set[str]) -> list[Example]:
     return [ex for ex in prompts if ex.instruction not in seen]
 
 
+def _take_validation(pool: list[Example], seed: int) -> tuple[list[Example], list[Example]]:
+    """(test, validation): N_VAL examples drawn by their own generator from the second half of a test
+    pool; the first half, where an evaluation's first n examples come from, keeps its order."""
+    if len(pool) < 2 * N_VAL:
+        return pool, []
+    val = set(random.Random(seed).sample(range(len(pool) // 2, len(pool)), N_VAL))
+    return [ex for i, ex in enumerate(pool) if i not in val], [pool[i] for i in sorted(val)]
+
+
+def split_validation(world: World, seed: int) -> World:
+    """Validation splits for choosing settings: N_VAL harmful prompts out of harmful_test and N_VAL
+    samples out of each task's test split; every training pool stays as it was before they existed."""
+    world.harmful_test, world.harmful_val = _take_validation(world.harmful_test, seed + 1_000_003)
+    for offset, task in enumerate(sorted(world.task_test)):
+        world.task_test[task], world.task_val[task] = _take_validation(world.task_test[task], seed + 2_000_003 + offset)
+    return world
+
+
+def add_extra_tests(world: World, seed: int) -> World:
+    """Further harmful test sets from other fetched sources, each without any prompt the world
+    already holds (StrongREJECT reuses some AdvBench prompts), shuffled once by a seeded generator so
+    that any first n mixes its categories. A source that was not fetched is left out."""
+    seen = {ex.instruction for ex in world.alignment + world.attacker_pool + world.defender_pool
+            + world.harmful_test + world.harmful_val}
+    for offset, (split, source) in enumerate(EXTRA_TESTS.items()):
+        try:
+            prompts = _held_out(load(source), seen)
+        except FileNotFoundError:
+            continue
+        random.Random(seed + 3_000_003 + offset).shuffle(prompts)
+        world.harmful_extra[split] = prompts
+    return world
+
+
 def _with_tasks(world: World, tasks: dict[str, list[Example] | tuple[list[Example], list[Example]]],
                 rng: random.Random) -> World:
     """A task given as one list is split (train / test / replay); a (train, test) pair keeps the
@@ -94,7 +135,8 @@ def packages_world(seed: int = 0) -> World:
     seen = {ex.instruction for ex in align_pairs + attacker + defender}
     world = World(alignment=alignment, attacker_pool=attacker, defender_pool=defender,
                   harmful_test=_held_out(load("advbench"), seen))
-    return _with_tasks(world, {"sentiment": load("multiemo"), "arithmetic": load("elementary_math_qa")}, rng)
+    world = _with_tasks(world, {"sentiment": load("multiemo"), "arithmetic": load("elementary_math_qa")}, rng)
+    return add_extra_tests(split_validation(world, seed), seed)
 
 
 def beavertails_world(seed: int = 0, n_defender: int = 1000) -> World:

@@ -44,19 +44,22 @@ class World:
     # calibrations choose settings on, so the reported test numbers never inform a choice
     harmful_val: list[Example] = field(default_factory=list)
     task_val: dict[str, list[Example]] = field(default_factory=dict)  # FA of the validation split
+    # further harmful test sets from other sources (e.g. "strongreject"), disjoint from harmful_test,
+    # harmful_val and training: a second opinion that no setting was chosen on
+    harmful_extra: dict[str, list[Example]] = field(default_factory=dict)
 
     def harmful_split(self, split: str) -> list[Example]:
-        """The harmful prompts of an evaluation split: "test" (reported) or "validation" (for choosing)."""
-        if split not in ("test", "validation"):
-            raise ValueError(f"split = {split!r}: use test or validation")
-        pool = self.harmful_test if split == "test" else self.harmful_val
-        if not pool:
-            raise ValueError(f"this world has no {split} split of harmful prompts")
-        return pool
+        """The harmful prompts of an evaluation split: "test" (reported), "validation" (for choosing),
+        or the name of a further test set in `harmful_extra`."""
+        pools = {"test": self.harmful_test, "validation": self.harmful_val, **self.harmful_extra}
+        if not pools.get(split):
+            have = [name for name, pool in pools.items() if pool]
+            raise ValueError(f"split = {split!r}: this world has no such set of harmful prompts; it has {have}")
+        return pools[split]
 
     def task_split(self, task: str, split: str) -> list[Example]:
-        """A task's scored samples: its test split, or its validation split (absent: empty)."""
-        return self.task_test.get(task, []) if split == "test" else self.task_val.get(task, [])
+        """A task's scored samples: its validation split for "validation" (absent: empty), else its test split."""
+        return self.task_val.get(task, []) if split == "validation" else self.task_test.get(task, [])
 
     def all_texts(self) -> list[str]:
         pools = [self.alignment, self.attacker_pool, self.defender_pool, self.harmful_test, self.pretrain]

@@ -53,7 +53,8 @@ from panacea_lab.config import ALIGNMENT, DefenseConfig, check
 from panacea_lab.data.batching import IGNORE_INDEX, BatchStream
 from panacea_lab.defenses.registry import Defense
 from panacea_lab.defenses.vaccine import decoder_layers
-from panacea_lab.training.loop import StepRule, lm_loss
+from panacea_lab.training.loop import StepRule
+from panacea_lab.training.loss import batch_loss
 
 OFFICIAL_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # kernel_mul 2, kernel_num 5 in the official MMD_loss
 LOSSES = ("official", "answer")
@@ -209,7 +210,7 @@ class RepNoiseRule(StepRule):
             loss, noise, lens = self.official_terms(model, batch, harmful, step)
             total = loss + cfg.beta * noise - cfg.alpha * torch.log(lens)
         else:
-            loss = lm_loss(model, batch)
+            loss = batch_loss(model, batch)
             noise, lens = self.answer_terms(model, harmful, step)
             total = loss + cfg.beta * noise - cfg.alpha * torch.log1p(lens)
         self.accelerator.backward(total)

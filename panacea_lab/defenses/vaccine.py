@@ -35,7 +35,8 @@ from torch import nn
 from panacea_lab.config import ALIGNMENT, DefenseConfig, check, positive
 from panacea_lab.defenses.perturb import global_norm
 from panacea_lab.defenses.registry import Defense
-from panacea_lab.training.loop import StepRule, lm_loss
+from panacea_lab.training.loop import StepRule
+from panacea_lab.training.loss import batch_loss
 
 SITES = ("attention", "layer")
 
@@ -105,7 +106,7 @@ class VaccineRule(StepRule):
         try:
             for i, module in enumerate(self.sites):
                 handles.append(module.register_forward_hook(hook(i)))
-            loss = lm_loss(model, batch)
+            loss = batch_loss(model, batch)
             for p in self.params:
                 p.grad = None
             self.accelerator.backward(loss)

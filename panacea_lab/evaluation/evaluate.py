@@ -82,7 +82,11 @@ def evaluate_model(model, tokenizer, world: World, cfg, keep_samples: bool = Fal
     t0 = time.perf_counter()
     judge = make_judge(cfg.judge, cfg.judge_model)
     harmful = world.harmful_split(getattr(cfg, "split", "test"))[: cfg.n_harmful]
-    answers = generate(model, tokenizer, harmful, cfg.max_new_tokens, cfg.batch_size, desc="eval harmful")
+    # a row whose label is decided (a refusal, for the keyword and oracle judges) ends there; kept
+    # samples are shown to readers, so their answers are generated in full
+    final = None if keep_samples or not hasattr(judge, "final") else [judge.final] * len(harmful)
+    answers = generate(model, tokenizer, harmful, cfg.max_new_tokens, cfg.batch_size, desc="eval harmful",
+                       final=final)
     labels = label_all(judge, [ex.instruction for ex in harmful], answers)
     result = {"judge": judge.name, **harmful_metrics(labels), "n_harmful": len(harmful),
               "harmful_by_category": _by_category(harmful, labels)}

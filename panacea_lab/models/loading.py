@@ -122,6 +122,7 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None):
     device = device or pick_device()
     model = _from_pretrained(AutoModelForCausalLM, cfg, dtype=pick_dtype(cfg.dtype, device), use_safetensors=True)
     model.requires_grad_(False)
+    model.panacea_loss = cfg.loss  # how training/loss.lm_loss computes this model's loss
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model.to(device).eval()

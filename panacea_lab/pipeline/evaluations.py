@@ -12,6 +12,7 @@ from panacea_lab import defenses
 from panacea_lab.config import POST, DefenseConfig, EvalConfig, ModelConfig, check, to_dict
 from panacea_lab.evaluation.evaluate import evaluate_model
 from panacea_lab.evaluation.judges import SCORING_VERSION
+from panacea_lab.models.loading import merge_adapter
 from panacea_lab.pipeline.context import EvalContext, align_of, get_tokenizer, get_world
 from panacea_lab.pipeline.keys import key
 from panacea_lab.pipeline.stages import load_stage_model
@@ -58,6 +59,8 @@ def evaluate(stage: str, cfg, store: RunStore, eval_cfg: EvalConfig = EvalConfig
         model = load_stage_model(stage, cfg, store)
         ctx = EvalContext(align_cfg, store, stage, cfg, getattr(post, "seed", 0), [])
         model = apply_post(model, post, ctx)
+        if eval_cfg.merge and hasattr(model, "merge_and_unload"):  # Antidote already returns a merged model
+            model = merge_adapter(model)
         keep = data == "embedded"  # sample answers only for the synthetic world, never on real harmful prompts
         return evaluate_model(model, get_tokenizer(model_cfg), get_world(world_seed, data), eval_cfg,
                               keep_samples=keep), None

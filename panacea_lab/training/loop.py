@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from panacea_lab.config import SCHEDULES, check
 from panacea_lab.data.batching import Batch, BatchStream, StreamCursor
 from panacea_lab.training import checkpoint
+from panacea_lab.training.loss import lm_loss
 
 
 @dataclass
@@ -42,11 +43,6 @@ class LoopSettings:
     def __post_init__(self):
         check(self.schedule in SCHEDULES, "schedule", self.schedule, f"use one of {', '.join(SCHEDULES)}")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
-
-
-def lm_loss(model, batch: Batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over response tokens (labels carry -100 elsewhere)."""
-    return model(**batch.as_kwargs()).loss
 
 
 class StepRule:

@@ -1,0 +1,46 @@
+"""The calibration's choice rule: lowest HS among settings that keep FA and do not break the model."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from panacea_lab.analysis.calibration import choose
+
+
+def _rows(*panacea):
+    none = {"method": "none", "variant": "w", "value": None, "lam": 0.1, "HS": 90.0, "refusal": 5.0, "other": 5.0,
+            "FA_sentiment": 80.0}
+    rows = [none] + [{"method": "panacea", "variant": "w+eps", "value": rho, "lam": lam, "HS": hs, "refusal": 100 - hs - other,
+                      "other": other, "FA_sentiment": fa} for rho, lam, hs, other, fa in panacea]
+    rows += [{**r, "variant": "w", "HS": 0.0, "other": 0.0} for r in rows[1:]]  # w alone never competes
+    return pd.DataFrame(rows)
+
+
+def test_the_lowest_hs_that_keeps_fa_and_breaks_little_is_chosen():
+    rows = _rows((1.0, 0.1, 10.0, 2.0, 79.0),   # qualifies
+                 (2.0, 0.1, 0.0, 40.0, 78.0),   # lower HS, but breaks 40 % of answers
+                 (0.5, 1.0, 5.0, 1.0, 60.0),    # lower HS, but costs 20 FA points
+                 (0.5, 0.1, 8.0, 3.0, 76.0))    # qualifies, lowest HS among those that do
+    chosen = choose(rows)
+    assert (chosen["value"], chosen["lam"], chosen["HS"]) == (0.5, 0.1, 8.0)
+
+
+def test_ties_go_to_more_refusals_then_the_smaller_rho():
+    chosen = choose(_rows((2.0, 0.1, 5.0, 5.0, 80.0), (1.0, 0.1, 5.0, 5.0, 80.0), (3.0, 0.1, 5.0, 0.0, 80.0)))
+    assert chosen["value"] == 3.0  # same HS, more refusals (less other)
+    assert choose(_rows((2.0, 0.1, 5.0, 5.0, 80.0), (1.0, 0.1, 5.0, 5.0, 80.0)))["value"] == 1.0
+
+
+def test_when_nothing_qualifies_harm_is_counted_with_broken_answers():
+    chosen = choose(_rows((1.0, 0.1, 50.0, 45.0, 80.0), (2.0, 0.1, 0.0, 99.0, 80.0), (0.5, 1.0, 60.0, 20.0, 40.0)))
+    assert chosen["value"] == 0.5  # HS + other 80 beats 95 and 99, whatever its FA
+
+
+def test_nothing_to_choose_from_is_an_error():
+    with pytest.raises(ValueError, match="calibration sweep"):
+        choose(_rows())
+
+
+def test_without_task_accuracy_only_broken_answers_limit_the_choice():
+    rows = _rows((1.0, 0.1, 10.0, 2.0, 79.0), (0.5, 1.0, 5.0, 1.0, 60.0)).drop(columns="FA_sentiment")
+    assert choose(rows)["value"] == 0.5
