@@ -33,6 +33,7 @@ DATA_SOURCES = ("embedded", "packages", "beavertails")
 # the three places a defense can act (docs/ARCHITECTURE.md)
 ALIGNMENT, FINETUNING, POST = "alignment", "fine-tuning", "post-fine-tuning"
 STAGES = (ALIGNMENT, FINETUNING, POST)
+LOSSES = ("batch", "bucketed")  # ModelConfig.loss: training/loss.py
 SPLITS = ("test", "validation", "strongreject")  # strongreject: the packages data only
 
 
@@ -188,7 +189,7 @@ class ModelConfig(Validated):
 
     def check_values(self):
         positive(self, "lora_r", "lora_alpha", "max_length")
-        check(self.loss in ("batch", "bucketed"), "loss", self.loss, "use batch (the model's own) or bucketed")
+        check(self.loss in LOSSES, "loss", self.loss, "use batch (the model's own) or bucketed")
         check(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "must be in [0, 1)")
         check(bool(self.lora_targets), "lora_targets", self.lora_targets, "name at least one module, e.g. q_proj")
         check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,

@@ -37,8 +37,7 @@ def calibration_sweep(ratio: float, seed: int, lams, rhos, h_consts=(False,), *,
     undefended run's adapter)."""
     val = dataclasses.replace(eval_cfg, split="validation")
     cfg = attack_config(align_cfg, task, ratio, seed, **overrides)
-    attack(cfg, store)
-    w_norm = adapter_norm(cfg, store)
+    w_norm = adapter_norm(cfg, store)  # trains the undefended run if the store lacks it
     rows = [result_row(evaluate("attack", cfg, store, val), method="none", label="no defense", p=ratio, seed=seed)]
     eps = defenses.get("eps").make()
     for h_const in h_consts:

@@ -21,8 +21,8 @@ from panacea_lab.training.store import Keyed, content_sha256
 
 PACKAGE = Path(__file__).resolve().parent.parent
 FINGERPRINTS = Path(__file__).with_name("code_fingerprints.json")
-_TRAINING = ["training/loop.py", "training/loss.py", "data/batching.py", "data/world.py", "data/lexicon.py", "data/real_world.py",
-             "data/adapters", "models/loading.py", "pipeline/context.py", "pipeline/stages.py", "defenses"]
+_TRAINING = ["training/loop.py", "training/loss.py", "data/batching.py", "data/world.py", "data/lexicon.py",
+             "data/real_world.py", "data/adapters", "models/loading.py", "pipeline/context.py", "pipeline/stages.py", "defenses"]
 STAGE_CODE: dict[str, tuple[int, list[str]]] = {
     "align": (1, _TRAINING),
     "attack": (1, _TRAINING),

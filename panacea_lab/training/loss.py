@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from panacea_lab.data.batching import IGNORE_INDEX, Batch
 
-LOSSES = ("batch", "bucketed")
 GROUP_COST = 48  # one more forward pass costs about this many padded tokens (a fixed per-pass overhead)
 
 
