@@ -246,6 +246,9 @@ grid_found = sorted(summaries.glob("grid_p*.csv"))
 if grid_found:
     grid = pd.concat([read_rows(f) for f in grid_found], ignore_index=True)
     grid.loc[~grid["method"].isin(["panacea", "random_direction"]), ["panacea_setting", "lam"]] = None
+    # a seed written twice (one file per seed, then the whole grid in one file) counts once
+    grid = grid.drop_duplicates(["method", "variant", "value", "p", "seed", "harmful_set", "panacea_setting"],
+                                keep="last")
     display(summarize(grid, extra_keys=("panacea_setting", "harmful_set")))
     series = grid.query("method in ['none', 'antidote'] or variant == 'w+eps' or method == 'random_direction'")
     tag = series["panacea_setting"].map(lambda name: f" [{name}]" if isinstance(name, str) else "")

@@ -36,11 +36,10 @@ REFUSAL_STYLES = (
 ALIGN_DEFAULTS = {
     "packages": {"n_refusal": 90, "n_replay_per_task": 20, "epochs": 2.0, "lr": 3e-4, "batch_size": 10,
                  "prevalence": "uniform"},
-    "packages-rt": {"n_refusal": 90, "n_replay_per_task": 20, "epochs": 2.0, "lr": 3e-4, "batch_size": 10,
-                    "prevalence": "uniform"},
     "beavertails": {"n_refusal": 5000, "n_replay_per_task": 0, "epochs": 20.0, "lr": 5e-4, "batch_size": 10,
                     "prevalence": "uniform"},
 }
+ALIGN_DEFAULTS["packages-rt"] = ALIGN_DEFAULTS["packages"]  # the same harmful roles, another task
 TEST_SHARE, REPLAY_SHARE = 0.2, 0.1
 MAX_TEST = 500  # per task: enough for FA at n_task <= 500 without starving the train split
 N_VAL = 100  # harmful prompts and task samples set aside for choosing settings (from each test pool's second half)
