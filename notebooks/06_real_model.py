@@ -87,7 +87,7 @@ from panacea_lab.analysis import calibration as calib
 from panacea_lab.analysis import plots, recipe
 from panacea_lab.analysis.export_rows import read_rows, write_rows
 from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients, summarize
-from panacea_lab.config import ConfigError, EvalConfig, ModelConfig
+from panacea_lab.config import PACKAGE_DATA, ConfigError, EvalConfig, ModelConfig
 from panacea_lab.data.adapters import load as load_source
 from panacea_lab.evaluation.judges import refusal_agreement
 from panacea_lab.models.loading import resolve_model_path
@@ -150,7 +150,7 @@ else:
         second_test = None
     print(format_estimate(estimate_memory(model_cfg, batch_size=attack_kw["batch_size"], seq_len=model_cfg.max_length,
                                           method="panacea", device="cpu")))
-    if data.startswith("packages"):  # the refusal keywords against PyRIT's human refusal labels (refusal = positive)
+    if data in PACKAGE_DATA:  # the refusal keywords against PyRIT's human refusal labels (refusal = positive)
         agreement = refusal_agreement(load_source("refusal_labels"))
         print("keyword judge vs human refusal labels:", {k: round(v, 3) for k, v in agreement.items()})
 

@@ -30,7 +30,8 @@ PREVALENCES = ("uniform", "beavertails")
 TEMPLATES = ("alpaca", "chat")
 # embedded: the synthetic world; packages (BIG-bench tasks), packages-rt (Rotten Tomatoes reviews):
 # `panacea-lab fetch-data`; beavertails: the paper's files (data/README.md)
-DATA_SOURCES = ("embedded", "packages", "packages-rt", "beavertails")
+PACKAGE_DATA = ("packages", "packages-rt")  # the worlds made of `fetch-data` files (data/real_world.py)
+DATA_SOURCES = ("embedded", *PACKAGE_DATA, "beavertails")
 # the three places a defense can act (docs/ARCHITECTURE.md)
 ALIGNMENT, FINETUNING, POST = "alignment", "fine-tuning", "post-fine-tuning"
 STAGES = (ALIGNMENT, FINETUNING, POST)

@@ -129,6 +129,14 @@ def test_a_damaged_bz2_file_is_named_as_such(tmp_path):
         A.read_rotten_tomatoes(path)
 
 
+@pytest.mark.parametrize("name", ["reviews.csv.gz", "reviews.csv.bz2"])
+def test_a_missing_compressed_file_is_reported_missing_not_damaged(tmp_path, name):
+    from panacea_lab.data.adapters._io import read_text
+
+    with pytest.raises(FileNotFoundError):
+        read_text(tmp_path / name)
+
+
 def test_elementary_math_keeps_plain_numeric_answers_in_gsm8k_format(home):
     ex = A.load("elementary_math_qa")
     assert [e.label for e in ex] == ["9", "12", "3.75"]  # "240 %", "1 / 2", "120 miles" dropped

@@ -60,6 +60,15 @@ def test_the_reviews_world_shares_the_harmful_roles_and_swaps_only_the_task(pack
     assert not {ex.input for ex in reviews.task_train["sentiment"]} & {ex.input for ex in reviews.task_test["sentiment"]}
 
 
+def test_every_package_world_has_its_tasks_and_a_builder(package_home):
+    from panacea_lab.config import DATA_SOURCES, PACKAGE_DATA
+    from panacea_lab.data.real_world import PACKAGE_TASKS, build_real_world
+
+    assert set(PACKAGE_TASKS) == set(PACKAGE_DATA) and set(PACKAGE_DATA) <= set(DATA_SOURCES)
+    for name in PACKAGE_DATA:
+        assert set(build_real_world(name, seed=0).task_train) == set(PACKAGE_TASKS[name]), name
+
+
 def test_validation_and_second_test_set_are_held_out_and_the_test_prefix_keeps_its_order(package_home):
     from panacea_lab.data.adapters import load
     from panacea_lab.data.real_world import N_VAL, build_real_world

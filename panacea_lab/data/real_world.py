@@ -19,6 +19,7 @@ sdist); "beavertails" = the paper's local files (data/README.md).
 from __future__ import annotations
 
 import random
+from functools import partial
 
 from panacea_lab.data.adapters import load, split_pools
 from panacea_lab.data.world import Example, World
@@ -170,7 +171,7 @@ def beavertails_world(seed: int = 0, n_defender: int = 1000) -> World:
 
 
 def build_real_world(data: str, seed: int = 0) -> World:
-    builders = {"packages": packages_world, "packages-rt": lambda s: packages_world(s, "packages-rt"),
+    builders = {**{name: partial(packages_world, data=name) for name in PACKAGE_TASKS},
                 "beavertails": beavertails_world}
     if data not in builders:
         raise ValueError(f"data = {data!r}: use one of {sorted(builders)} (or 'embedded')")

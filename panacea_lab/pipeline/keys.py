@@ -16,7 +16,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from panacea_lab.config import AlignConfig, AttackConfig, ModelConfig
+from panacea_lab.config import PACKAGE_DATA, AlignConfig, AttackConfig, ModelConfig
 from panacea_lab.training.store import Keyed, content_sha256
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def data_hash(data: str) -> str:
 
     manifest = data_dir() / "manifest.json"
     root = data_dir() / ("paper" if data == "beavertails" else "")
-    return content_sha256(manifest if data.startswith("packages") and manifest.exists() else root)
+    return content_sha256(manifest if data in PACKAGE_DATA and manifest.exists() else root)
 
 
 def _model_of(cfg) -> ModelConfig:

@@ -70,23 +70,27 @@ def nonempty(rows: list, path: str | Path, what: str = "usable rows") -> list:
     return rows
 
 
+# file suffix -> (name in messages, module whose open() decompresses it)
+_COMPRESSED = {".gz": ("gzip", gzip), ".bz2": ("bz2", bz2)}
+
+
 def read_text(path: Path) -> str:
     """UTF-8 text, decompressed when the name ends in .gz or .bz2; an empty (or blank) file is an error."""
+    kind, opener = _COMPRESSED.get(path.suffix, (None, None))
     try:
-        if path.suffix in (".gz", ".bz2"):
-            with (gzip if path.suffix == ".gz" else bz2).open(path, "rt", encoding="utf-8", newline="") as f:
-                text = f.read()
-        else:
+        if opener is None:
             text = path.read_text(encoding="utf-8")
+        else:
+            with opener.open(path, "rt", encoding="utf-8", newline="") as f:
+                text = f.read()
     except UnicodeDecodeError as err:
         raise DataFileError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        kind = "gzip" if path.suffix == ".gz" else "bz2"
-        raise DataFileError(path, f"not a complete {kind} file ({err or type(err).__name__})") from err
-    except OSError as err:  # bz2 reports a damaged stream as OSError
-        if path.suffix != ".bz2":
+    except FileNotFoundError:
+        raise
+    except (EOFError, zlib.error, OSError) as err:  # gzip.BadGzipFile and bz2's damaged stream are OSErrors
+        if opener is None:
             raise
-        raise DataFileError(path, f"not a complete bz2 file ({err})") from err
+        raise DataFileError(path, f"not a complete {kind} file ({err or type(err).__name__})") from err
     if not text.strip():
         raise DataFileError(path, "empty file")
     return text
