@@ -387,6 +387,20 @@ def test_fewer_than_three_points_are_markers_without_a_line():
     ax = metric_vs_ratio(twice, metrics="HS", reference=False, series=("noise std=0.01", "noise std=0.02")).axes[0]
     assert [line.get_linestyle() for line in ax.lines] == ["None", "None"]  # one ratio: markers only
     assert len({to_hex(line.get_color()) for line in ax.lines}) == 1
+    assert [line.get_markerfacecolor() for line in ax.lines][1] == "white" != ax.lines[0].get_markerfacecolor()
+
+
+@pytest.mark.parametrize("n_series", [2, 5])
+def test_a_legend_of_long_names_stays_inside_the_figure(n_series):
+    frame = attack_frame()
+    names = [f"same-norm random direction rho=1 (w + eps) [setting number {i}]" for i in range(n_series)]
+    tuned = frame[frame["model"] == "fine-tuned"]
+    fig = metric_vs_ratio(pd.concat([tuned.assign(model=n) for n in names]), metrics=("HS", "refusal", "other"),
+                          reference=False, series=names)
+    fig.canvas.draw()
+    box, page = fig.legends[0].get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1, (box, page)
+    assert _legend_texts(fig) == names
 
 
 def test_percentage_axes_start_at_zero_and_a_moved_fa_axis_says_so():

@@ -112,7 +112,8 @@ def draw_series(ax: Axes, stats: pd.DataFrame, look: style.Style | str, name: st
 
     Spread (a ±1 std band, or error bars for short series) only at points with two seeds or more;
     a series of fewer than 3 points is markers without a line, since a line would imply a trend.
-    A series sharing its style with one already in `ax` gets the next line style. Returns the fewest
+    A series sharing its style with one already in `ax` gets the next line style (an open marker when it
+    has no line). Returns the fewest
     seeds behind any of its points.
     """
     look = look if isinstance(look, style.Style) else style.method_style(look)
@@ -121,6 +122,7 @@ def draw_series(ax: Axes, stats: pd.DataFrame, look: style.Style | str, name: st
     twins = sum(line.get_color() == look.color and line.get_marker() == look.marker for line in ax.lines)
     few = len(x) < 3
     ax.plot(x, mean, color=look.color, marker=look.marker, label=name, clip_on=False,
+            markerfacecolor="white" if few and twins else look.color,  # no line to tell twins apart: open marker
             markevery=max(1, len(x) // MAX_MARKERS),  # a long log keeps a line, not a row of markers
             linestyle="none" if few else style.LINESTYLES[twins % len(style.LINESTYLES)])
     spread = (count >= 2) & np.isfinite(std)
@@ -175,6 +177,15 @@ def legend(fig: Figure, axes: Sequence[Axes], seeds: SeedCounts, context: str = 
         if note:
             fig.suptitle(note)
         return
-    ncols = min(len(entries), 2 if fig.get_figwidth() <= style.SINGLE_COLUMN else 4)
-    fig.legend(list(entries.values()), [seeds.entry(n) for n in entries], loc="outside lower center",
-               ncols=ncols, title=note or None, frameon=False)
+    labels = [seeds.entry(n) for n in entries]
+    most = 2 if fig.get_figwidth() <= style.SINGLE_COLUMN else 4
+    fig.legend(list(entries.values()), labels, loc="outside lower center", ncols=legend_columns(fig, labels, most),
+               title=note or None, frameon=False)
+
+
+def legend_columns(fig: Figure, labels: Sequence[str], most: int) -> int:
+    """As many columns as the longest label lets fit across the figure: a legend wider than the
+    figure is cut at both edges when saved. At 7 pt a character takes about 0.053 in; the handle and
+    the spacing between columns about 0.6 in."""
+    per_column = 0.055 * max(map(len, labels)) + 0.6
+    return max(1, min(len(labels), most, int(fig.get_figwidth() // per_column)))
