@@ -99,6 +99,16 @@ def test_missing_fetched_data_names_the_command(tmp_path, monkeypatch):
         build_real_world("packages")
 
 
+def test_a_missing_bigbench_task_points_to_the_reviews_world(package_home):
+    from panacea_lab.data.adapters import default_path
+    from panacea_lab.data.real_world import build_real_world
+
+    default_path("multiemo").unlink()  # what a fresh machine has: fetch-data skipped bigbench
+    with pytest.raises(FileNotFoundError, match="multiemo.*data = 'packages-rt'.*--from-dir"):
+        build_real_world("packages")
+    assert build_real_world("packages-rt").task_train["sentiment"]
+
+
 def test_real_data_needs_the_uniform_prevalence(tiny_cfg):
     with pytest.raises(ConfigError, match="uniform"):
         AlignConfig(model=tiny_cfg, data="packages")
