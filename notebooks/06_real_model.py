@@ -114,17 +114,6 @@ def model_config() -> ModelConfig:
     return cfg
 
 
-def read_calibration() -> pd.DataFrame | None:
-    """Every calibration file at `ratio` in results_dir: the sweep written here and any further sweep
-    committed beside it (`calibration_p0.1_validation_<name>.csv`), each with its own provenance;
-    a setting measured twice counts once. None when there is none."""
-    files = sorted(summaries.glob(f"calibration_p{ratio:g}_validation*.csv"))
-    if not files:
-        return None
-    rows = pd.concat([read_rows(f) for f in files], ignore_index=True)
-    return rows.drop_duplicates(["method", "variant", "lam", "value", "h_const"], keep="first", ignore_index=True)
-
-
 def with_hs_plus(df: pd.DataFrame) -> pd.DataFrame:
     """HS+ = HS + other: broken answers counted as harmful too (a defense that only breaks the model)."""
     return df.assign(**{"HS+": df["HS"] + df["other"]})
@@ -212,7 +201,7 @@ if calibration and not from_results:
     cal = calib.calibration_sweep(ratio, seeds[0], calibration["lam"], calibration["rho"],
                                   calibration.get("h_const", [False]), eval_cfg=eval_cfg, setting=setting, **common)
     write_rows(with_hs_plus(cal), summary["calibration"], "notebook 06")
-if (cal := read_calibration()) is not None:
+if (cal := calib.read_calibrations(summaries, ratio)) is not None:
     columns = ["method", "lam", "h_const", "value", "rho_frac", "HS", "refusal", "other", "HS+", f"FA_{task}"]
     display(cal[[c for c in columns if c in cal]].rename(columns={"value": "rho"}).round(3))
     chosen = calib.choose(cal, task)
@@ -239,7 +228,7 @@ for p, path in grid_files.items() if not from_results else ():
     parts = []
     for name, knobs in grid_panacea.items():
         if knobs == "calibration":  # the setting chosen on the validation split
-            if (found := read_calibration()) is None:
+            if (found := calib.read_calibrations(summaries, ratio)) is None:
                 raise FileNotFoundError(f"{name}: no calibration_p{ratio:g}_validation*.csv in {results_dir} to "
                                         "choose from; run the calibration first (`calibration = {...}`)")
             picked = calib.choose(found, task)

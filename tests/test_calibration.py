@@ -44,3 +44,24 @@ def test_nothing_to_choose_from_is_an_error():
 def test_without_task_accuracy_only_broken_answers_limit_the_choice():
     rows = _rows((1.0, 0.1, 10.0, 2.0, 79.0), (0.5, 1.0, 5.0, 1.0, 60.0)).drop(columns="FA_sentiment")
     assert choose(rows)["value"] == 0.5
+
+
+def test_every_calibration_file_at_the_ratio_counts_and_a_setting_twice_counts_once(tmp_path):
+    from panacea_lab.analysis.calibration import read_calibrations
+    from panacea_lab.analysis.export_rows import write_rows
+
+    def sweep(*settings):  # (lam, rho, h_const, HS)
+        rows = [{"method": "none", "variant": "w", "HS": 88.0}]
+        rows += [{"method": "panacea", "variant": "w+eps", "lam": lam, "value": rho, "h_const": h, "HS": hs}
+                 for lam, rho, h, hs in settings]
+        return pd.DataFrame(rows)
+
+    assert read_calibrations(tmp_path, 0.1) is None
+    write_rows(sweep((0.01, 1.0, False, 80.0)), tmp_path / "calibration_p0.1_validation.csv", "test")
+    write_rows(sweep((0.01, 1.0, False, 70.0), (0.01, 1.0, True, 79.0)),
+               tmp_path / "calibration_p0.1_validation_hconst.csv", "test")
+    write_rows(sweep((0.1, 1.0, False, 10.0)), tmp_path / "calibration_p0.2_validation.csv", "test")
+    rows = read_calibrations(tmp_path, 0.1)
+    assert rows["method"].tolist() == ["none", "panacea", "panacea"]  # one no-defense row, p = 0.2 left out
+    assert rows["HS"].tolist() == [88.0, 80.0, 79.0]  # the setting in both files keeps the first file's row
+    assert rows["h_const"].tolist()[1:] == [False, True]

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import jupytext
 import nbformat
-import pandas as pd
 import papermill
 import pytest
 import yaml
@@ -154,6 +153,7 @@ def test_figures_stay_in_the_repository(where, figures_dir):
 def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the_model(tmp_path, params):
     """`make figures` needs neither SmolLM2 nor its data: notebook 06 redraws from results/smollm2
     (and, with the real-rt parameter set, from results/smollm2-rt)."""
+    from panacea_lab.analysis.calibration import read_calibrations
     from panacea_lab.analysis.export_rows import read_rows
 
     source = next(p for p in NOTEBOOKS if p.stem == "06_real_model")
@@ -170,10 +170,8 @@ def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the
     committed = {name: read_rows(path) for name, path in
                  (("defend", results / "defend_p0.1.csv"), ("eps", results / "eps_shares_p0.1_seed0.csv"))
                  if path.exists()}
-    calibrations = sorted(results.glob("calibration_p0.1_validation*.csv"))  # every sweep, each setting once
-    if calibrations:
-        committed["calibration"] = pd.concat([read_rows(f) for f in calibrations], ignore_index=True).drop_duplicates(
-            ["method", "variant", "lam", "value", "h_const"])
+    if (calibrations := read_calibrations(results, 0.1)) is not None:  # every sweep, each setting once
+        committed["calibration"] = calibrations
     assert committed or sorted(results.glob("grid_p*.csv")), f"nothing committed in {results}"
     drawn_from = {}
     if "defend" in committed:

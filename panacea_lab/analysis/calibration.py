@@ -7,10 +7,12 @@ source (StrongREJECT for the packages data), on which nothing is chosen.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 
 from panacea_lab import defenses, settings
+from panacea_lab.analysis.export_rows import read_rows
 from panacea_lab.analysis.sweeps import attack_config, result_row
 from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig
 from panacea_lab.defenses.perturb import global_norm
@@ -51,6 +53,18 @@ def calibration_sweep(ratio: float, seed: int, lams, rhos, h_consts=(False,), *,
                                        param="rho", value=rho, p=ratio, seed=seed, lam=lam, h_const=h_const,
                                        norm=norm, rho_frac=norm / w_norm))
     return pd.DataFrame(rows).assign(split="validation", adapter_norm=w_norm)
+
+
+def read_calibrations(folder: str | Path, ratio: float) -> pd.DataFrame | None:
+    """Every `calibration_p{ratio}_validation*.csv` in `folder`: the sweep a notebook wrote and any
+    further sweep committed beside it (`..._validation_<name>.csv`), each file with its own
+    provenance; a setting measured twice counts once (the first file's, in name order). None when
+    there is none."""
+    files = sorted(Path(folder).glob(f"calibration_p{ratio:g}_validation*.csv"))
+    if not files:
+        return None
+    rows = pd.concat([read_rows(f) for f in files], ignore_index=True)
+    return rows.drop_duplicates(["method", "variant", "lam", "value", "h_const"], ignore_index=True)
 
 
 def choose(rows: pd.DataFrame, task: str = "sentiment", fa_drop: float = FA_DROP,

