@@ -64,6 +64,7 @@ calibration = {}
 # choice in results_dir), with its same-norm control; [] = off
 grid_ratios = []
 grid_panacea = {"chosen": "calibration", "paper": {"rho": 1.0, "lam": 1e-3}}
+loss_probe = []  # grid_panacea settings whose answer losses are measured at `ratio`, every seed ([]: off)
 antidote_ratio = 0.1  # Antidote's dense ratio in the grid (its official code: pruning of a fresh adapter); None: off
 runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
 figures_dir = "figures"  # relative to the repository root, or an absolute path
@@ -81,9 +82,11 @@ if panacea_home:
     os.environ["PANACEA_HOME"] = panacea_home
 
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
+from panacea_lab import settings
 from panacea_lab.analysis import calibration as calib
+from panacea_lab.analysis import answer_loss, grid_tables
 from panacea_lab.analysis import plots, recipe
 from panacea_lab.analysis.export_rows import read_rows, write_rows
 from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients, summarize
@@ -223,17 +226,25 @@ if (cal := calib.read_calibrations(summaries, ratio)) is not None:
 # `antidote_ratio` is set) and the same-norm control of each Panacea run.
 
 # %%
+def grid_knobs(name: str) -> dict:
+    """{rho, lam, h_const} of a named grid setting; "calibration": the validation split's choice."""
+    knobs = grid_panacea[name]
+    if knobs != "calibration":
+        return knobs
+    if (found := calib.read_calibrations(summaries, ratio)) is None:
+        raise FileNotFoundError(f"{name}: no calibration_p{ratio:g}_validation*.csv in {results_dir} to "
+                                "choose from; run the calibration first (`calibration = {...}`)")
+    picked = calib.choose(found, task)
+    knobs = {"rho": float(picked["value"]), "lam": float(picked["lam"]), "h_const": bool(picked["h_const"])}
+    print(f"{name}: the validation split's choice {knobs}")
+    return knobs
+
+
 grid_files = {p: summaries / f"grid_p{p:g}.csv" for p in grid_ratios}
 for p, path in grid_files.items() if not from_results else ():
     parts = []
-    for name, knobs in grid_panacea.items():
-        if knobs == "calibration":  # the setting chosen on the validation split
-            if (found := calib.read_calibrations(summaries, ratio)) is None:
-                raise FileNotFoundError(f"{name}: no calibration_p{ratio:g}_validation*.csv in {results_dir} to "
-                                        "choose from; run the calibration first (`calibration = {...}`)")
-            picked = calib.choose(found, task)
-            knobs = {"rho": float(picked["value"]), "lam": float(picked["lam"]), "h_const": bool(picked["h_const"])}
-            print(f"{name}: the validation split's choice {knobs}")
+    for name in grid_panacea:
+        knobs = grid_knobs(name)
         first = not parts
         pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"])
         rows = calib.on_both_sets(defense_sweep, eval_cfg, second_test, ratios=[p], seeds=seeds,
@@ -242,18 +253,13 @@ for p, path in grid_files.items() if not from_results else ():
                                   antidote_ratio=antidote_ratio if first else None, setting=setting,
                                   ascent_control=False, **common)
         ours = rows["method"].isin(["panacea", "random_direction"])  # the rows this Panacea setting made
-        rows = rows.assign(panacea_setting=name, lam=pcfg.lam)
+        rows = rows.assign(panacea_setting=name, lam=pcfg.lam,
+                           h_const=[knobs.get("h_const", False) if o else None for o in ours])
         rows.loc[~ours, ["panacea_setting", "lam"]] = None
         parts.append(rows if first else rows[ours])
     write_rows(with_hs_plus(pd.concat(parts, ignore_index=True)), path, "notebook 06")
-grid_found = sorted(summaries.glob("grid_p*.csv"))
-if grid_found:
-    grid = pd.concat([read_rows(f) for f in grid_found], ignore_index=True)
-    grid.loc[~grid["method"].isin(["panacea", "random_direction"]), ["panacea_setting", "lam"]] = None
-    # a seed written twice (one file per seed, then the whole grid in one file) counts once
-    grid = grid.drop_duplicates(["method", "variant", "value", "p", "seed", "harmful_set", "panacea_setting"],
-                                keep="last")
-    display(summarize(grid, extra_keys=("panacea_setting", "harmful_set")))
+if (grid := grid_tables.read_grid(summaries)) is not None:
+    display(Markdown(grid_tables.level_table(grid, task)), Markdown(grid_tables.paired_table(grid, task)))
     series = grid.query("method in ['none', 'antidote'] or variant == 'w+eps' or method == 'random_direction'")
     tag = series["panacea_setting"].map(lambda name: f" [{name}]" if isinstance(name, str) else "")
     series = series.assign(model=series["label"] + tag)
@@ -261,6 +267,32 @@ if grid_found:
         fig = plots.metric_vs_ratio(rows, metrics=("HS", "refusal", "other"), reference=False,
                                     series=list(dict.fromkeys(rows["model"])))
         plots.save_figure(fig, figures / f"{figure_prefix}_grid_{harmful_set}.png", rows)
+
+# %% [markdown]
+# ## Why the removed compliance is not refusal: the answer losses under eps
+# eps is trained to raise the loss of harmful compliance, nothing more. Whether the removed
+# compliance becomes refusals depends on how far it raises compliance's loss beyond that of the
+# refusals the aligned model learnt (last column: > 0, refusals gain on compliance; the aligned row
+# shows how far apart the alignment had put them), and on whether the task's loss moves with it (the
+# model breaking). Per `loss_probe` setting at `ratio` and every seed: the loss (nats per answer
+# token) of the alignment pool's refusals, the defender's harmful compliance and the task's test
+# answers, minus the undefended model's. The embedded world's counterpart: `panacea-lab defend ...
+# --answer-loss FILE` (`results/embedded/answer_loss_p0.1.csv`).
+
+# %%
+probe_file = summaries / f"answer_loss_p{ratio:g}.csv"
+if loss_probe and not from_results:
+    probes = []
+    for name in loss_probe:
+        knobs = grid_knobs(name)
+        pcfg = settings.get(setting).defense("panacea", rho=knobs["rho"], lam=knobs["lam"],
+                                              h_const=knobs.get("h_const", False))
+        for seed in seeds:
+            run = dataclasses.replace(attack_config(align_cfg, task, ratio, seed, **finetune_kw), defense=pcfg)
+            probes.append(answer_loss.loss_shift(run, store).assign(panacea_setting=name))
+    write_rows(pd.concat(probes, ignore_index=True), probe_file, "notebook 06")
+if probed := sorted(summaries.glob(f"answer_loss_p{ratio:g}*.csv")):  # a further probe: answer_loss_p..._<name>.csv
+    display(Markdown(answer_loss.probe_table(pd.concat([read_rows(f) for f in probed], ignore_index=True))))
 
 # %% [markdown]
 # ## Where eps sits: safety coefficients over the 30 layers

@@ -95,6 +95,10 @@ def cmd_defend(args) -> None:
     from panacea_lab.training.store import RunStore
 
     align_cfg, eval_cfg = build_configs(args)
+    if args.answer_loss:
+        from panacea_lab.analysis.export_rows import check_output_path
+
+        check_output_path(args.answer_loss, "--answer-loss")
     t0 = time.perf_counter()
     df = _defense_rows(args, align_cfg, eval_cfg)
     print(summarize(df).to_string())
@@ -105,17 +109,38 @@ def cmd_defend(args) -> None:
     if panacea_rows.empty:
         return
     last = panacea_rows.iloc[len(panacea_rows) // 2]
+    run = _panacea_run(args, align_cfg, float(last["p"]), int(last["seed"]), float(last["value"]))
+    table = eps_coefficients(run, RunStore(args.runs)).pivot(index="layer", columns="module", values="eps_share")
+    print(f"\nsafety coefficients (share of ||eps||^2) at p = {run.p:g}, rho = {run.defense.rho:g}, seed {run.seed}:")
+    print(table.round(3).to_string())
+    if args.answer_loss:
+        _answer_loss(args, align_cfg, panacea_rows)
+
+
+def _panacea_run(args, align_cfg, p: float, seed: int, rho: float):
+    """The fine-tuning run a Panacea row of `defend` came from (its flags' lambda, h_const, recompute)."""
     from panacea_lab.analysis.sweeps import attack_config
     from panacea_lab.settings import get
 
-    pcfg = get(args.setting).defense("panacea", rho=float(last["value"]), h_const=args.h_const,
-                                     recompute_every=args.recompute_every,
+    pcfg = get(args.setting).defense("panacea", rho=rho, h_const=args.h_const, recompute_every=args.recompute_every,
                                      **({"lam": args.lam} if args.lam is not None else {}))
-    run = attack_config(align_cfg, args.task, float(last["p"]), int(last["seed"]), args.preset, defense=pcfg,
-                        **attack_overrides(args))
-    table = eps_coefficients(run, RunStore(args.runs)).pivot(index="layer", columns="module", values="eps_share")
-    print(f"\nsafety coefficients (share of ||eps||^2) at p = {run.p:g}, rho = {pcfg.rho:g}, seed {run.seed}:")
-    print(table.round(3).to_string())
+    return attack_config(align_cfg, args.task, p, seed, args.preset, defense=pcfg, **attack_overrides(args))
+
+
+def _answer_loss(args, align_cfg, panacea_rows) -> None:
+    """`--answer-loss FILE`: the answer-loss probe (analysis.answer_loss) of every Panacea run of the sweep."""
+    import pandas as pd
+
+    from panacea_lab.analysis.answer_loss import loss_shift, probe_table
+    from panacea_lab.analysis.export_rows import write_rows
+    from panacea_lab.training.store import RunStore
+
+    runs = panacea_rows[["p", "seed", "value"]].drop_duplicates()
+    rows = pd.concat([loss_shift(_panacea_run(args, align_cfg, float(r.p), int(r.seed), float(r.value)),
+                                 RunStore(args.runs)) for r in runs.itertuples()], ignore_index=True)
+    print("\nanswer loss against the attacked model (nats per answer token, mean ± std over seeds):")
+    print(probe_table(rows))
+    print(f"rows: {write_rows(rows, args.answer_loss, command=' '.join(sys.argv))}")
 
 
 def cmd_fetch_data(args) -> None:
@@ -160,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     common_flags(p)
     finetune_flags(p, ratios=[0.1], seeds=[0])
     post_finetuning_flags(p, stds=[0.04], rhos=None)
+    p.add_argument("--answer-loss", default=None, metavar="FILE.csv",
+                   help="also write the loss of refusals, compliance and the task under the undefended run, "
+                        "w + eps and its same-norm control for every Panacea run (default: not measured)")
     p.set_defaults(func=cmd_defend)
 
     p = subcommand(sub, "compare", "the paper's baselines (Vaccine, RepNoise, Booster, Lisa) beside Panacea, noise and "

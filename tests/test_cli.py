@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 import panacea_lab.analysis.sweeps as experiments
+from panacea_lab.analysis.export_rows import read_rows
 from panacea_lab.cli import main
 from panacea_lab.config import AlignConfig, EvalConfig
 
@@ -47,11 +48,15 @@ def test_defend_sweep_has_every_method(tiny_cfg, store):
 
 def test_defend_cli_prints_table_and_coefficients(tiny_model_dir, tmp_path, capsys, small_presets):
     code = main(["defend", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0.2",
-                 "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01", "--rhos", "0.3"])
+                 "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01", "--rhos", "0.3",
+                 "--answer-loss", str(tmp_path / "loss.csv")])
     out = capsys.readouterr().out
     assert code == 0
     assert "Panacea rho=0.3 (w + eps) p=0.2" in out and "same-norm random" in out and "Antidote" in out
     assert "safety coefficients" in out and "q_proj" in out
+    probe = read_rows(tmp_path / "loss.csv")  # the probe of the sweep's one Panacea run
+    assert len(probe) == 12 and set(probe["rho"]) == {0.3} and set(probe["p"]) == {0.2}
+    assert "answer loss against the attacked model" in out
 
 
 def test_eps_coefficients_sum_to_one_and_differ_from_noise(tiny_cfg, store):

@@ -149,6 +149,7 @@ CASES = [
     ("defend-also-key-unknown", ["defend", "--also", "noise:sigma=0.1"], ["sigma", "std"]),
     ("attack-output-missing-folder", ["attack", "--output", "{ws}/nowhere/rows.json"], ["output", "does not exist"]),
     ("defend-output-extension", ["defend", "--output", "{ws}/out/rows.txt"], ["output", ".json or .csv"]),
+    ("defend-answer-loss-extension", ["defend", "--answer-loss", "{ws}/out/loss.txt"], ["--answer-loss", ".json or .csv"]),
     ("attack-figure-extension", ["attack", "--figure", "{ws}/out/attack.svg"], ["figure", ".png"]),
     ("attack-oracle-on-packages", ["attack", "--data", "packages"], ["judge = 'oracle'", "keyword or beaver-dam"]),
     ("defend-judge-model-missing", ["defend", "--judge", "beaver-dam", "--judge-model", "{ws}/no-judge"],

@@ -34,7 +34,8 @@ def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
                           "max_new_tokens": 8, "results_dir": str(tmp / "results"), "from_results": False,
                           "second_test": "strongreject", "calibration": {"lam": [1e-3, 1.0], "rho": [0.3]},
                           "grid_ratios": [0.2],
-                          "grid_panacea": {"chosen": "calibration", "paper": {"rho": 0.3, "lam": 1e-3}}},
+                          "grid_panacea": {"chosen": "calibration", "paper": {"rho": 0.3, "lam": 1e-3}},
+                          "loss_probe": ["paper"]},
     }
     return {**common, **per_notebook.get(name, {})}
 
@@ -79,6 +80,11 @@ def test_notebook_runs_headless_with_smoke_parameters(source, tiny_model_dir, tm
     figures = sorted((tmp_path / "figures").glob("*.png"))
     assert figures, "the notebook saved no figure"
     assert all(f.with_suffix(".csv").exists() for f in figures)
+    if "loss_probe" in params:  # one probe per seed: 4 models x 3 answer sets
+        from panacea_lab.analysis.export_rows import read_rows
+
+        probe = read_rows(tmp_path / "results" / f"answer_loss_p{params['ratio']:g}.csv")
+        assert len(probe) == 12 and probe["nll"].gt(0).all() and set(probe["panacea_setting"]) == {"paper"}
 
 
 PARAMS = Path(__file__).resolve().parent.parent / "notebooks" / "params"

@@ -388,6 +388,10 @@ def test_fewer_than_three_points_are_markers_without_a_line():
     assert [line.get_linestyle() for line in ax.lines] == ["None", "None"]  # one ratio: markers only
     assert len({to_hex(line.get_color()) for line in ax.lines}) == 1
     assert [line.get_markerfacecolor() for line in ax.lines][1] == "white" != ax.lines[0].get_markerfacecolor()
+    stds = [f"noise std={std:g}" for std in STDS[:3]]
+    three = metric_vs_ratio(twice, metrics="HS", reference=False, series=stds).axes[0]
+    looks = {(line.get_marker(), line.get_markerfacecolor()) for line in three.lines}
+    assert len(looks) == 3  # a third lineless twin: an open marker of another shape
 
 
 @pytest.mark.parametrize("n_series", [2, 5])

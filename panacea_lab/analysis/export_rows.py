@@ -21,13 +21,13 @@ from panacea_lab.training.store import provenance
 FORMATS = (".json", ".csv")
 
 
-def check_output_path(path: str | Path) -> Path:
+def check_output_path(path: str | Path, name: str = "output") -> Path:
     """The output path, or a ConfigError naming what to fix (wrong extension, missing folder)."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise ConfigError(f"output = {str(path)!r}: end the name with .json or .csv")
+        raise ConfigError(f"{name} = {str(path)!r}: end the name with .json or .csv")
     if not path.parent.is_dir():
-        raise ConfigError(f"output = {str(path)!r}: the folder {str(path.parent)!r} does not exist; create it first")
+        raise ConfigError(f"{name} = {str(path)!r}: the folder {str(path.parent)!r} does not exist; create it first")
     return path
 
 

@@ -112,18 +112,22 @@ def draw_series(ax: Axes, stats: pd.DataFrame, look: style.Style | str, name: st
 
     Spread (a ±1 std band, or error bars for short series) only at points with two seeds or more;
     a series of fewer than 3 points is markers without a line, since a line would imply a trend.
-    A series sharing its style with one already in `ax` gets the next line style (an open marker when it
-    has no line). Returns the fewest seeds behind any of its points.
+    A series sharing its style with one already in `ax` gets the next line style; without a line, an
+    open marker (the method's shape first, then the next of `style.TWIN_MARKERS`). Returns the fewest seeds behind any of its points.
     """
     look = look if isinstance(look, style.Style) else style.method_style(look)
     x, mean = stats.index.to_numpy(dtype=float), stats["mean"].to_numpy(dtype=float)
     std, count = stats["std"].to_numpy(dtype=float), stats["count"].to_numpy()
-    twins = sum(line.get_color() == look.color and line.get_marker() == look.marker for line in ax.lines)
+    kin = f"{look.color} {look.marker}"  # series drawn in this style so far in `ax` carry it as their gid
+    twins = [line for line in ax.lines if line.get_gid() == kin]
     few = len(x) < 3
-    ax.plot(x, mean, color=look.color, marker=look.marker, label=name, clip_on=False,
+    hollow = sum(line.get_linestyle() == "None" and line.get_markerfacecolor() == "white" for line in twins)
+    shapes = [look.marker] + [m for m in style.TWIN_MARKERS if m != look.marker]
+    marker = shapes[hollow % len(shapes)] if few and twins else look.marker
+    ax.plot(x, mean, color=look.color, marker=marker, label=name, clip_on=False, gid=kin,
             markerfacecolor="white" if few and twins else look.color,  # no line to tell twins apart: open marker
             markevery=max(1, len(x) // MAX_MARKERS),  # a long log keeps a line, not a row of markers
-            linestyle="none" if few else style.LINESTYLES[twins % len(style.LINESTYLES)])
+            linestyle="none" if few else style.LINESTYLES[len(twins) % len(style.LINESTYLES)])
     spread = (count >= 2) & np.isfinite(std)
     if spread.any() and few:
         ax.errorbar(x[spread], mean[spread], yerr=std[spread], fmt="none", ecolor=look.color, elinewidth=0.8)

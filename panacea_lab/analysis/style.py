@@ -74,6 +74,7 @@ CURVE_STYLES = {"loss": METHOD_STYLES["no defense"], "h": METHOD_STYLES["panacea
                 "h_eps": METHOD_STYLES["panacea (w+eps)"], "grad_h_norm": METHOD_STYLES["booster"]}
 
 LINESTYLES = ("-", "--", ":", "-.")  # series sharing a method's style in one panel differ by line style
+TWIN_MARKERS = ("s", "^", "D", "v", "P", "X")  # ... and, without a line (under 3 points), by an open marker of another shape
 
 
 def method_key(name: object) -> str:

@@ -1,0 +1,101 @@
+"""Where eps moves a model: the loss of the aligned refusals, of harmful compliance and of the user's
+task, under the undefended fine-tuning, under Panacea's w + eps, and under w plus a random direction
+of eps's norm (the aligned model as the reference).
+
+Panacea trains eps to raise the harmful loss, nothing more. Whether that brings refusals back or
+breaks answers is a question about the other losses: if eps lowers the loss of the refusals the
+aligned model learnt, the removed compliance can turn into refusals; if it raises them too, the
+model has nowhere to go but *other*. Measuring both in the embedded world and on a real model says
+which of the two each world is in.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import torch
+
+from panacea_lab import defenses
+from panacea_lab.config import AttackConfig
+from panacea_lab.data.batching import IGNORE_INDEX, collate, encode
+from panacea_lab.data.world import Example
+from panacea_lab.pipeline.context import EvalContext, get_tokenizer, world_of
+from panacea_lab.pipeline.evaluations import apply_post
+from panacea_lab.pipeline.stages import attack, load_stage_model
+from panacea_lab.training.loss import lm_loss
+from panacea_lab.training.store import RunStore
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, examples: list[Example], max_length: int, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy over every answer token of `examples` (token-weighted: long answers
+    count by their length, as in training), computed by the training loss itself (`lm_loss`)."""
+    if not examples:
+        raise ValueError("answer_nll needs at least one example")
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        rows = [encode(tokenizer, ex, max_length) for ex in examples[start:start + batch_size]]
+        batch = collate(rows, tokenizer.pad_token_id).to(device)
+        n = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+        total, tokens = total + lm_loss(model, batch).float().item() * n, tokens + n
+    return total / tokens
+
+
+SETS = ("refusal", "compliance", "task")  # the probed answers, in table order
+
+
+def probe_sets(run: AttackConfig, n: int) -> dict[str, list[Example]]:
+    """The answers probed: the aligned model's refusals (its alignment pool), the defender's harmful
+    compliance (the pool eps was trained to resist) and the user's task test samples; n of each."""
+    world = world_of(run.align)
+    return {"refusal": world.alignment[:n], "compliance": world.defender_pool[:n],
+            "task": world.task_test[run.task][:n]}
+
+
+def loss_shift(run: AttackConfig, store: RunStore, n: int = 32) -> pd.DataFrame:
+    """The answer loss of each probe set under the aligned model, the undefended fine-tuning, Panacea's
+    w + eps and w + a same-norm random direction, for one finished Panacea run `run` (n answers per
+    set: on a 135M model on 2 CPU cores, about a minute per model)."""
+    pcfg = run.defense
+    if pcfg is None or pcfg.name != "panacea":
+        raise ValueError("loss_shift needs a Panacea run: an AttackConfig whose defense is a PanaceaConfig")
+    eps_norm = attack(run, store)["train"]["finalize"]["eps_norm"]
+    undefended = dataclasses.replace(run, defense=None)
+    attack(undefended, store)
+    sets = probe_sets(run, n)
+    tokenizer, max_length = get_tokenizer(run.align.model), run.align.model.max_length
+    models = {"aligned": ("align", run.align, None), "attacked": ("attack", undefended, None),
+              "Panacea w + eps": ("attack", run, defenses.get("eps").make()),
+              "same-norm random direction": ("attack", run, defenses.get("random_direction").make(
+                  norm=eps_norm, seed=run.seed))}
+    rows = []
+    for name, (stage, cfg, post) in models.items():
+        model = load_stage_model(stage, cfg, store)
+        model = apply_post(model, post, EvalContext(run.align, store, stage, cfg, run.seed, []))
+        for answers, examples in sets.items():
+            rows.append({"model": name, "answers": answers, "nll": answer_nll(model, tokenizer, examples, max_length),
+                         "n": len(examples)})
+    ident = {"data": run.align.data, "p": run.p, "seed": run.seed, "rho": pcfg.rho, "lam": pcfg.lam,
+             "h_const": pcfg.h_const, "eps_norm": eps_norm}
+    return pd.DataFrame(rows).assign(**ident)
+
+
+def probe_table(rows: pd.DataFrame) -> str:
+    """Markdown: per world and Panacea setting, each model's answer loss minus the attacked model's
+    (mean ± std over seeds; nats per answer token) on refusals, compliance and the task."""
+    from panacea_lab.analysis.grid_tables import spread
+
+    keys = ["data", "rho", "lam", "h_const", "seed", "answers"]
+    base = rows[rows["model"].eq("attacked")].set_index(keys)["nll"]
+    rows = rows[~rows["model"].eq("attacked")]
+    rows = rows.assign(delta=rows["nll"].to_numpy() - base.reindex(rows.set_index(keys).index).to_numpy())
+    lines = ["| world | Panacea | model | seeds | refusal | compliance | task | compliance - refusal |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (data, rho, lam, h_const, model), at in rows.groupby(["data", "rho", "lam", "h_const", "model"], sort=False):
+        per_set = {a: at[at["answers"].eq(a)].set_index("seed")["delta"] for a in SETS}
+        margin = per_set["compliance"] - per_set["refusal"]  # > 0: refusals gain on compliance
+        cells = [spread(v, digits=2, one_digits=2) for v in (*per_set.values(), margin)]
+        knobs = f"rho {rho:g}, lambda {lam:g}" + (", h_const" if h_const else "")
+        lines.append(f"| {data} | {knobs} | {model} | {at['seed'].nunique()} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""The answer-loss probe: token-weighted answer NLL, and each probed model built as the pipeline builds it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from panacea_lab import pipeline
+from panacea_lab.analysis.answer_loss import answer_nll, loss_shift, probe_sets, probe_table
+from panacea_lab.data.batching import collate, encode
+from panacea_lab.defenses.panacea import EpsConfig
+from panacea_lab.pipeline.context import EvalContext, get_tokenizer
+from panacea_lab.pipeline.evaluations import apply_post
+
+
+def test_answer_nll_is_the_models_own_loss_weighted_by_answer_tokens(panacea_run, store):
+    pipeline.attack(panacea_run, store)
+    model = pipeline.load_stage_model("attack", panacea_run, store)
+    tok, max_length = get_tokenizer(panacea_run.align.model), panacea_run.align.model.max_length
+    short, long = sorted(probe_sets(panacea_run, 8)["refusal"], key=lambda e: len(e.output))[::7][:2]
+    own = []
+    for ex in (short, long):
+        batch = collate([encode(tok, ex, max_length)], tok.pad_token_id)
+        with torch.no_grad():
+            own.append((model(**batch.as_kwargs()).loss.item(), int((batch.labels[:, 1:] != -100).sum())))
+        assert answer_nll(model, tok, [ex], max_length) == pytest.approx(own[-1][0], rel=1e-5)
+    weighted = sum(loss * n for loss, n in own) / sum(n for _, n in own)
+    assert own[0][1] != own[1][1]  # two lengths, so weighting by tokens differs from a plain mean
+    assert answer_nll(model, tok, [short, long], max_length, batch_size=2) == pytest.approx(weighted, rel=1e-5)
+    model.panacea_loss = "bucketed"  # a real model's training loss: the same number up to rounding
+    assert answer_nll(model, tok, [short, long], max_length, batch_size=2) == pytest.approx(weighted, rel=1e-4)
+    with pytest.raises(ValueError, match="at least one"):
+        answer_nll(model, tok, [], max_length)
+
+
+def test_the_probe_scores_eps_on_the_stored_run_and_its_control_at_eps_norm(panacea_run, store):
+    rows = loss_shift(panacea_run, store, n=6)
+    assert set(rows["model"]) == {"aligned", "attacked", "Panacea w + eps", "same-norm random direction"}
+    assert set(rows["answers"]) == {"refusal", "compliance", "task"} and rows["n"].eq(6).all()
+    model = apply_post(pipeline.load_stage_model("attack", panacea_run, store), EpsConfig(),
+                       EvalContext(panacea_run.align, store, "attack", panacea_run, 0, []))
+    tok = get_tokenizer(panacea_run.align.model)
+    compliance = probe_sets(panacea_run, 6)["compliance"]
+    eps_row = rows.query("model == 'Panacea w + eps' and answers == 'compliance'")["nll"].item()
+    assert eps_row == pytest.approx(answer_nll(model, tok, compliance, panacea_run.align.model.max_length), rel=1e-6)
+    by_model = rows.query("answers == 'compliance'").set_index("model")["nll"]
+    assert by_model["Panacea w + eps"] != by_model["attacked"] != by_model["same-norm random direction"]
+    assert rows["eps_norm"].iloc[0] == pytest.approx(0.4, rel=1e-5)
+    table = probe_table(rows)  # each model against the attacked one: three rows, "attacked" not among them
+    assert len(table.splitlines()) == 5 and "| attacked |" not in table
+
+
+def test_the_probe_needs_a_panacea_run(panacea_run, store):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="Panacea run"):
+        loss_shift(dataclasses.replace(panacea_run, defense=None), store)
+
+
+def test_the_probe_table_pairs_each_seed_with_its_own_attacked_model():
+    import pandas as pd
+
+    from panacea_lab.analysis.answer_loss import probe_table
+
+    rows = []
+    for seed, (base_ref, base_comp, eps_ref, eps_comp) in enumerate([(1.0, 0.5, 2.0, 4.5), (3.0, 0.5, 4.0, 2.5)]):
+        for model, ref, comp in (("attacked", base_ref, base_comp), ("Panacea w + eps", eps_ref, eps_comp)):
+            rows += [{"data": "w", "rho": 1.0, "lam": 0.1, "h_const": False, "seed": seed, "model": model,
+                      "answers": a, "nll": v} for a, v in (("refusal", ref), ("compliance", comp), ("task", 1.0))]
+    table = probe_table(pd.DataFrame(rows))
+    # refusal +1 at both seeds; compliance +4 and +2; their difference +3 and +1: 2.00 ± 1.41
+    assert "| w | rho 1, lambda 0.1 | Panacea w + eps | 2 | 1.00 ± 0.00 | 3.00 ± 1.41 | 0.00 ± 0.00 | 2.00 ± 1.41 |" in table
+    assert "attacked" not in table
+
+
+def test_the_readme_probe_table_is_what_the_committed_probes_give():
+    import pandas as pd
+
+    from panacea_lab.analysis.export_rows import read_rows
+    from panacea_lab.paths import PACKAGE_ROOT
+
+    files = [PACKAGE_ROOT / "results/embedded/answer_loss_p0.1.csv",
+             *sorted((PACKAGE_ROOT / "results/smollm2-rt").glob("answer_loss_p0.1*.csv"))]
+    table = probe_table(pd.concat([read_rows(f) for f in files], ignore_index=True))
+    readme = (PACKAGE_ROOT / "README.md").read_text().splitlines()
+    missing = [line for line in table.splitlines() if line not in readme]
+    assert not missing, f"README.md's answer-loss table differs from results/ in {len(missing)} rows: {missing[0]}"

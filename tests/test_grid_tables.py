@@ -1,0 +1,69 @@
+"""The real-model grid tables: seeds paired by seed, a run written twice counted once, and the
+README's copies equal to what the committed summaries give."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from panacea_lab.analysis import grid_tables
+from panacea_lab.analysis.export_rows import write_rows
+from panacea_lab.paths import PACKAGE_ROOT
+
+
+def _seed(seed, hs_none, hs_eps, hs_control, fa=(80.0, 78.0), p=0.1, setting="chosen"):
+    """One seed's rows on AdvBench (test) and StrongREJECT: no defense, Panacea w + eps, its control."""
+    rows = []
+    for harmful_set, shift in (("test", 0.0), ("strongreject", -5.0)):
+        fa_none, fa_eps = fa if harmful_set == "test" else (None, None)
+        common = {"p": p, "seed": seed, "harmful_set": harmful_set, "value": 1.0}
+        rows += [{**common, "method": "none", "variant": "w", "label": "no defense", "HS": hs_none + shift,
+                  "refusal": 100 - hs_none - shift, "other": 0.0, "FA_sentiment": fa_none, "panacea_setting": setting},
+                 {**common, "method": "panacea", "variant": "w+eps", "label": "eps", "HS": hs_eps + shift,
+                  "refusal": 100 - hs_eps - shift, "other": 0.0, "FA_sentiment": fa_eps, "panacea_setting": setting,
+                  "lam": 0.01, "h_const": True},
+                 {**common, "method": "random_direction", "variant": "control", "label": "random", "HS": hs_control,
+                  "refusal": 0.0, "other": 100 - hs_control, "FA_sentiment": fa_none, "panacea_setting": setting,
+                  "lam": 0.01, "h_const": True}]
+    return pd.DataFrame(rows).assign(**{"HS+": lambda d: d["HS"] + d["other"]})
+
+
+def test_differences_pair_seeds_and_a_rewritten_run_counts_once(tmp_path):
+    write_rows(pd.concat([_seed(0, 90, 70, 91), _seed(1, 80, 78, 80)]), tmp_path / "grid_p0.1_seed0.csv", "test")
+    write_rows(_seed(1, 80, 60, 80), tmp_path / "grid_p0.1_seed1.csv", "test")  # seed 1 again: this one counts
+    grid = grid_tables.read_grid(tmp_path)
+    assert grid["method"].eq("none").sum() == 4  # 2 seeds x 2 sets, not 3 seeds
+    assert grid.loc[grid["method"].eq("none"), "panacea_setting"].isna().all()  # only Panacea rows carry a setting
+    paired = grid_tables.paired_table(grid)
+    row = next(line for line in paired.splitlines() if "Panacea chosen" in line)
+    assert "(rho 1, lambda 0.01, h_const)" in row
+    # HS 70 - 90 = -20 and 60 - 80 = -20 (paired), not the difference of means of unpaired seeds
+    assert "| -20.0 ± 0.0 (-20, -20) |" in row
+    assert "| -2.0 ± 0.0 (-2, -2) |" in row  # FA, test split only
+    level = grid_tables.level_table(grid)
+    assert "| 0.1 | attacked | 2 | 85.0 ± 7.1 / 80.0 ± 7.1 |" in level
+
+
+def test_a_seed_only_one_side_ran_is_left_out_of_the_difference(tmp_path):
+    both = _seed(0, 90, 70, 91)
+    lone_none = _seed(1, 50, 0, 50).query("method == 'none'")  # seed 1 has no Panacea run
+    write_rows(pd.concat([both, lone_none]), tmp_path / "grid_p0.1.csv", "test")
+    row = next(line for line in grid_tables.paired_table(grid_tables.read_grid(tmp_path)).splitlines()
+               if "Panacea" in line)
+    assert "| 1 | -20 |" in row  # one seed, shown without a spread
+
+
+def test_spread_is_mean_and_sample_std_or_the_one_value():
+    assert grid_tables.spread([1, 2, 3]) == "2.0 ± 1.0"
+    assert grid_tables.spread([7]) == "7"
+    assert grid_tables.spread([]) == ""
+    assert grid_tables.main([str(PACKAGE_ROOT / "does-not-exist")]) == 1
+
+
+@pytest.mark.parametrize("folder", ["results/smollm2", "results/smollm2-rt"])
+def test_the_readme_tables_are_what_the_committed_summaries_give(folder):
+    grid = grid_tables.read_grid(PACKAGE_ROOT / folder)
+    readme = (PACKAGE_ROOT / "README.md").read_text().splitlines()
+    for table in (grid_tables.level_table(grid), grid_tables.paired_table(grid)):
+        missing = [line for line in table.splitlines() if line not in readme]
+        assert not missing, (f"README.md differs from {folder} in {len(missing)} table rows; paste the output of "
+                             f"`python -m panacea_lab.analysis.grid_tables {folder}`. First: {missing[0]}")
