@@ -252,7 +252,7 @@ for p, path in grid_files.items() if not from_results else ():
                                   panacea_kw={"h_const": knobs.get("h_const", False)},
                                   antidote_ratio=antidote_ratio if first else None, setting=setting,
                                   ascent_control=False, **common)
-        ours = rows["method"].isin(["panacea", "random_direction"])  # the rows this Panacea setting made
+        ours = rows["method"].isin(grid_tables.TUNED)  # the rows this Panacea setting made
         rows = rows.assign(panacea_setting=name, lam=pcfg.lam,
                            h_const=[knobs.get("h_const", False) if o else None for o in ours])
         rows.loc[~ours, ["panacea_setting", "lam"]] = None

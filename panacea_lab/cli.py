@@ -135,9 +135,9 @@ def _answer_loss(args, align_cfg, panacea_rows) -> None:
     from panacea_lab.analysis.export_rows import write_rows
     from panacea_lab.training.store import RunStore
 
-    runs = panacea_rows[["p", "seed", "value"]].drop_duplicates()
-    rows = pd.concat([loss_shift(_panacea_run(args, align_cfg, float(r.p), int(r.seed), float(r.value)),
-                                 RunStore(args.runs)) for r in runs.itertuples()], ignore_index=True)
+    runs, store = panacea_rows[["p", "seed", "value"]].drop_duplicates(), RunStore(args.runs)
+    rows = pd.concat([loss_shift(_panacea_run(args, align_cfg, float(r.p), int(r.seed), float(r.value)), store)
+                      for r in runs.itertuples()], ignore_index=True)
     print("\nanswer loss against the attacked model (nats per answer token, mean ± std over seeds):")
     print(probe_table(rows))
     print(f"rows: {write_rows(rows, args.answer_loss, command=' '.join(sys.argv))}")

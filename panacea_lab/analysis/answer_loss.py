@@ -3,10 +3,10 @@ task, under the undefended fine-tuning, under Panacea's w + eps, and under w plu
 of eps's norm (the aligned model as the reference).
 
 Panacea trains eps to raise the harmful loss, nothing more. Whether that brings refusals back or
-breaks answers is a question about the other losses: if eps lowers the loss of the refusals the
-aligned model learnt, the removed compliance can turn into refusals; if it raises them too, the
-model has nowhere to go but *other*. Measuring both in the embedded world and on a real model says
-which of the two each world is in.
+breaks answers is a question about the other losses: if eps raises compliance's loss well beyond
+that of the refusals the aligned model learnt, the removed compliance can turn into refusals; if it
+raises both together, the model has nowhere to go but *other*. Measuring both in the embedded world
+and on a real model says which of the two each world is in.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from panacea_lab import defenses
+from panacea_lab.analysis.grid_tables import spread
 from panacea_lab.config import AttackConfig
 from panacea_lab.data.batching import IGNORE_INDEX, collate, encode
 from panacea_lab.data.world import Example
@@ -56,7 +57,7 @@ def probe_sets(run: AttackConfig, n: int) -> dict[str, list[Example]]:
 def loss_shift(run: AttackConfig, store: RunStore, n: int = 32) -> pd.DataFrame:
     """The answer loss of each probe set under the aligned model, the undefended fine-tuning, Panacea's
     w + eps and w + a same-norm random direction, for one finished Panacea run `run` (n answers per
-    set: on a 135M model on 2 CPU cores, about a minute per model)."""
+    set: on a 135M model on 2 CPU cores, about 50 s per run)."""
     pcfg = run.defense
     if pcfg is None or pcfg.name != "panacea":
         raise ValueError("loss_shift needs a Panacea run: an AttackConfig whose defense is a PanaceaConfig")
@@ -84,8 +85,6 @@ def loss_shift(run: AttackConfig, store: RunStore, n: int = 32) -> pd.DataFrame:
 def probe_table(rows: pd.DataFrame) -> str:
     """Markdown: per world and Panacea setting, each model's answer loss minus the attacked model's
     (mean ± std over seeds; nats per answer token) on refusals, compliance and the task."""
-    from panacea_lab.analysis.grid_tables import spread
-
     keys = ["data", "rho", "lam", "h_const", "seed", "answers"]
     base = rows[rows["model"].eq("attacked")].set_index(keys)["nll"]
     rows = rows[~rows["model"].eq("attacked")]

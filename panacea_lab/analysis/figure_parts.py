@@ -113,7 +113,8 @@ def draw_series(ax: Axes, stats: pd.DataFrame, look: style.Style | str, name: st
     Spread (a ±1 std band, or error bars for short series) only at points with two seeds or more;
     a series of fewer than 3 points is markers without a line, since a line would imply a trend.
     A series sharing its style with one already in `ax` gets the next line style; without a line, an
-    open marker (the method's shape first, then the next of `style.TWIN_MARKERS`). Returns the fewest seeds behind any of its points.
+    open marker (the method's shape first, then the next of `style.TWIN_MARKERS`). Returns the fewest
+    seeds behind any of its points.
     """
     look = look if isinstance(look, style.Style) else style.method_style(look)
     x, mean = stats.index.to_numpy(dtype=float), stats["mean"].to_numpy(dtype=float)
