@@ -84,7 +84,6 @@ if panacea_home:
 import pandas as pd
 from IPython.display import Markdown, display
 
-from panacea_lab import settings
 from panacea_lab.analysis import calibration as calib
 from panacea_lab.analysis import answer_loss, grid_tables
 from panacea_lab.analysis import plots, recipe
@@ -246,15 +245,14 @@ for p, path in grid_files.items() if not from_results else ():
     for name in grid_panacea:
         knobs = grid_knobs(name)
         first = not parts
-        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"])
+        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"], knobs.get("h_const", False))
         rows = calib.on_both_sets(defense_sweep, eval_cfg, second_test, ratios=[p], seeds=seeds,
                                   stds=stds if first else [], rhos=[pcfg.rho], lam=pcfg.lam,
-                                  panacea_kw={"h_const": knobs.get("h_const", False)},
+                                  panacea_kw={"h_const": pcfg.h_const},
                                   antidote_ratio=antidote_ratio if first else None, setting=setting,
                                   ascent_control=False, **common)
         ours = rows["method"].isin(grid_tables.TUNED)  # the rows this Panacea setting made
-        rows = rows.assign(panacea_setting=name, lam=pcfg.lam,
-                           h_const=[knobs.get("h_const", False) if o else None for o in ours])
+        rows = rows.assign(panacea_setting=name, lam=pcfg.lam, h_const=[pcfg.h_const if o else None for o in ours])
         rows.loc[~ours, ["panacea_setting", "lam"]] = None
         parts.append(rows if first else rows[ours])
     write_rows(with_hs_plus(pd.concat(parts, ignore_index=True)), path, "notebook 06")
@@ -263,9 +261,12 @@ if (grid := grid_tables.read_grid(summaries)) is not None:
     series = grid.query("method in ['none', 'antidote'] or variant == 'w+eps' or method == 'random_direction'")
     tag = series["panacea_setting"].map(lambda name: f" [{name}]" if isinstance(name, str) else "")
     series = series.assign(model=series["label"] + tag)
+    # Antidote's own attack (a fresh adapter) after the grid's, so that "no defense" keeps the solid line
+    antidote_part = series["method"].eq("antidote") | series["variant"].eq("fresh")
+    order = list(dict.fromkeys([*series.loc[~antidote_part, "model"], *series.loc[antidote_part, "model"]]))
     for harmful_set, rows in series.groupby("harmful_set"):
         fig = plots.metric_vs_ratio(rows, metrics=("HS", "refusal", "other"), reference=False,
-                                    series=list(dict.fromkeys(rows["model"])))
+                                    series=[m for m in order if m in set(rows["model"])])
         plots.save_figure(fig, figures / f"{figure_prefix}_grid_{harmful_set}.png", rows)
 
 # %% [markdown]
@@ -285,8 +286,7 @@ if loss_probe and not from_results:
     probes = []
     for name in loss_probe:
         knobs = grid_knobs(name)
-        pcfg = settings.get(setting).defense("panacea", rho=knobs["rho"], lam=knobs["lam"],
-                                              h_const=knobs.get("h_const", False))
+        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"], knobs.get("h_const", False))
         for seed in seeds:
             run = dataclasses.replace(attack_config(align_cfg, task, ratio, seed, **finetune_kw), defense=pcfg)
             probes.append(answer_loss.loss_shift(run, store).assign(panacea_setting=name))

@@ -72,7 +72,7 @@ def test_the_probe_table_pairs_each_seed_with_its_own_attacked_model():
     assert "attacked" not in table
 
 
-def test_the_readme_probe_table_is_what_the_committed_probes_give():
+def test_the_readme_probe_table_is_what_the_committed_probes_give(assert_in_readme):
     import pandas as pd
 
     from panacea_lab.analysis.export_rows import read_rows
@@ -81,6 +81,4 @@ def test_the_readme_probe_table_is_what_the_committed_probes_give():
     files = [PACKAGE_ROOT / "results/embedded/answer_loss_p0.1.csv",
              *sorted((PACKAGE_ROOT / "results/smollm2-rt").glob("answer_loss_p0.1*.csv"))]
     table = probe_table(pd.concat([read_rows(f) for f in files], ignore_index=True))
-    readme = (PACKAGE_ROOT / "README.md").read_text().splitlines()
-    missing = [line for line in table.splitlines() if line not in readme]
-    assert not missing, f"README.md's answer-loss table differs from results/ in {len(missing)} rows: {missing[0]}"
+    assert_in_readme(table, "the committed answer-loss probes", "paste probe_table's output over the README's table")

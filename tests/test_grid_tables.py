@@ -39,6 +39,9 @@ def test_differences_pair_seeds_and_a_rewritten_run_counts_once(tmp_path):
     # HS 70 - 90 = -20 and 60 - 80 = -20 (paired), not the difference of means of unpaired seeds
     assert "| -20.0 ± 0.0 (-20, -20) |" in row
     assert "| -2.0 ± 0.0 (-2, -2) |" in row  # FA, test split only
+    control = next(line for line in paired.splitlines() if "same-norm random direction (chosen)" in line)
+    # AdvBench 91 - 90 and 80 - 80; StrongREJECT (none 5 lower there, the control not) 91 - 85 and 80 - 75
+    assert "| 2 | 0.5 ± 0.7 (+1, +0) | 5.5 ± 0.7 (+6, +5) |  |" in control
     level = grid_tables.level_table(grid)
     assert "| 0.1 | attacked | 2 | 85.0 ± 7.1 / 80.0 ± 7.1 |" in level
 
@@ -60,10 +63,7 @@ def test_spread_is_mean_and_sample_std_or_the_one_value():
 
 
 @pytest.mark.parametrize("folder", ["results/smollm2", "results/smollm2-rt"])
-def test_the_readme_tables_are_what_the_committed_summaries_give(folder):
+def test_the_readme_tables_are_what_the_committed_summaries_give(folder, assert_in_readme):
     grid = grid_tables.read_grid(PACKAGE_ROOT / folder)
-    readme = (PACKAGE_ROOT / "README.md").read_text().splitlines()
     for table in (grid_tables.level_table(grid), grid_tables.paired_table(grid)):
-        missing = [line for line in table.splitlines() if line not in readme]
-        assert not missing, (f"README.md differs from {folder} in {len(missing)} table rows; paste the output of "
-                             f"`python -m panacea_lab.analysis.grid_tables {folder}`. First: {missing[0]}")
+        assert_in_readme(table, folder, f"paste the output of `python -m panacea_lab.analysis.grid_tables {folder}`")

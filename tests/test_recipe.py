@@ -15,6 +15,8 @@ def test_panacea_takes_the_settings_values_unless_given():
     given = recipe.panacea("embedded", rho=0.5)
     assert (given.rho, given.lam) == (0.5, embedded.lam)
     assert recipe.panacea("embedded", lam=1e-3).lam == 1e-3
+    assert recipe.panacea("embedded", h_const=True).h_const != embedded.h_const
+    assert recipe.panacea("embedded", h_const=None).h_const == embedded.h_const  # None keeps the setting's
 
 
 def test_a_recipe_setting_changes_the_embedded_models_lora_alignment_and_attack():

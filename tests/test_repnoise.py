@@ -126,6 +126,30 @@ def test_official_grad_equals_autograd_of_the_transcribed_official_loss(tiny_cfg
     assert logged["lens_ce"] == pytest.approx(lens.item(), rel=1e-5)
 
 
+def test_official_harmful_ce_rounds_token_ids_through_bf16_and_ours_keeps_them_exact():
+    """rep_noise_loss casts the harmful mask to bf16 (Booster `loss_func/repnoise_loss.py:131`) before
+    masked_token_ce_loss multiplies the int ids by it (`:70`), so its targets are bf16-rounded ids
+    (exact up to 256 only). A documented difference (README, Fidelity): the targets here are the ids."""
+    from panacea_lab.defenses.repnoise import masked_token_ce
+
+    def official_bf16(logits, ids, mask):
+        m = mask.to(torch.bfloat16)
+        shifted = logits[..., :-1, :] * m[..., :-1].unsqueeze(-1)
+        targets = ids[..., 1:] * m[..., 1:]  # int64 * bf16 -> bf16
+        targets[targets == 0] = -100
+        return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.long().reshape(-1))
+
+    mask = torch.tensor([[0, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    logits = torch.randn(1, 6, 1100, generator=torch.Generator().manual_seed(0))
+    small = torch.tensor([[3, 5, 200, 255, 256, 9]])  # ids bf16 holds exactly: the two rules agree
+    assert torch.allclose(masked_token_ce(logits, small, mask), official_bf16(logits, small, mask))
+    large = torch.tensor([[3, 5, 257, 301, 999, 9]])
+    assert torch.tensor([257, 301, 999]).to(torch.bfloat16).long().tolist() == [256, 300, 1000]
+    ours = masked_token_ce(logits, large, mask)
+    assert torch.allclose(ours, _official_ce(logits, large, mask))  # the exact ids
+    assert not torch.allclose(ours, official_bf16(logits, large, mask))
+
+
 def test_official_mask_is_where_the_two_batches_differ_position_by_position():
     harmful = torch.tensor([[5, 6, 7, 8, 0], [5, 6, 9, 0, 0]])
     harmless = torch.tensor([[5, 6, 7, 3], [5, 4, 9, 9], [1, 1, 1, 1]])  # paired prompts, other answers

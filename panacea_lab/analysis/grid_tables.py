@@ -105,14 +105,16 @@ def _with_seeds(diff: pd.Series) -> str:
 
 def paired_table(grid: pd.DataFrame, task: str = "sentiment") -> str:
     """Markdown: each defense minus the undefended model of the same seed (Panacea: also minus its
-    same-norm control), mean ± std with the per-seed differences in brackets."""
+    same-norm control, and the control itself minus the undefended model: what a perturbation of eps's
+    norm does without eps's direction), mean ± std with the per-seed differences in brackets."""
     lines = ["| p | defense | seeds | HS vs none, AdvBench | HS vs none, StrongREJECT | HS vs same-norm control "
              "(AdvBench / StrongREJECT) | refusal vs none (AdvBench) | other vs none (AdvBench) | FA vs none |",
              "|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(grid["p"].unique()):
         at_p = grid[grid["p"].eq(p)]
         labels = dict(_identities(at_p))
-        defenses = [(label, sel) for label, sel in labels.items() if sel.get("variant") == "w+eps"]
+        defenses = [(label, sel) for label, sel in labels.items()
+                    if sel.get("variant") == "w+eps" or sel["method"] == "random_direction"]
         defenses += [(label, sel) for label, sel in labels.items() if sel["method"] == "antidote"]
         for label, selector in defenses:
             base_sel = {"method": "none", "variant": "fresh" if selector["method"] == "antidote" else "w"}

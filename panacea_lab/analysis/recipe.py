@@ -28,7 +28,8 @@ def attack_overrides(setting: str, **overrides) -> dict:
     return {**settings.get(setting).attack, **overrides}
 
 
-def panacea(setting: str, rho: float | None = None, lam: float | None = None) -> PanaceaConfig:
-    """The setting's Panacea; a rho or lambda that is not None replaces the setting's."""
-    given = {k: v for k, v in {"rho": rho, "lam": lam}.items() if v is not None}
+def panacea(setting: str, rho: float | None = None, lam: float | None = None,
+            h_const: bool | None = None) -> PanaceaConfig:
+    """The setting's Panacea; a rho, lambda or h_const that is not None replaces the setting's."""
+    given = {k: v for k, v in {"rho": rho, "lam": lam, "h_const": h_const}.items() if v is not None}
     return settings.get(setting).defense("panacea", **given)

@@ -115,7 +115,9 @@ def differs(ids: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 def masked_token_ce(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The official masked_token_ce_loss: predict ids[t + 1] from logits[t] * mask[t] where
-    mask[t + 1], ignoring target id 0; the mean over the counted positions."""
+    mask[t + 1], ignoring target id 0; the mean over the counted positions. The targets are the exact
+    ids: the official call on the harmful batch multiplies them by a bf16 mask (`repnoise_loss.py:70`,
+    mask cast at `:131`), which rounds every id above 256 (README, Fidelity)."""
     m = mask.to(logits.dtype)
     labels = ids[:, 1:] * mask[:, 1:].long()
     targets = labels.masked_fill(labels == 0, IGNORE_INDEX)
