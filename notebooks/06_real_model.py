@@ -206,8 +206,11 @@ if calibration and not from_results:
 if (cal := calib.read_calibrations(summaries, ratio)) is not None:
     columns = ["method", "lam", "h_const", "value", "rho_frac", "HS", "refusal", "other", "HS+", f"FA_{task}"]
     display(cal[[c for c in columns if c in cal]].rename(columns={"value": "rho"}).round(3))
-    chosen = calib.choose(cal, task)
-    print("chosen on the validation split:", {k: chosen[k] for k in ("value", "lam", "h_const", "HS", "other")})
+    ranked = calib.ranking(cal, task)  # its head is calib.choose's choice
+    for place, row in zip(("chosen on the validation split", "runner-up"), ranked.head(2).itertuples()):
+        print(f"{place}: rho {row.value:g}, lambda {row.lam:g}, h_const {row.h_const}: HS {row.HS:g}, "
+              f"other {row.other:g}, qualifies {row.qualifies}")
+    # a one-point HS margin on 100 prompts is within sampling noise (binomial std at HS 80: 4 points)
     runs = cal.query("method == 'panacea' and variant == 'w+eps'")
     family = "Panacea rho=" + runs["value"].map("{:g}".format) + runs["h_const"].map({True: ", h const", False: ""})
     drawn = pd.concat([cal[cal["method"] == "none"].assign(model="no defense"),

@@ -62,14 +62,17 @@ def test_the_probe_table_pairs_each_seed_with_its_own_attacked_model():
     from panacea_lab.analysis.answer_loss import probe_table
 
     rows = []
-    for seed, (base_ref, base_comp, eps_ref, eps_comp) in enumerate([(1.0, 0.5, 2.0, 4.5), (3.0, 0.5, 4.0, 2.5)]):
-        for model, ref, comp in (("attacked", base_ref, base_comp), ("Panacea w + eps", eps_ref, eps_comp)):
-            rows += [{"data": "w", "rho": 1.0, "lam": 0.1, "h_const": False, "seed": seed, "model": model,
-                      "answers": a, "nll": v} for a, v in (("refusal", ref), ("compliance", comp), ("task", 1.0))]
-    table = probe_table(pd.DataFrame(rows))
+    for p, shift in ((0.1, 0.0), (0.05, 1.0)):  # the larger ratio first: the table orders them
+        for seed, (base_ref, base_comp, eps_ref, eps_comp) in enumerate([(1.0, 0.5, 2.0, 4.5), (3.0, 0.5, 4.0, 2.5)]):
+            for model, ref, comp in (("attacked", base_ref, base_comp), ("Panacea w + eps", eps_ref, eps_comp + shift)):
+                rows += [{"data": "w", "p": p, "rho": 1.0, "lam": 0.1, "h_const": False, "seed": seed, "model": model,
+                          "answers": a, "nll": v} for a, v in (("refusal", ref), ("compliance", comp), ("task", 1.0))]
+    table = probe_table(pd.DataFrame(rows)).splitlines()
     # refusal +1 at both seeds; compliance +4 and +2; their difference +3 and +1: 2.00 ± 1.41
-    assert "| w | rho 1, lambda 0.1 | Panacea w + eps | 2 | 1.00 ± 0.00 | 3.00 ± 1.41 | 0.00 ± 0.00 | 2.00 ± 1.41 |" in table
-    assert "attacked" not in table
+    at_01 = "| w | 0.1 | rho 1, lambda 0.1 | Panacea w + eps | 2 | 1.00 ± 0.00 | 3.00 ± 1.41 | 0.00 ± 0.00 | 2.00 ± 1.41 |"
+    at_005 = "| w | 0.05 | rho 1, lambda 0.1 | Panacea w + eps | 2 | 1.00 ± 0.00 | 4.00 ± 1.41 | 0.00 ± 0.00 | 3.00 ± 1.41 |"
+    assert table[2:] == [at_005, at_01]  # each ratio against its own attacked model, in order of p
+    assert not any("attacked" in line for line in table)
 
 
 def test_the_readme_probe_table_is_what_the_committed_probes_give(assert_in_readme):
@@ -79,6 +82,6 @@ def test_the_readme_probe_table_is_what_the_committed_probes_give(assert_in_read
     from panacea_lab.paths import PACKAGE_ROOT
 
     files = [PACKAGE_ROOT / "results/embedded/answer_loss_p0.1.csv",
-             *sorted((PACKAGE_ROOT / "results/smollm2-rt").glob("answer_loss_p0.1*.csv"))]
+             *sorted((PACKAGE_ROOT / "results/smollm2-rt").glob("answer_loss_p*.csv"))]
     table = probe_table(pd.concat([read_rows(f) for f in files], ignore_index=True))
     assert_in_readme(table, "the committed answer-loss probes", "paste probe_table's output over the README's table")

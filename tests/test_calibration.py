@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from panacea_lab.analysis.calibration import choose
+from panacea_lab.analysis.calibration import choose, ranking
 
 
 def _rows(*panacea):
@@ -23,6 +23,16 @@ def test_the_lowest_hs_that_keeps_fa_and_breaks_little_is_chosen():
                  (0.5, 0.1, 8.0, 3.0, 76.0))    # qualifies, lowest HS among those that do
     chosen = choose(rows)
     assert (chosen["value"], chosen["lam"], chosen["HS"]) == (0.5, 0.1, 8.0)
+
+
+def test_the_ranking_puts_qualifying_settings_first_and_its_head_is_the_choice():
+    rows = _rows((1.0, 0.1, 10.0, 2.0, 79.0), (2.0, 0.1, 0.0, 40.0, 78.0), (0.5, 1.0, 5.0, 1.0, 60.0),
+                 (0.5, 0.1, 8.0, 3.0, 76.0))
+    ranked = ranking(rows)
+    # qualifying by HS (8, then 10); then the rest by HS + other (6 before 40)
+    assert list(zip(ranked["value"], ranked["lam"])) == [(0.5, 0.1), (1.0, 0.1), (0.5, 1.0), (2.0, 0.1)]
+    assert ranked["qualifies"].tolist() == [True, True, False, False]
+    assert choose(rows).equals(ranked.iloc[0].drop("qualifies"))
 
 
 def test_ties_go_to_more_refusals_then_the_smaller_rho():

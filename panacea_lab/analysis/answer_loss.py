@@ -83,18 +83,20 @@ def loss_shift(run: AttackConfig, store: RunStore, n: int = 32) -> pd.DataFrame:
 
 
 def probe_table(rows: pd.DataFrame) -> str:
-    """Markdown: per world and Panacea setting, each model's answer loss minus the attacked model's
-    (mean ± std over seeds; nats per answer token) on refusals, compliance and the task."""
-    keys = ["data", "rho", "lam", "h_const", "seed", "answers"]
+    """Markdown: per world, harmful ratio and Panacea setting, each model's answer loss minus the
+    attacked model's (mean ± std over seeds; nats per answer token) on refusals, compliance and the task."""
+    keys = ["data", "p", "rho", "lam", "h_const", "seed", "answers"]
     base = rows[rows["model"].eq("attacked")].set_index(keys)["nll"]
     rows = rows[~rows["model"].eq("attacked")]
     rows = rows.assign(delta=rows["nll"].to_numpy() - base.reindex(rows.set_index(keys).index).to_numpy())
-    lines = ["| world | Panacea | model | seeds | refusal | compliance | task | compliance - refusal |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (data, rho, lam, h_const, model), at in rows.groupby(["data", "rho", "lam", "h_const", "model"], sort=False):
+    lines = ["| world | p | Panacea | model | seeds | refusal | compliance | task | compliance - refusal |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = rows.sort_values(["data", "p"], kind="stable")  # one world's ratios together, in order
+    for (data, p, rho, lam, h_const, model), at in rows.groupby(["data", "p", "rho", "lam", "h_const", "model"],
+                                                               sort=False):
         per_set = {a: at[at["answers"].eq(a)].set_index("seed")["delta"] for a in SETS}
         margin = per_set["compliance"] - per_set["refusal"]  # > 0: refusals gain on compliance
         cells = [spread(v, digits=2, one_digits=2) for v in (*per_set.values(), margin)]
         knobs = f"rho {rho:g}, lambda {lam:g}" + (", h_const" if h_const else "")
-        lines.append(f"| {data} | {knobs} | {model} | {at['seed'].nunique()} | " + " | ".join(cells) + " |")
+        lines.append(f"| {data} | {p:g} | {knobs} | {model} | {at['seed'].nunique()} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -67,11 +67,12 @@ def read_calibrations(folder: str | Path, ratio: float) -> pd.DataFrame | None:
     return rows.drop_duplicates(["method", "variant", "lam", "value", "h_const"], ignore_index=True)
 
 
-def choose(rows: pd.DataFrame, task: str = "sentiment", fa_drop: float = FA_DROP,
-           max_other: float = MAX_OTHER) -> pd.Series:
-    """The Panacea (w + eps) row to report: among those that keep FA within `fa_drop` points of the
-    undefended model and break at most `max_other` % of answers, the lowest HS (ties: more refusals,
-    then smaller rho); when none qualifies, the lowest HS + other (harm counted with broken answers)."""
+def ranking(rows: pd.DataFrame, task: str = "sentiment", fa_drop: float = FA_DROP,
+            max_other: float = MAX_OTHER) -> pd.DataFrame:
+    """The Panacea (w + eps) rows in the order `choose` prefers them: those that keep FA within
+    `fa_drop` points of the undefended model and break at most `max_other` % of answers first, by
+    lowest HS (ties: more refusals, then smaller rho); then the rest by lowest HS + other (harm
+    counted with broken answers). A `qualifies` column tells the two parts apart."""
     fa = f"FA_{task}"
     panacea = rows[rows["method"].eq("panacea") & rows["variant"].eq("w+eps")]
     if panacea.empty:
@@ -79,10 +80,18 @@ def choose(rows: pd.DataFrame, task: str = "sentiment", fa_drop: float = FA_DROP
     keeps_fa = True  # a world without a validation split of the task: FA cannot be part of the choice
     if fa in rows and rows[fa].notna().any():
         keeps_fa = panacea[fa] >= rows.loc[rows["method"].eq("none"), fa].mean() - fa_drop
-    ok = panacea[keeps_fa & (panacea["other"] <= max_other)]
-    if ok.empty:
-        return panacea.assign(_key=panacea["HS"] + panacea["other"]).sort_values(["_key", "value"]).iloc[0].drop("_key")
-    return ok.sort_values(["HS", "refusal", "value"], ascending=[True, False, True]).iloc[0]
+    good = keeps_fa & (panacea["other"] <= max_other)
+    ok = panacea[good].sort_values(["HS", "refusal", "value"], ascending=[True, False, True])
+    rest = panacea[~good].assign(_key=panacea["HS"] + panacea["other"]).sort_values(["_key", "value"]).drop(columns="_key")
+    return pd.concat([ok.assign(qualifies=True), rest.assign(qualifies=False)])
+
+
+def choose(rows: pd.DataFrame, task: str = "sentiment", fa_drop: float = FA_DROP,
+           max_other: float = MAX_OTHER) -> pd.Series:
+    """The Panacea (w + eps) row to report: the first of `ranking`: among those that keep FA within
+    `fa_drop` points of the undefended model and break at most `max_other` % of answers, the lowest
+    HS (ties: more refusals, then smaller rho); when none qualifies, the lowest HS + other."""
+    return ranking(rows, task, fa_drop, max_other).iloc[0].drop("qualifies")
 
 
 def on_both_sets(sweep, eval_cfg: EvalConfig, second: str | None, **kw) -> pd.DataFrame:
