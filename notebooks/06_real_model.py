@@ -248,7 +248,7 @@ for p, path in grid_files.items() if not from_results else ():
     for name in grid_panacea:
         knobs = grid_knobs(name)
         first = not parts
-        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"], knobs.get("h_const", False))
+        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"], knobs.get("h_const"))
         rows = calib.on_both_sets(defense_sweep, eval_cfg, second_test, ratios=[p], seeds=seeds,
                                   stds=stds if first else [], rhos=[pcfg.rho], lam=pcfg.lam,
                                   panacea_kw={"h_const": pcfg.h_const},
@@ -289,7 +289,7 @@ if loss_probe and not from_results:
     probes = []
     for name in loss_probe:
         knobs = grid_knobs(name)
-        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"], knobs.get("h_const", False))
+        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"], knobs.get("h_const"))
         for seed in seeds:
             run = dataclasses.replace(attack_config(align_cfg, task, ratio, seed, **finetune_kw), defense=pcfg)
             probes.append(answer_loss.loss_shift(run, store).assign(panacea_setting=name))

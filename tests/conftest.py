@@ -59,14 +59,17 @@ def panacea_run(tiny_cfg):
 
 @pytest.fixture
 def assert_in_readme():
-    """A check that every line of a generated table is in README.md verbatim: the README's result
-    tables are pasted from the committed summaries and must not drift from them."""
+    """A check that a generated table is in README.md verbatim, whole and in order: the README's
+    result tables are pasted from the committed summaries and must not drift from them."""
     from panacea_lab.paths import PACKAGE_ROOT
 
-    readme = set((PACKAGE_ROOT / "README.md").read_text().splitlines())
+    text = (PACKAGE_ROOT / "README.md").read_text()
+    lines = set(text.splitlines())
 
     def check(table: str, source: str, remedy: str) -> None:
-        missing = [line for line in table.splitlines() if line not in readme]
+        missing = [line for line in table.splitlines() if line not in lines]
         assert not missing, (f"README.md differs from {source} in {len(missing)} table rows; {remedy}. "
                              f"First: {missing[0]}")
+        assert f"\n{table}\n" in text, (f"README.md holds every row of {source}'s table but not as one block "
+                                       f"in this order (a stale extra row, or rows moved); {remedy}")
     return check

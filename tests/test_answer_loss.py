@@ -73,6 +73,11 @@ def test_the_probe_table_pairs_each_seed_with_its_own_attacked_model():
     at_005 = "| w | 0.05 | rho 1, lambda 0.1 | Panacea w + eps | 2 | 1.00 ± 0.00 | 4.00 ± 1.41 | 0.00 ± 0.00 | 3.00 ± 1.41 |"
     assert table[2:] == [at_005, at_01]  # each ratio against its own attacked model, in order of p
     assert not any("attacked" in line for line in table)
+    frame = pd.DataFrame(rows)
+    lone = frame[~(frame["model"].eq("attacked") & frame["seed"].eq(1) & frame["p"].eq(0.1))]
+    assert "| w | 0.1 | rho 1, lambda 0.1 | Panacea w + eps | 1 | 1.00 | 4.00 | 0.00 | 3.00 |" in probe_table(lone)
+    with pytest.raises(ValueError, match=r"without \['p'\]"):  # a file without the ratio is refused, not dropped
+        probe_table(frame.drop(columns="p"))
 
 
 def test_the_readme_probe_table_is_what_the_committed_probes_give(assert_in_readme):

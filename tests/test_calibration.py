@@ -33,6 +33,10 @@ def test_the_ranking_puts_qualifying_settings_first_and_its_head_is_the_choice()
     assert list(zip(ranked["value"], ranked["lam"])) == [(0.5, 0.1), (1.0, 0.1), (0.5, 1.0), (2.0, 0.1)]
     assert ranked["qualifies"].tolist() == [True, True, False, False]
     assert choose(rows).equals(ranked.iloc[0].drop("qualifies"))
+    # nothing qualifies (every row costs FA or breaks answers): all by HS + other, the smaller rho first on a tie
+    none_ok = ranking(_rows((1.0, 0.1, 50.0, 45.0, 80.0), (2.0, 0.1, 0.0, 99.0, 80.0), (0.5, 1.0, 60.0, 20.0, 40.0),
+                            (0.25, 0.1, 0.0, 95.0, 80.0)))
+    assert none_ok["value"].tolist() == [0.5, 0.25, 1.0, 2.0] and not none_ok["qualifies"].any()
 
 
 def test_ties_go_to_more_refusals_then_the_smaller_rho():

@@ -86,6 +86,8 @@ def probe_table(rows: pd.DataFrame) -> str:
     """Markdown: per world, harmful ratio and Panacea setting, each model's answer loss minus the
     attacked model's (mean ± std over seeds; nats per answer token) on refusals, compliance and the task."""
     keys = ["data", "p", "rho", "lam", "h_const", "seed", "answers"]
+    if missing := [k for k in keys + ["model", "nll"] if k not in rows or rows[k].isna().any()]:
+        raise ValueError(f"answer-loss rows without {missing}: each probe file must carry them (written by loss_shift)")
     base = rows[rows["model"].eq("attacked")].set_index(keys)["nll"]
     rows = rows[~rows["model"].eq("attacked")]
     rows = rows.assign(delta=rows["nll"].to_numpy() - base.reindex(rows.set_index(keys).index).to_numpy())
@@ -98,5 +100,6 @@ def probe_table(rows: pd.DataFrame) -> str:
         margin = per_set["compliance"] - per_set["refusal"]  # > 0: refusals gain on compliance
         cells = [spread(v, digits=2, one_digits=2) for v in (*per_set.values(), margin)]
         knobs = f"rho {rho:g}, lambda {lam:g}" + (", h_const" if h_const else "")
-        lines.append(f"| {data} | {p:g} | {knobs} | {model} | {at['seed'].nunique()} | " + " | ".join(cells) + " |")
+        seeds = at.loc[at["delta"].notna(), "seed"].nunique()  # a seed without its attacked model counts out
+        lines.append(f"| {data} | {p:g} | {knobs} | {model} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -72,7 +72,8 @@ def ranking(rows: pd.DataFrame, task: str = "sentiment", fa_drop: float = FA_DRO
     """The Panacea (w + eps) rows in the order `choose` prefers them: those that keep FA within
     `fa_drop` points of the undefended model and break at most `max_other` % of answers first, by
     lowest HS (ties: more refusals, then smaller rho); then the rest by lowest HS + other (harm
-    counted with broken answers). A `qualifies` column tells the two parts apart."""
+    counted with broken answers; ties: smaller rho). Remaining ties keep the rows' order (the
+    calibration files' name order). A `qualifies` column tells the two parts apart."""
     fa = f"FA_{task}"
     panacea = rows[rows["method"].eq("panacea") & rows["variant"].eq("w+eps")]
     if panacea.empty:
