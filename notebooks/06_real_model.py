@@ -296,6 +296,14 @@ if loss_probe and not from_results:
     write_rows(pd.concat(probes, ignore_index=True), probe_file, "notebook 06")
 if probed := sorted(summaries.glob(f"answer_loss_p{ratio:g}*.csv")):  # a further probe: answer_loss_p..._<name>.csv
     display(Markdown(answer_loss.probe_table(pd.concat([read_rows(f) for f in probed], ignore_index=True))))
+# Across every probed ratio and setting: does the margin follow the HS the grid measured for the same run?
+every_probe = sorted(summaries.glob("answer_loss_p*.csv"))
+if every_probe and (grid := grid_tables.read_grid(summaries)) is not None:
+    pairs = answer_loss.margin_vs_hs(pd.concat([read_rows(f) for f in every_probe], ignore_index=True), grid)
+    means = pairs.groupby(["panacea_setting", "p"])[["margin", "HS_change"]].mean()
+    display(means.round(2))
+    print(f"margin vs AdvBench HS change, Pearson r: {pairs['margin'].corr(pairs['HS_change']):.2f} over "
+          f"{len(pairs)} runs, {means['margin'].corr(means['HS_change']):.2f} over {len(means)} (setting, ratio) means")
 
 # %% [markdown]
 # ## Where eps sits: safety coefficients over the 30 layers

@@ -80,6 +80,30 @@ def test_the_probe_table_pairs_each_seed_with_its_own_attacked_model():
         probe_table(frame.drop(columns="p"))
 
 
+def test_each_runs_margin_is_paired_with_its_own_hs_change():
+    import pandas as pd
+
+    from panacea_lab.analysis.answer_loss import margin_vs_hs
+
+    rows, grid = [], []
+    for seed, (comp, ref, hs_none, hs_eps) in enumerate([(2.0, 0.5, 90.0, 70.0), (1.0, 0.9, 80.0, 79.0)]):
+        for model, c, r in (("attacked", 1.0, 1.0), ("Panacea w + eps", 1.0 + comp, 1.0 + ref)):
+            rows += [{"data": "w", "p": 0.1, "rho": 1.0, "lam": 0.01, "h_const": True, "seed": seed, "model": model,
+                      "panacea_setting": "chosen", "answers": a, "nll": v} for a, v in (("refusal", r), ("compliance", c))]
+        for harmful_set, shift in (("test", 0.0), ("strongreject", -50.0)):
+            grid += [{"method": "none", "variant": "w", "p": 0.1, "seed": seed, "harmful_set": harmful_set,
+                      "HS": hs_none + shift, "panacea_setting": None},
+                     {"method": "panacea", "variant": "w+eps", "p": 0.1, "seed": seed, "harmful_set": harmful_set,
+                      "HS": hs_eps, "panacea_setting": "chosen"}]
+    grid.append({**grid[-3], "panacea_setting": "paper", "seed": 0})  # an AdvBench row of a setting never probed
+    pairs = margin_vs_hs(pd.DataFrame(rows), pd.DataFrame(grid)).set_index("seed")
+    assert pairs["margin"].round(6).tolist() == [1.5, 0.1]  # compliance's shift minus the refusals'
+    assert pairs["HS_change"].tolist() == [-20.0, -1.0]  # AdvBench (test) rows, each seed against its own
+    assert (pairs["panacea_setting"] == "chosen").all()
+    with pytest.raises(ValueError, match="panacea_setting"):
+        margin_vs_hs(pd.DataFrame(rows).drop(columns="panacea_setting"), pd.DataFrame(grid))
+
+
 def test_the_readme_probe_table_is_what_the_committed_probes_give(assert_in_readme):
     import pandas as pd
 

@@ -82,15 +82,40 @@ def loss_shift(run: AttackConfig, store: RunStore, n: int = 32) -> pd.DataFrame:
     return pd.DataFrame(rows).assign(**ident)
 
 
+KEYS = ["data", "p", "rho", "lam", "h_const", "seed", "answers"]  # one probed run's answer set
+
+
+def shifts(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of every model but the attacked one, with `delta`: the loss minus the attacked model's
+    on the same answers of the same run (NaN where the run has no attacked row)."""
+    if missing := [k for k in KEYS + ["model", "nll"] if k not in rows or rows[k].isna().any()]:
+        raise ValueError(f"answer-loss rows without {missing}: each probe file must carry them (written by loss_shift)")
+    base = rows[rows["model"].eq("attacked")].set_index(KEYS)["nll"]
+    rows = rows[~rows["model"].eq("attacked")]
+    return rows.assign(delta=rows["nll"].to_numpy() - base.reindex(rows.set_index(KEYS).index).to_numpy())
+
+
+def margin_vs_hs(rows: pd.DataFrame, grid: pd.DataFrame, harmful_set: str = "test") -> pd.DataFrame:
+    """Per probed Panacea run (panacea_setting, p, seed): eps's margin (compliance's loss shift minus
+    the refusals') beside the run's HS change against the undefended model of the same seed in `grid`
+    (`grid_tables.read_grid`): do the runs where refusals gain most lose the most harm? Runs that
+    only one side holds are left out."""
+    if "panacea_setting" not in rows:
+        raise ValueError("answer-loss rows without panacea_setting: pair only probes that notebook 06 wrote")
+    eps = shifts(rows).query("model == 'Panacea w + eps'")
+    per = eps.pivot_table(index=["panacea_setting", "p", "seed"], columns="answers", values="delta")
+    margin = (per["compliance"] - per["refusal"]).rename("margin")
+    at = grid[grid["harmful_set"].eq(harmful_set)]
+    none = at[at["method"].eq("none") & at["variant"].eq("w")].set_index(["p", "seed"])["HS"]
+    hs = at[at["variant"].eq("w+eps")].set_index(["panacea_setting", "p", "seed"])["HS"]
+    change = (hs - none.reindex(hs.index.droplevel(0)).to_numpy()).rename("HS_change")
+    return pd.concat([margin, change], axis=1, join="inner").dropna().reset_index()
+
+
 def probe_table(rows: pd.DataFrame) -> str:
     """Markdown: per world, harmful ratio and Panacea setting, each model's answer loss minus the
     attacked model's (mean ± std over seeds; nats per answer token) on refusals, compliance and the task."""
-    keys = ["data", "p", "rho", "lam", "h_const", "seed", "answers"]
-    if missing := [k for k in keys + ["model", "nll"] if k not in rows or rows[k].isna().any()]:
-        raise ValueError(f"answer-loss rows without {missing}: each probe file must carry them (written by loss_shift)")
-    base = rows[rows["model"].eq("attacked")].set_index(keys)["nll"]
-    rows = rows[~rows["model"].eq("attacked")]
-    rows = rows.assign(delta=rows["nll"].to_numpy() - base.reindex(rows.set_index(keys).index).to_numpy())
+    rows = shifts(rows)
     lines = ["| world | p | Panacea | model | seeds | refusal | compliance | task | compliance - refusal |",
              "|---|---|---|---|---|---|---|---|---|"]
     rows = rows.sort_values(["data", "p"], kind="stable")  # one world's ratios together, in order
