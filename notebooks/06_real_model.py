@@ -284,7 +284,9 @@ if (grid := grid_tables.read_grid(summaries)) is not None:
 # --answer-loss FILE` (`results/embedded/answer_loss_p0.1.csv`).
 
 # %%
-probe_file = summaries / f"answer_loss_p{ratio:g}.csv"
+# the chosen setting's probe is answer_loss_p{ratio}.csv, any other's answer_loss_p{ratio}_<names>.csv
+probe_file = summaries / (f"answer_loss_p{ratio:g}.csv" if "chosen" in loss_probe
+                          else f"answer_loss_p{ratio:g}_{'_'.join(loss_probe)}.csv")
 if loss_probe and not from_results:
     probes = []
     for name in loss_probe:
@@ -299,11 +301,14 @@ if probed := sorted(summaries.glob(f"answer_loss_p{ratio:g}*.csv")):  # a furthe
 # Across every probed ratio and setting: does the margin follow the HS the grid measured for the same run?
 every_probe = sorted(summaries.glob("answer_loss_p*.csv"))
 if every_probe and (grid := grid_tables.read_grid(summaries)) is not None:
-    pairs = answer_loss.margin_vs_hs(pd.concat([read_rows(f) for f in every_probe], ignore_index=True), grid)
-    means = pairs.groupby(["panacea_setting", "p"])[["margin", "HS_change"]].mean()
-    display(means.round(2))
-    print(f"margin vs AdvBench HS change, Pearson r: {pairs['margin'].corr(pairs['HS_change']):.2f} over "
-          f"{len(pairs)} runs, {means['margin'].corr(means['HS_change']):.2f} over {len(means)} (setting, ratio) means")
+    every_row = pd.concat([read_rows(f) for f in every_probe], ignore_index=True)
+    for harmful_set in grid["harmful_set"].unique():
+        pairs = answer_loss.margin_vs_hs(every_row, grid, harmful_set)
+        means = pairs.groupby(["panacea_setting", "p"])[["margin", "HS_change"]].mean()
+        within = {f"{p:g}": round(d["margin"].corr(d["HS_change"]), 2) for p, d in pairs.groupby("p")}
+        print(f"{harmful_set}: margin vs HS change, Pearson r {pairs['margin'].corr(pairs['HS_change']):.2f} over "
+              f"{len(pairs)} runs, {means['margin'].corr(means['HS_change']):.2f} over {len(means)} (setting, "
+              f"ratio) means, within each ratio {within}")
 
 # %% [markdown]
 # ## Where eps sits: safety coefficients over the 30 layers

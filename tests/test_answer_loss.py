@@ -92,16 +92,20 @@ def test_each_runs_margin_is_paired_with_its_own_hs_change():
                       "panacea_setting": "chosen", "answers": a, "nll": v} for a, v in (("refusal", r), ("compliance", c))]
         for harmful_set, shift in (("test", 0.0), ("strongreject", -50.0)):
             grid += [{"method": "none", "variant": "w", "p": 0.1, "seed": seed, "harmful_set": harmful_set,
-                      "HS": hs_none + shift, "panacea_setting": None},
+                      "HS": hs_none + shift, "panacea_setting": None, "lam": None},
                      {"method": "panacea", "variant": "w+eps", "p": 0.1, "seed": seed, "harmful_set": harmful_set,
-                      "HS": hs_eps, "panacea_setting": "chosen"}]
-    grid.append({**grid[-3], "panacea_setting": "paper", "seed": 0})  # an AdvBench row of a setting never probed
+                      "HS": hs_eps, "panacea_setting": "chosen", "lam": 0.01}]
+    # "paper" probed at lambda 1e-3 but graded at 1e-2: another run under the same name, never paired
+    rows += [{**r, "panacea_setting": "paper", "lam": 0.001} for r in rows if r["seed"] == 0]
+    grid.append({**grid[-3], "panacea_setting": "paper", "seed": 0, "HS": 10.0})
     pairs = margin_vs_hs(pd.DataFrame(rows), pd.DataFrame(grid)).set_index("seed")
     assert pairs["margin"].round(6).tolist() == [1.5, 0.1]  # compliance's shift minus the refusals'
     assert pairs["HS_change"].tolist() == [-20.0, -1.0]  # AdvBench (test) rows, each seed against its own
     assert (pairs["panacea_setting"] == "chosen").all()
     with pytest.raises(ValueError, match="panacea_setting"):
         margin_vs_hs(pd.DataFrame(rows).drop(columns="panacea_setting"), pd.DataFrame(grid))
+    with pytest.raises(ValueError, match="appears twice"):
+        margin_vs_hs(pd.DataFrame(rows + rows[-4:]), pd.DataFrame(grid))
 
 
 def test_the_readme_probe_table_is_what_the_committed_probes_give(assert_in_readme):

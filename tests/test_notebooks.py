@@ -83,7 +83,9 @@ def test_notebook_runs_headless_with_smoke_parameters(source, tiny_model_dir, tm
     if "loss_probe" in params:  # one probe per seed: 4 models x 3 answer sets
         from panacea_lab.analysis.export_rows import read_rows
 
-        probe = read_rows(tmp_path / "results" / f"answer_loss_p{params['ratio']:g}.csv")
+        # a setting other than the chosen one is written beside the chosen one's file, never over it
+        assert not (tmp_path / "results" / f"answer_loss_p{params['ratio']:g}.csv").exists()
+        probe = read_rows(tmp_path / "results" / f"answer_loss_p{params['ratio']:g}_paper.csv")
         assert len(probe) == 12 and probe["nll"].gt(0).all() and set(probe["panacea_setting"]) == {"paper"}
 
 

@@ -96,19 +96,22 @@ def shifts(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def margin_vs_hs(rows: pd.DataFrame, grid: pd.DataFrame, harmful_set: str = "test") -> pd.DataFrame:
-    """Per probed Panacea run (panacea_setting, p, seed): eps's margin (compliance's loss shift minus
-    the refusals') beside the run's HS change against the undefended model of the same seed in `grid`
-    (`grid_tables.read_grid`): do the runs where refusals gain most lose the most harm? Runs that
-    only one side holds are left out."""
+    """Per probed Panacea run (panacea_setting, p, seed, and its lambda): eps's margin (compliance's
+    loss shift minus the refusals') beside the run's HS change against the undefended model of the same
+    seed in `grid` (`grid_tables.read_grid`): do the runs where refusals gain most lose the most harm?
+    Runs that only one side holds (or that a name gives another lambda there) are left out."""
     if "panacea_setting" not in rows:
         raise ValueError("answer-loss rows without panacea_setting: pair only probes that notebook 06 wrote")
+    run = ["panacea_setting", "p", "seed", "lam"]
     eps = shifts(rows).query("model == 'Panacea w + eps'")
-    per = eps.pivot_table(index=["panacea_setting", "p", "seed"], columns="answers", values="delta")
+    if eps.duplicated([*run, "answers"]).any():
+        raise ValueError("a probed run appears twice among the answer-loss rows: pass each probe file once")
+    per = eps.pivot_table(index=run, columns="answers", values="delta", aggfunc="first")
     margin = (per["compliance"] - per["refusal"]).rename("margin")
     at = grid[grid["harmful_set"].eq(harmful_set)]
     none = at[at["method"].eq("none") & at["variant"].eq("w")].set_index(["p", "seed"])["HS"]
-    hs = at[at["variant"].eq("w+eps")].set_index(["panacea_setting", "p", "seed"])["HS"]
-    change = (hs - none.reindex(hs.index.droplevel(0)).to_numpy()).rename("HS_change")
+    hs = at[at["variant"].eq("w+eps")].set_index(run)["HS"]
+    change = (hs - none.reindex(hs.index.droplevel([0, 3])).to_numpy()).rename("HS_change")
     return pd.concat([margin, change], axis=1, join="inner").dropna().reset_index()
 
 

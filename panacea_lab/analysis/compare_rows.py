@@ -21,19 +21,27 @@ METRICS = ["HS", "refusal", "other", "HS+", "norm"]
 
 def compare(committed: pd.DataFrame, rerun: pd.DataFrame) -> dict:
     """{"matched": n, "missing": runs only `committed` holds, "added": runs only `rerun` holds,
-    "differs": {metric: runs whose values differ}} over the run columns both frames carry; FA_*
-    columns count as metrics. NaN equals NaN (no FA on a second test set)."""
-    keys = [k for k in RUN if k in committed and k in rerun]
-    metrics = [m for m in committed if m in rerun and (m in METRICS or m.startswith("FA_"))]
+    "lacks": committed metrics the rerun has no column for, "differs": {metric: runs whose values
+    differ}}; FA_* columns count as metrics, NaN equals NaN (no FA on a second test set). A ValueError
+    when the rerun lacks a run column of the committed file or either file holds a run twice."""
+    keys = [k for k in RUN if k in committed]
+    if absent := [k for k in keys if k not in rerun]:
+        raise ValueError(f"the rerun has no {absent} column: it cannot be matched run by run")
+    for name, frame in (("committed", committed), ("rerun", rerun)):
+        if frame.duplicated(keys).any():
+            raise ValueError(f"the {name} file holds a run twice (same {keys})")
+    metrics = [m for m in committed if m in METRICS or m.startswith("FA_")]
     both = committed.merge(rerun, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
     matched = both[both["_merge"].eq("both")]
+    lacks = [m for m in metrics if m not in rerun]
+    metrics = [m for m in metrics if m in rerun]
     differs = {}
     for m in metrics:
         a, b = matched[f"{m}_a"], matched[f"{m}_b"]
         if n := int((~(a.eq(b) | (a.isna() & b.isna()))).sum()):
             differs[m] = n
     return {"matched": len(matched), "missing": int(both["_merge"].eq("left_only").sum()),
-            "added": int(both["_merge"].eq("right_only").sum()), "differs": differs}
+            "added": int(both["_merge"].eq("right_only").sum()), "lacks": lacks, "differs": differs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m panacea_lab.analysis.compare_rows COMMITTED.csv RERUN.csv [--subset] "
               "(two summary files)", file=sys.stderr)
         return 2
-    result = compare(read_rows(files[0]), read_rows(files[1]))
+    try:
+        result = compare(read_rows(files[0]), read_rows(files[1]))
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     print(result)
-    return 1 if (result["missing"] and not subset) or result["differs"] or not result["matched"] else 0
+    failed = (result["missing"] and not subset) or result["lacks"] or result["differs"] or not result["matched"]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
