@@ -305,7 +305,7 @@ if every_probe and (grid := grid_tables.read_grid(summaries)) is not None:
     for harmful_set in grid["harmful_set"].unique():
         pairs = answer_loss.margin_vs_hs(every_row, grid, harmful_set)
         means = pairs.groupby(["panacea_setting", "p"])[["margin", "HS_change"]].mean()
-        within = {f"{p:g}": round(d["margin"].corr(d["HS_change"]), 2) for p, d in pairs.groupby("p")}
+        within = {f"{p:g}": round(float(d["margin"].corr(d["HS_change"])), 2) for p, d in pairs.groupby("p")}
         print(f"{harmful_set}: margin vs HS change, Pearson r {pairs['margin'].corr(pairs['HS_change']):.2f} over "
               f"{len(pairs)} runs, {means['margin'].corr(means['HS_change']):.2f} over {len(means)} (setting, "
               f"ratio) means, within each ratio {within}")
