@@ -228,27 +228,26 @@ if (cal := calib.read_calibrations(summaries, ratio)) is not None:
 # `antidote_ratio` is set) and the same-norm control of each Panacea run.
 
 # %%
-def grid_knobs(name: str) -> dict:
-    """{rho, lam, h_const} of a named grid setting; "calibration": the validation split's choice."""
+def grid_config(name: str):
+    """The PanaceaConfig of a named grid setting ({rho, lam, h_const} on top of the setting's);
+    "calibration": the validation split's choice."""
     knobs = grid_panacea[name]
-    if knobs != "calibration":
-        return knobs
-    if (found := calib.read_calibrations(summaries, ratio)) is None:
-        raise FileNotFoundError(f"{name}: no calibration_p{ratio:g}_validation*.csv in {results_dir} to "
-                                "choose from; run the calibration first (`calibration = {...}`)")
-    picked = calib.choose(found, task)
-    knobs = {"rho": float(picked["value"]), "lam": float(picked["lam"]), "h_const": bool(picked["h_const"])}
-    print(f"{name}: the validation split's choice {knobs}")
-    return knobs
+    if knobs == "calibration":
+        if (found := calib.read_calibrations(summaries, ratio)) is None:
+            raise FileNotFoundError(f"{name}: no calibration_p{ratio:g}_validation*.csv in {results_dir} to "
+                                    "choose from; run the calibration first (`calibration = {...}`)")
+        picked = calib.choose(found, task)
+        knobs = {"rho": float(picked["value"]), "lam": float(picked["lam"]), "h_const": bool(picked["h_const"])}
+        print(f"{name}: the validation split's choice {knobs}")
+    return recipe.panacea(setting, knobs["rho"], knobs["lam"], knobs.get("h_const"))
 
 
 grid_files = {p: summaries / f"grid_p{p:g}.csv" for p in grid_ratios}
 for p, path in grid_files.items() if not from_results else ():
     parts = []
     for name in grid_panacea:
-        knobs = grid_knobs(name)
         first = not parts
-        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"], knobs.get("h_const"))
+        pcfg = grid_config(name)
         rows = calib.on_both_sets(defense_sweep, eval_cfg, second_test, ratios=[p], seeds=seeds,
                                   stds=stds if first else [], rhos=[pcfg.rho], lam=pcfg.lam,
                                   panacea_kw={"h_const": pcfg.h_const},
@@ -259,7 +258,7 @@ for p, path in grid_files.items() if not from_results else ():
         rows.loc[~ours, ["panacea_setting", "lam"]] = None
         parts.append(rows if first else rows[ours])
     write_rows(with_hs_plus(pd.concat(parts, ignore_index=True)), path, "notebook 06")
-if (grid := grid_tables.read_grid(summaries)) is not None:
+if (grid := grid_tables.read_grid(summaries)) is not None:  # also paired with the answer-loss probes below
     display(Markdown(grid_tables.level_table(grid, task)), Markdown(grid_tables.paired_table(grid, task)))
     series = grid.query("method in ['none', 'antidote'] or variant == 'w+eps' or method == 'random_direction'")
     tag = series["panacea_setting"].map(lambda name: f" [{name}]" if isinstance(name, str) else "")
@@ -290,18 +289,17 @@ probe_file = summaries / (f"answer_loss_p{ratio:g}.csv" if "chosen" in loss_prob
 if loss_probe and not from_results:
     probes = []
     for name in loss_probe:
-        knobs = grid_knobs(name)
-        pcfg = recipe.panacea(setting, knobs["rho"], knobs["lam"], knobs.get("h_const"))
+        pcfg = grid_config(name)
         for seed in seeds:
             run = dataclasses.replace(attack_config(align_cfg, task, ratio, seed, **finetune_kw), defense=pcfg)
             probes.append(answer_loss.loss_shift(run, store).assign(panacea_setting=name))
     write_rows(pd.concat(probes, ignore_index=True), probe_file, "notebook 06")
-if probed := sorted(summaries.glob(f"answer_loss_p{ratio:g}*.csv")):  # a further probe: answer_loss_p..._<name>.csv
-    display(Markdown(answer_loss.probe_table(pd.concat([read_rows(f) for f in probed], ignore_index=True))))
+every_probe = sorted(summaries.glob("answer_loss_p*.csv"))  # any ratio; a further probe: ..._<names>.csv
+every_row = pd.concat([read_rows(f) for f in every_probe], ignore_index=True) if every_probe else None
+if every_row is not None and every_row["p"].eq(ratio).any():
+    display(Markdown(answer_loss.probe_table(every_row[every_row["p"].eq(ratio)])))
 # Across every probed ratio and setting: does the margin follow the HS the grid measured for the same run?
-every_probe = sorted(summaries.glob("answer_loss_p*.csv"))
-if every_probe and (grid := grid_tables.read_grid(summaries)) is not None:
-    every_row = pd.concat([read_rows(f) for f in every_probe], ignore_index=True)
+if every_row is not None and grid is not None:
     for harmful_set in grid["harmful_set"].unique():
         pairs = answer_loss.margin_vs_hs(every_row, grid, harmful_set)
         means = pairs.groupby(["panacea_setting", "p"])[["margin", "HS_change"]].mean()

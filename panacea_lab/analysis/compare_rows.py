@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from panacea_lab.analysis.export_rows import read_rows
+from panacea_lab.analysis.grid_tables import SAME_RUN  # the columns that name one evaluated model
 
-RUN = ["method", "variant", "value", "p", "seed", "harmful_set", "panacea_setting"]  # one evaluated model
 METRICS = ["HS", "refusal", "other", "HS+", "norm"]
 
 
@@ -24,7 +24,7 @@ def compare(committed: pd.DataFrame, rerun: pd.DataFrame) -> dict:
     "lacks": committed metrics the rerun has no column for, "differs": {metric: runs whose values
     differ}}; FA_* columns count as metrics, NaN equals NaN (no FA on a second test set). A ValueError
     when the rerun lacks a run column of the committed file or either file holds a run twice."""
-    keys = [k for k in RUN if k in committed]
+    keys = [k for k in SAME_RUN if k in committed]
     if absent := [k for k in keys if k not in rerun]:
         raise ValueError(f"the rerun has no {absent} column: it cannot be matched run by run")
     for name, frame in (("committed", committed), ("rerun", rerun)):
