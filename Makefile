@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TORCH_BUILD ?= cpu
 TORCH_INDEX ?=
 
-.PHONY: reproduce test ui-test figures workshop bench build-base clean-runs fetch-data smollm2 real lab gpu-check
+.PHONY: reproduce test test-fast check-results ui-test figures workshop bench build-base clean-runs fetch-data smollm2 real lab gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,18 @@ lab: $(STAMP)
 		--LabApp.default_url=/lab/tree/notebooks $(if $(LAB_TOKEN),--IdentityProvider.token=$(LAB_TOKEN)) \
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# The whole suite (what CI runs). `make test-fast` leaves out the tests marked slow (the notebooks under
+# papermill, end-to-end runs, the model conversion, two-process training): the edit loop's tier.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# Every embedded-world spec against the run store: each committed results file recomputed from the stages
+# the store holds (training nothing) and compared run by run; a spec whose stages are all missing says so.
+check-results: $(STAMP)
+	$(BIN)/panacea-lab run experiments/embedded/*.yaml --check
 
 # Notebook 04's explorer in a real browser: JupyterLab + Debian's headless Chromium (apt-get install chromium)
 # driven by Playwright; screenshots in runs/ui/.
@@ -72,14 +82,15 @@ reproduce: $(STAMP)
 	$(call run_notebooks,,$(SCALE))
 
 # Re-render every figure from the run store; fails (naming the stage) rather than train anything. Notebook 06
-# (a real model) redraws from its committed summaries in results/smollm2/ and results/smollm2-rt/: no model,
-# no data needed.
+# (a real model) only reads its committed results files in results/smollm2-rt/ and results/smollm2/
+# (PANACEA_CACHE_ONLY=1 turns its quick run off): no model, no data needed.
 FIGURE_NOTEBOOKS := $(NOTEBOOKS) $(if $(filter file,$(origin NB)),$(wildcard notebooks/06_*.py))
-# The reviews world's summaries (results/smollm2-rt) are drawn by a second pass into 06_real_model_rt.ipynb.
+# Notebook 06's first pass draws the reviews world (results/smollm2-rt, its defaults); the multiemo world's
+# files (results/smollm2) are drawn by a second pass into 06_real_model_multiemo.ipynb.
 figures: $(STAMP)
 	$(call run_notebooks,PANACEA_CACHE_ONLY=1,$(SCALE),$(FIGURE_NOTEBOOKS))
 	$(if $(filter %06_real_model.py,$(FIGURE_NOTEBOOKS)),cd notebooks && PANACEA_CACHE_ONLY=1 ../$(BIN)/papermill \
-		-k python3 -f params/real-rt/06_real_model.yaml 06_real_model.ipynb 06_real_model_rt.ipynb)
+		-k python3 -f params/real-multiemo/06_real_model.yaml 06_real_model.ipynb 06_real_model_multiemo.ipynb)
 
 # The workshop (notebook 00): executed once to fill its run store ($PANACEA_RUNS, default runs/), so that
 # participants executing it again (papermill, or Run All under `make lab`) only read the store: under a minute.
@@ -108,16 +119,22 @@ $(VENV)/.real-installed: $(STAMP)
 smollm2: $(VENV)/.real-installed
 	$(BIN)/panacea-lab convert-smollm2
 
-# Notebook 06: SmolLM2-135M-Instruct with the fetched data on the CPU; fetch and convert once, then the notebook.
-# The reviews world (real-rt) by default: the multiemo world's task comes from bigbench 1.0.0, which PyPI no
-# longer serves (`make reproduce NB=06` runs it where its files are at hand); SCALE picks another set.
+# Notebook 06's quick run: SmolLM2-135M-Instruct with the fetched data on the CPU. Fetch and convert once, then
+# the reviews world's quick-run specs through `panacea-lab run` (the attack, noise vs Panacea and the eps shares
+# at p = 0.1, seed 0: about 15 min on 2 cores from an empty run store; only what the store lacks), writing
+# results/smollm2-rt/, then notebook 06 reading those files (parameter set real-rt). The multiemo world's task
+# comes from bigbench 1.0.0, which PyPI no longer serves; its specs (experiments/smollm2/) run the same way where
+# its files are at hand. The calibration, the grid and the probes take hours: `panacea-lab run SPEC` each.
+REAL_QUICK := attack_p0.1 defend_p0.1 eps_shares_p0.1_seed0
 real: smollm2 fetch-data
-	$(MAKE) reproduce NB=06 SCALE=$(or $(SCALE),real-rt)
+	$(BIN)/panacea-lab run $(REAL_QUICK:%=experiments/smollm2-rt/%.yaml)
+	$(call run_notebooks,PANACEA_CACHE_ONLY=1,real-rt,notebooks/06_real_model.py)
 
 clean-runs:
 	rm -rf runs
 
-# On a CUDA machine: the CUDA-only tests and notebook 06 on SmolLM2 in bf16 with the paper's recipe
-# (at most 8 min on one large GPU); prints step times and peak memory. Without CUDA it says so and exits 0.
+# On a CUDA machine: the CUDA-only tests and the spec experiments/gpu-check/defend_p0.1.yaml (SmolLM2 in bf16
+# with the paper's training recipe, at most 8 min on one large GPU; its rows in runs/gpu-check/gpu-check.csv,
+# never results/); prints step times and peak memory. Without CUDA it says so and exits 0.
 gpu-check: $(STAMP)
 	BIN=$(BIN) scripts/gpu_check.sh

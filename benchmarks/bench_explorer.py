@@ -23,8 +23,8 @@ import time
 import torch
 
 from panacea_lab import settings
-from panacea_lab.analysis.live_eps import LiveEps, explorer_eval
-from panacea_lab.analysis.sweeps import attack_config
+from panacea_lab.explorer.live_eps import LiveEps, explorer_eval
+from panacea_lab.studies.sweeps import attack_config
 from panacea_lab.config import AlignConfig, ModelConfig
 from panacea_lab.training.store import RunStore
 

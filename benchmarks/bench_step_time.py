@@ -3,7 +3,7 @@
 Same model (the committed base + a LoRA adapter), same user batches; only the step rule changes.
 Panacea does three forward/backward passes per step, so about 3x is expected; its passes 2 and 3
 run on harmful batches, which are longer than sentiment ones. Each method runs in a fresh process
-(`panacea_lab.analysis.overhead`), one after another, so peaks do not mix and runs do not compete for cores.
+(`panacea_lab.studies.overhead`), one after another, so peaks do not mix and runs do not compete for cores.
 
     .venv/bin/python benchmarks/bench_step_time.py [--steps 30] [--batch-size 10]
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from panacea_lab.analysis.overhead import METHODS, profile_in_subprocess
+from panacea_lab.studies.overhead import methods, profile_in_subprocess
+from panacea_lab.defenses.registry import UNDEFENDED
 
 
 def main() -> None:
@@ -22,13 +23,13 @@ def main() -> None:
     parser.add_argument("--model", default="embedded")
     args = parser.parse_args()
     rows = {m: profile_in_subprocess(m, steps=args.steps, batch_size=args.batch_size, model=args.model)
-            for m in METHODS}
-    sft = rows["sft"]
+            for m in methods()}
+    sft = rows[UNDEFENDED]  # the plain SFT step
     print(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "threads": sft["threads"],
                       "device": sft["device"], "memory": sft["memory"],
                       **{f"{m}_s_per_step": round(r["seconds_per_step"], 4) for m, r in rows.items()},
                       **{f"{m}_over_sft": round(r["seconds_per_step"] / sft["seconds_per_step"], 2)
-                         for m, r in rows.items() if m != "sft"},
+                         for m, r in rows.items() if m != UNDEFENDED},
                       **{f"{m}_peak_mib": round(r["peak_mib"], 1) for m, r in rows.items()}}, indent=1))
 
 

@@ -43,7 +43,8 @@ preset = "default"  # attack strength: default | strong
 setting = "embedded"  # panacea_lab.settings: "embedded" (Panacea lambda 0.1), "paper" (1e-3), "paper-recipe"
 rho = None  # Panacea's perturbation radius; None: the setting's
 lam = None  # Panacea's lambda; None: the setting's
-stds = [0.01, 0.02, 0.04, 0.08]  # random-noise std values (per LoRA entry)
+# post-fine-tuning defenses beside Panacea, {name: {config field: value or [values]}}; noise's std is per LoRA entry
+defenses = {"noise": {"std": [0.01, 0.02, 0.04, 0.08]}}
 n_eval = 200  # harmful test prompts and task test samples
 align_kw = {}
 runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
@@ -57,22 +58,18 @@ from IPython.display import display
 from safetensors.torch import load_file
 
 from panacea_lab import pipeline
-from panacea_lab.analysis import plots, recipe
-from panacea_lab.analysis.sweeps import attack_config, attack_sweep, defense_sweep, eps_coefficients
-from panacea_lab.config import EvalConfig
-from panacea_lab.paths import PACKAGE_ROOT
+from panacea_lab.plotting import plots
+from panacea_lab.tables import rows
+from panacea_lab.studies.sweeps import attack_sweep, defense_sweep, eps_coefficients, methods_of
+from panacea_lab.notebook_setup import setup
 from panacea_lab.pipeline.stages import artifact
-from panacea_lab.training.store import RunStore
 
-store = RunStore(runs)
-figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
-align_cfg = recipe.align_config(setting, recipe.model_config(setting, model), **align_kw)
-eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-attack_kw = recipe.attack_overrides(setting, n=n)  # the setting's training recipe, if it has one
-attack_cfg = attack_config(align_cfg, task, ratio, seed, preset, **attack_kw)
-panacea = recipe.panacea(setting, rho, lam)
+lab = setup(model=model, setting=setting, task=task, n=n, preset=preset, n_eval=n_eval, align_kw=align_kw,
+            runs=runs, figures_dir=figures_dir, rho=rho, lam=lam)
+store, figures, align_cfg, eval_cfg, panacea = lab.store, lab.figures, lab.align_cfg, lab.eval_cfg, lab.panacea
+attack_cfg = lab.attack(ratio, seed)  # the setting's training recipe, if it has one
 run = dataclasses.replace(attack_cfg, defense=panacea)  # the same fine-tuning, under Panacea
-sweep = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, **attack_kw)
+sweep = lab.sweep
 metrics = ["label", "HS", "refusal", "other", f"FA_{task}"]
 print(f"setting {setting!r}: Panacea rho = {panacea.rho:g}, lambda = {panacea.lam:g}")
 
@@ -108,7 +105,7 @@ display(answers("attack", attack_cfg))
 # large enough to lower HS also wrecks the task (watch FA and *other*).
 
 # %%
-noise = defense_sweep([ratio], [seed], stds=stds, rhos=[], antidote_ratio=None, setting=setting, **sweep)
+noise = defense_sweep([ratio], [seed], methods=defenses, setting=setting, **sweep)
 display(noise[metrics].round(1))
 fig = plots.metric_vs_param(noise, param="std", metrics=("HS", "other", f"FA_{task}"))
 plots.save_figure(fig, figures / "00_workshop_noise.png", noise)
@@ -128,9 +125,8 @@ plots.save_figure(fig, figures / "00_workshop_noise.png", noise)
 #   training needed, or only the direction of its last step?
 
 # %%
-df = defense_sweep([ratio], [seed], stds=stds, rhos=[panacea.rho], lam=panacea.lam, antidote_ratio=None,
-                   setting=setting, **sweep)
-display(df.query("method != 'noise'")[metrics + ["norm"]].round(2))
+df = defense_sweep([ratio], [seed], methods=[*methods_of(defenses, setting), panacea], setting=setting, **sweep)
+display(df[~rows.post_fine_tuning(df)][metrics + ["norm"]].round(2))  # section 3 showed the others
 
 # %%
 fig = plots.pareto(df, x=f"FA_{task}", y="HS")
@@ -157,9 +153,10 @@ display(coeffs.groupby("layer")[["eps_share", "noise_share"]].sum().round(3))
 
 # %%
 n_entries = sum(t.numel() for t in load_file(str(artifact(store, "attack", run, "eps.safetensors"))).values())
-eps_norm = df.query("method == 'panacea' and variant == 'w+eps'")["norm"].iloc[0]
+eps_norm = df[rows.through_post_half(df)]["norm"].iloc[0]
+last_std = noise.loc[noise["param"] == "std", "value"].iloc[-1]  # the last noise std of section 3
 print(f"||eps|| = {eps_norm:.2f} over {n_entries:,} LoRA entries; noise of std s has norm about s * "
-      f"sqrt({n_entries:,}) = {n_entries ** 0.5:.0f} s, e.g. {stds[-1] * n_entries ** 0.5:.1f} at s = {stds[-1]:g}")
+      f"sqrt({n_entries:,}) = {n_entries ** 0.5:.0f} s, e.g. {last_std * n_entries ** 0.5:.1f} at s = {last_std:g}")
 
 # %% [markdown]
 # ## Exercises

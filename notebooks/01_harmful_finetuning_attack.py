@@ -29,7 +29,7 @@ n = 1000  # fine-tuning samples
 sample_counts = [250, 1000]  # n sweep, at ratio_for_n; e.g. [250, 500, 1000]
 ratio_for_n = 0.1
 step_ratios = [0.1]  # HS along fine-tuning steps, one run per ratio and seed; e.g. [0.05, 0.1, 0.2]
-step_methods = ["sft"]  # and vaccine, repnoise, booster, lisa, panacea: do the defenses hold or fade?
+step_methods = ["none"]  # no defense; and vaccine, repnoise, booster, lisa, panacea: do the defenses hold or fade?
 step_overrides = {}  # attack overrides of the step runs, e.g. {"epochs": 20, "schedule": "constant"}: 2000 steps
 score_every = 60  # score a checkpoint every k optimiser steps
 n_eval_steps = 50  # harmful prompts and task samples per checkpoint
@@ -44,19 +44,18 @@ figures_dir = "figures"  # relative to the repository root, or an absolute path
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab.analysis import baselines, plots, recipe
-from panacea_lab.analysis.sweeps import attack_sweep, summarize
-from panacea_lab.analysis.trajectory import Trajectory, trajectory
-from panacea_lab.config import EvalConfig
-from panacea_lab.paths import PACKAGE_ROOT
-from panacea_lab.training.store import RunStore
+from panacea_lab.studies import baselines
 
-store = RunStore(runs)
-figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
-align_cfg = recipe.align_config(setting, recipe.model_config(setting, model), **align_kw)
-eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-sweep = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store)
-attack_kw = recipe.attack_overrides(setting)  # the setting's training recipe, if it has one
+from panacea_lab.plotting import plots
+from panacea_lab.studies.sweeps import attack_sweep, summarize
+from panacea_lab.studies.trajectory import Trajectory, trajectory
+from panacea_lab.config import EvalConfig
+from panacea_lab.notebook_setup import setup
+
+lab = setup(model=model, setting=setting, task=task, n=n, preset=preset, n_eval=n_eval, align_kw=align_kw,
+            runs=runs, figures_dir=figures_dir)
+store, figures, align_cfg = lab.store, lab.figures, lab.align_cfg
+sweep = lab.sweep  # task, preset, configs, store and the setting's training recipe (if it has one), at n
 
 # %% [markdown]
 # ## HS and FA against the harmful ratio *p*
@@ -65,7 +64,7 @@ attack_kw = recipe.attack_overrides(setting)  # the setting's training recipe, i
 # (degenerate or off-topic): a model that is merely broken shows up there, not as safe.
 
 # %%
-df = attack_sweep(ratios, seeds, n=n, **attack_kw, **sweep)
+df = attack_sweep(ratios, seeds, **sweep)
 display(summarize(df))
 
 # %%
@@ -83,7 +82,7 @@ plots.save_figure(fig, figures / "01_attack_vs_ratio.png", df)
 # More samples at the same ratio means more harmful examples *and* more benign ones.
 
 # %%
-by_n = pd.concat([attack_sweep([ratio_for_n], seeds, include_reference=False, n=k, **attack_kw, **sweep)
+by_n = pd.concat([attack_sweep([ratio_for_n], seeds, include_reference=False, **{**sweep, "n": k})
                   .assign(n=k, label=f"fine-tuned n={k}") for k in sample_counts])
 display(by_n.groupby("n")[["HS", "refusal", "other", f"FA_{task}"]].agg(["mean", "std"]).round(1))
 
@@ -119,8 +118,8 @@ def step_rows(method, p, seed, cfg):
 
 steps = pd.DataFrame([row for method in step_methods
                       for p, seed, cfg in baselines.baseline_configs(method, step_ratios, seeds, task, preset,
-                                                                     align_cfg, setting, n=n,
-                                                                     **{**attack_kw, **step_overrides})
+                                                                     align_cfg, setting,
+                                                                     **{**lab.attack_kw, **step_overrides})
                       for row in step_rows(method, p, seed, cfg)])
 display(steps.groupby(["run", "step"])[["HS", "other", f"FA_{task}"]].mean().round(1).unstack("run"))
 

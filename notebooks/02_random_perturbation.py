@@ -20,7 +20,8 @@ model = "embedded"
 task = "sentiment"
 ratio = 0.1  # harmful ratio p of the attack being defended
 seeds = [0, 1]  # CPU scale (make reproduce); the paper's: [0, 1, 2]
-stds = [0.01, 0.02, 0.04, 0.08]  # finer: [0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08]
+# the post-fine-tuning defenses swept, {name: {config field: value or [values]}}: a list is swept
+defenses = {"noise": {"std": [0.01, 0.02, 0.04, 0.08]}}  # finer: [0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08]
 n = 1000
 preset = "default"
 setting = "embedded"  # named defaults and training recipe (panacea_lab.settings): embedded | paper | paper-recipe
@@ -32,18 +33,14 @@ figures_dir = "figures"  # relative to the repository root, or an absolute path
 # %%
 from IPython.display import display
 
-from panacea_lab.analysis import plots, recipe
-from panacea_lab.analysis.sweeps import defense_sweep, summarize
-from panacea_lab.config import EvalConfig
-from panacea_lab.paths import PACKAGE_ROOT
-from panacea_lab.training.store import RunStore
+from panacea_lab.plotting import plots
+from panacea_lab.studies.sweeps import defense_sweep, summarize
+from panacea_lab.notebook_setup import setup
 
-figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
-align_cfg = recipe.align_config(setting, recipe.model_config(setting, model), **align_kw)
-eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-df = defense_sweep([ratio], seeds, task=task, preset=preset, stds=stds, rhos=[], antidote_ratio=None,
-                   align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(runs), setting=setting,
-                   **recipe.attack_overrides(setting, n=n))
+lab = setup(model=model, setting=setting, task=task, n=n, preset=preset, n_eval=n_eval, align_kw=align_kw,
+            runs=runs, figures_dir=figures_dir)
+figures = lab.figures
+df = defense_sweep([ratio], seeds, methods=defenses, setting=setting, **lab.sweep)
 display(summarize(df))
 
 # %% [markdown]

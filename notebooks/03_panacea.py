@@ -24,7 +24,9 @@ model = "embedded"
 task = "sentiment"
 ratios = [0.1, 0.2]  # CPU scale: a Panacea run is ~2 min on 2 cores. The paper's grid: [0.05, 0.1, 0.2]
 seeds = [0]  # and [0, 1, 2]
-stds = [0.01, 0.02, 0.04, 0.08]
+# the post-fine-tuning defenses beside Panacea, {name: {config field: value or [values]}}: a list is swept;
+# a name with {} takes its registry record's values (Antidote: dense_ratio 0.1)
+defenses = {"noise": {"std": [0.01, 0.02, 0.04, 0.08]}, "antidote": {}}
 setting = "embedded"  # panacea_lab.settings: "embedded" (Panacea lambda 0.1), "paper" (1e-3), "paper-recipe"
 rho = None  # the rho drawn across p and in the training curves; None: the setting's
 rhos = None  # Panacea's radii, each one more run per ratio and seed; None: [rho]; e.g. [0.5, 1, 2]
@@ -32,11 +34,12 @@ lam = None  # Panacea's lambda; None: the setting's
 ablation_rhos = [1.0]  # rho x lambda grid, at ablation_ratio and the first seed; e.g. [0.5, 1, 2]
 ablation_lams = [1e-3, 1e-1]  # and [1e-3, 1e-2, 1e-1]
 ablation_ratio = 0.1
-baselines = ["sft"]  # the paper's comparison: ["sft", "vaccine", "repnoise", "booster", "lisa"] (each ~1-5 min)
+baselines = ["none"]  # the paper's comparison: ["none", "vaccine", "repnoise", "booster", "lisa"] (each ~1-5 min)
 baseline_ratios = [0.1]  # ratios (among `ratios`) of the baseline comparison
 axis_tasks = []  # the defenses at axis_ratio when the user fine-tunes on other tasks, e.g. ["topic", "arithmetic"]
 axis_ns = []  # ... and on other numbers of fine-tuning samples, e.g. [500, 1000, 2000]
 axis_ratio = 0.1
+axis_controls = ["random_direction"]  # the controls run beside Panacea on those axes (also: "harmful_ascent")
 n = 1000
 preset = "default"
 n_eval = 200
@@ -51,38 +54,33 @@ import pandas as pd
 from IPython.display import display
 
 from panacea_lab import pipeline
-from panacea_lab.analysis import plots, recipe
-from panacea_lab.analysis.baselines import baseline_sweep
-from panacea_lab.analysis.sweeps import attack_config, defense_sweep, summarize
-from panacea_lab.config import EvalConfig
-from panacea_lab.paths import PACKAGE_ROOT
-from panacea_lab.training.store import RunStore
+from panacea_lab.plotting import plots
+from panacea_lab.tables import rows
+from panacea_lab.studies.baselines import baseline_sweep
+from panacea_lab.studies.sweeps import defense_sweep, methods_of, summarize
+from panacea_lab.notebook_setup import setup
 
-store = RunStore(runs)
-figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
-align_cfg = recipe.align_config(setting, recipe.model_config(setting, model), **align_kw)
-eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
-attack_kw = recipe.attack_overrides(setting, n=n)  # the setting's training recipe, if it has one
-common = dict(task=task, preset=preset, align_cfg=align_cfg, eval_cfg=eval_cfg, store=store, setting=setting,
-              **attack_kw)
-panacea = recipe.panacea(setting, rho, lam)
+lab = setup(model=model, setting=setting, task=task, n=n, preset=preset, n_eval=n_eval, align_kw=align_kw,
+            runs=runs, figures_dir=figures_dir, rho=rho, lam=lam)
+store, figures, eval_cfg, panacea = lab.store, lab.figures, lab.eval_cfg, lab.panacea
+common = dict(setting=setting, **lab.sweep)  # the setting's training recipe, if it has one, at n
 rho_drawn = panacea.rho
 rhos = [rho_drawn] if rhos is None else rhos
 if rho_drawn not in rhos:
     raise ValueError(f"rho = {rho_drawn:g} is not among rhos = {rhos}: add it to rhos, or pick rho from them")
 print(f"setting {setting!r}: Panacea rho = {rho_drawn:g} (of {rhos}), lambda = {panacea.lam:g}")
+posts = methods_of(defenses, setting)  # the post-fine-tuning defenses' configs, every swept value
+drawn = rows.middle_each(posts) + [panacea]  # one config per defense: the middle swept value, Panacea at rho
 
 # %% [markdown]
 # ## Every defense across the harmful ratio p
 
 # %%
-df = defense_sweep(ratios, seeds, stds=stds, rhos=rhos, lam=panacea.lam, **common)
+df = defense_sweep(ratios, seeds, methods=posts + [dataclasses.replace(panacea, rho=r) for r in rhos], **common)
 display(summarize(df))
 
 # %%
-mid_std = stds[len(stds) // 2]
-shown = df.query("method in ['none', 'antidote'] or (method == 'noise' and value == @mid_std)"
-                 " or (method == 'panacea' and value == @rho_drawn)")
+shown = df[rows.undefended(df) | rows.of(df, *drawn)]  # no defense, and each defense at its drawn value
 fig = plots.metric_vs_ratio(shown, metrics=("HS", "other", f"FA_{task}"), reference=False,
                             series=list(dict.fromkeys(shown["label"])))
 plots.save_figure(fig, figures / "03_defenses_vs_ratio.png", shown)
@@ -117,7 +115,7 @@ for p in ratios:
 # runs at the named setting's values (the official code's defaults unless the setting calibrates it).
 
 # %%
-post = shown.query("method != 'none' and p in @baseline_ratios")
+post = shown[~rows.undefended(shown) & shown["p"].isin(baseline_ratios)]
 compared = pd.concat([baseline_sweep(baseline_ratios, seeds, methods=baselines, **common), post], ignore_index=True)
 display(summarize(compared))
 for p in baseline_ratios:
@@ -137,20 +135,17 @@ for p in baseline_ratios:
 # so each costs one fine-tuning and one Panacea training per seed. Off at the CPU scale.
 
 # %%
-AXIS_ROWS = ("(method == 'panacea' and variant == 'w+eps')"
-             " or method in ['none', 'noise', 'antidote', 'random_direction']")
-
-
 def axis_sweep(**changed):
-    return defense_sweep([axis_ratio], seeds, stds=[mid_std], rhos=[rho_drawn], lam=panacea.lam,
-                         **{**common, **changed}).query(AXIS_ROWS)
+    """Each drawn defense at one more task or n; Panacea as w + eps only (its w is no model it serves)."""
+    df = defense_sweep([axis_ratio], seeds, methods=drawn, controls=axis_controls, **{**common, **changed})
+    return df[rows.served(df)]
 
 
 for other_task in axis_tasks:
-    rows = axis_sweep(task=other_task, eval_cfg=dataclasses.replace(eval_cfg, tasks=(other_task,)))
-    display(summarize(rows))
-    fig = plots.method_bars(rows, metrics=("HS", "other", f"FA_{other_task}"))
-    plots.save_figure(fig, figures / f"03_defenses_task_{other_task}.png", rows)
+    on_task = axis_sweep(task=other_task, eval_cfg=dataclasses.replace(eval_cfg, tasks=(other_task,)))
+    display(summarize(on_task))
+    fig = plots.method_bars(on_task, metrics=("HS", "other", f"FA_{other_task}"))
+    plots.save_figure(fig, figures / f"03_defenses_task_{other_task}.png", on_task)
 if axis_ns:
     by_n = pd.concat([axis_sweep(n=k).assign(n=k) for k in axis_ns], ignore_index=True)
     by_n["label"] = by_n["label"] + " n=" + by_n["n"].astype(str)
@@ -171,9 +166,10 @@ if axis_ns:
 # ## rho x lambda ablation (HS of w + eps, and FA)
 
 # %%
-grid = pd.concat([defense_sweep([ablation_ratio], seeds[:1], stds=(), rhos=ablation_rhos, lam=lm,
-                                antidote_ratio=None, **common).assign(lam=lm) for lm in ablation_lams])
-with_eps = grid.query("method == 'panacea' and variant == 'w+eps'")
+grid = pd.concat([defense_sweep([ablation_ratio], seeds[:1], controls=[], **common,
+                                methods=[dataclasses.replace(panacea, rho=r, lam=lm) for r in ablation_rhos])
+                  .assign(lam=lm) for lm in ablation_lams])
+with_eps = grid[rows.through_post_half(grid)]
 for metric in ("HS", f"FA_{task}"):
     fig = plots.grid_heatmap(with_eps, index="rho", columns="lam", value=metric,
                              title=f"Panacea w+eps: {metric} over rho x lambda (p={ablation_ratio:g})")
@@ -191,7 +187,7 @@ for metric in ("HS", f"FA_{task}"):
 # falls. The clamp at 5 stops the push once the perturbed model no longer fits harmful answers.
 
 # %%
-run = dataclasses.replace(attack_config(align_cfg, task, ratios[-1], seeds[0], preset, **attack_kw), defense=panacea)
+run = lab.attack(ratios[-1], seeds[0], defense=panacea)
 log = pd.DataFrame(pipeline.attack(run, store)["train"]["log"])
 fig = plots.training_curves(log)
 plots.save_figure(fig, figures / "03_training_curves.png", log)

@@ -25,7 +25,7 @@ model = "embedded"
 task = "sentiment"
 ratios = [0.1]  # each (ratio, seed) is one Panacea run, ~3 min on 2 cores; shared with notebook 03
 seeds = [0]  # e.g. [0, 1, 2]: one heatmap per run; the ablation averages over them
-setting = "embedded"  # named defaults (panacea_lab.settings): Panacea's rho and lambda
+setting = "embedded"  # panacea_lab.settings: Panacea's rho and lambda, and any training recipe ("paper-recipe")
 rho = None  # None: the setting's
 lam = None  # None: the setting's (embedded 0.1; the paper's 1e-3)
 n = 1000
@@ -43,23 +43,19 @@ figures_dir = "figures"  # relative to the repository root, or an absolute path
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab import settings
-from panacea_lab.analysis import plots
-from panacea_lab.analysis.sweeps import attack_config, eps_coefficients
-from panacea_lab.config import AlignConfig, EvalConfig, ModelConfig
-from panacea_lab.paths import PACKAGE_ROOT
-from panacea_lab.training.store import RunStore
+from panacea_lab.plotting import plots
+from panacea_lab.studies.sweeps import eps_coefficients
+from panacea_lab.notebook_setup import setup
 
-store = RunStore(runs)
-figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
-align_cfg = AlignConfig(model=ModelConfig(path=model), **align_kw)
-panacea = settings.get(setting).defense("panacea", **{k: v for k, v in {"rho": rho, "lam": lam}.items()
-                                                     if v is not None})
+# the same setup as notebook 03's: the same parameters name the same (shared, cached) Panacea runs
+lab = setup(model=model, setting=setting, task=task, n=n, preset=preset, n_eval=n_eval, align_kw=align_kw,
+            runs=runs, figures_dir=figures_dir, rho=rho, lam=lam)
+store, figures, eval_cfg, panacea = lab.store, lab.figures, lab.eval_cfg, lab.panacea
 print(f"setting {setting!r}: Panacea rho = {panacea.rho:g}, lambda = {panacea.lam:g}")
 
 
 def panacea_run(p, seed):
-    return attack_config(align_cfg, task, p, seed, preset, n=n, defense=panacea)
+    return lab.attack(p, seed, defense=panacea)
 
 
 coeffs = {f"p={p:g} seed={seed}": eps_coefficients(panacea_run(p, seed), store) for p in ratios for seed in seeds}
@@ -133,11 +129,10 @@ display(explorer)
 # notebook: `layer_ablations([panacea_run(p, s) for s in (0, 1, 2)], store, eval_cfg)`.
 
 # %%
-from panacea_lab.analysis.ablation_plots import ablation_figures
-from panacea_lab.analysis.layer_ablation import layer_ablations
-from panacea_lab.analysis.sweeps import summarize
+from panacea_lab.plotting.ablation_plots import ablation_figures
+from panacea_lab.studies.layer_ablation import layer_ablations
+from panacea_lab.studies.sweeps import summarize
 
-eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,))
 ablation = layer_ablations([panacea_run(ablation_ratio, seed) for seed in seeds], store, eval_cfg, kinds=ablation_kinds)
 display(summarize(ablation))
 for kind, fig in ablation_figures(ablation).items():
@@ -169,7 +164,7 @@ import json
 
 from IPython.display import clear_output
 
-from panacea_lab.analysis.live_eps import LiveEps, explorer_eval
+from panacea_lab.explorer.live_eps import LiveEps, explorer_eval
 from panacea_lab.config import to_dict
 
 live_run = panacea_run(ablation_ratio, seeds[0])

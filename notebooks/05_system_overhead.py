@@ -22,7 +22,7 @@
 
 # %% tags=["parameters"]
 model = "embedded"
-methods = ["sft", "panacea", "panacea_k4"]  # and "vaccine", "repnoise", "booster", "lisa"
+methods = ["none", "panacea", "panacea_k4"]  # and "vaccine", "repnoise", "booster", "lisa"
 steps = 8  # timed steps per method (after warm-up)
 warmup = 2
 batch_size = 10
@@ -34,18 +34,17 @@ figures_dir = "figures"  # relative to the repository root, or an absolute path
 import pandas as pd
 from IPython.display import display
 
-from panacea_lab.analysis import plots
-from panacea_lab.analysis.overhead import OverheadJob, profile_cached
-from panacea_lab.paths import PACKAGE_ROOT
-from panacea_lab.training.store import RunStore
+from panacea_lab.plotting import plots
+from panacea_lab.studies.overhead import OverheadJob, profile_cached
+from panacea_lab.notebook_setup import setup
 
-store = RunStore(runs)
-figures = PACKAGE_ROOT / figures_dir  # wherever papermill runs, figures land in the repository's figures/
+lab = setup(model=model, task=task, runs=runs, figures_dir=figures_dir)
+store, figures = lab.store, lab.figures
 rows = [profile_cached(OverheadJob(m, model, steps, batch_size, task, warmup), store) for m in methods]
 df = pd.DataFrame(rows)[["method", "device", "threads", "steps", "batch_size", "seconds_per_step", "peak_mib",
                          "memory"]]
-df["time_over_sft"] = df["seconds_per_step"] / df.loc[df["method"] == methods[0], "seconds_per_step"].iloc[0]
-display(df[["method", "device", "threads", "seconds_per_step", "time_over_sft", "peak_mib"]].round(3))
+df["time_over_none"] = df["seconds_per_step"] / df.loc[df["method"] == methods[0], "seconds_per_step"].iloc[0]
+display(df[["method", "device", "threads", "seconds_per_step", "time_over_none", "peak_mib"]].round(3))
 
 # %%
 fig = plots.overhead_bars(df, baseline=methods[0])

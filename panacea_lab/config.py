@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from panacea_lab.paths import EMBEDDED_MODEL_DIR, PACKAGE_ROOT  # noqa: F401  (re-exported)
 
 EMBEDDED_MODEL = "embedded"
+UNDEFENDED = "none"  # the one identifier of the undefended model in every row, file and table
 TASKS = ("sentiment", "topic", "arithmetic", "instruct")
 JUDGES = ("oracle", "keyword", "beaver-dam")
 ADAPTER_MODES = ("continue", "fresh")
@@ -231,8 +232,8 @@ class AlignConfig(Validated):
 
     @property
     def method(self) -> str:
-        """The alignment method's name: sft, or the defense's."""
-        return self.defense.name if self.defense is not None else "sft"
+        """The alignment method's name: the defense's, or UNDEFENDED for plain SFT."""
+        return self.defense.name if self.defense is not None else UNDEFENDED
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,7 @@ class AttackConfig(Validated):
 
     @property
     def method(self) -> str:
-        return self.defense.name if self.defense is not None else "sft"
+        return self.defense.name if self.defense is not None else UNDEFENDED
 
 
 @dataclass(frozen=True)

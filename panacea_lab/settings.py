@@ -63,6 +63,9 @@ SETTINGS = {
 }
 DEFAULT_SETTING = "embedded"
 
+# Step rules profiled beside the registry's (studies.overhead): amortized Panacea, eps every 4th step.
+PROFILE_VARIANTS = {"panacea_k4": ("panacea", {"recompute_every": 4})}
+
 
 def get(name: str = DEFAULT_SETTING) -> Setting:
     if name not in SETTINGS:

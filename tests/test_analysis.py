@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from panacea_lab.analysis.coefficients import pareto_front, safety_coefficients
+from panacea_lab.tables.coefficients import pareto_front, safety_coefficients
 from panacea_lab.defenses.perturb import norms_by_layer_module
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from panacea_lab import pipeline
-from panacea_lab.analysis.answer_loss import answer_nll, loss_shift, probe_sets, probe_table
+from panacea_lab.studies.answer_loss import answer_nll, loss_shift, probe_sets, probe_table
 from panacea_lab.data.batching import collate, encode
 from panacea_lab.defenses.panacea import EpsConfig
 from panacea_lab.pipeline.context import EvalContext, get_tokenizer
@@ -59,7 +59,7 @@ def test_the_probe_needs_a_panacea_run(panacea_run, store):
 def test_the_probe_table_pairs_each_seed_with_its_own_attacked_model():
     import pandas as pd
 
-    from panacea_lab.analysis.answer_loss import probe_table
+    from panacea_lab.studies.answer_loss import probe_table
 
     rows = []
     for p, shift in ((0.1, 0.0), (0.05, 1.0)):  # the larger ratio first: the table orders them
@@ -83,7 +83,7 @@ def test_the_probe_table_pairs_each_seed_with_its_own_attacked_model():
 def test_each_runs_margin_is_paired_with_its_own_hs_change():
     import pandas as pd
 
-    from panacea_lab.analysis.answer_loss import margin_vs_hs
+    from panacea_lab.studies.answer_loss import margin_vs_hs
 
     rows, grid = [], []
     for seed, (comp, ref, hs_none, hs_eps) in enumerate([(2.0, 0.5, 90.0, 70.0), (1.0, 0.9, 80.0, 79.0)]):
@@ -111,7 +111,7 @@ def test_each_runs_margin_is_paired_with_its_own_hs_change():
 def test_the_readme_probe_table_is_what_the_committed_probes_give(assert_in_readme):
     import pandas as pd
 
-    from panacea_lab.analysis.export_rows import read_rows
+    from panacea_lab.tables.export_rows import read_rows
     from panacea_lab.paths import PACKAGE_ROOT
 
     files = [PACKAGE_ROOT / "results/embedded/answer_loss_p0.1.csv",

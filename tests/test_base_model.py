@@ -10,6 +10,7 @@ from panacea_lab.data.batching import encode
 from panacea_lab.evaluation.evaluate import generate, score_task
 from panacea_lab.evaluation.judges import OracleJudge
 from panacea_lab.models import base_model
+from panacea_lab.training import pretrain
 from panacea_lab.models.base_model import BaseModelRecipe
 from panacea_lab.models.loading import load_base, load_tokenizer
 
@@ -54,26 +55,27 @@ def test_build_base_refuses_a_directory_it_did_not_write(tmp_path, monkeypatch):
     def no_training(*_, **__):
         raise AssertionError("trained before checking --out")
 
-    monkeypatch.setattr(base_model, "train_loop", no_training)
+    monkeypatch.setattr(pretrain, "train_loop", no_training)
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep")
     (out / "recipe.json").write_text('{"something": "else"}')  # a recipe.json that is not ours
     with pytest.raises(ConfigError, match=rf"build-base --out {out}: the directory holds files that build-base"):
-        base_model.pretrain(out, TINY_RECIPE)
+        pretrain.pretrain(out, TINY_RECIPE)
     assert (out / "notes.txt").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):
-        base_model.pretrain(tmp_path / "file", TINY_RECIPE)
+        pretrain.pretrain(tmp_path / "file", TINY_RECIPE)
 
 
+@pytest.mark.slow
 def test_build_base_writes_an_empty_or_its_own_directory(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
-    base_model.pretrain(out, TINY_RECIPE)
+    pretrain.pretrain(out, TINY_RECIPE)
     assert base_model.is_base_model_dir(out) and (out / "model.safetensors").is_file()
     first = (out / "model.safetensors").stat().st_ino
-    base_model.pretrain(out, TINY_RECIPE)  # its own output: rebuilt in place
+    pretrain.pretrain(out, TINY_RECIPE)  # its own output: rebuilt in place
     assert (out / "model.safetensors").stat().st_ino != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or old directory left
     assert base_model.is_base_model_dir(EMBEDDED_MODEL_DIR)  # the committed model may be rebuilt over

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from panacea_lab.analysis.calibration import choose, ranking
+from panacea_lab.studies.calibration import choose, ranking
 
 
 def _rows(*panacea):
@@ -61,8 +61,8 @@ def test_without_task_accuracy_only_broken_answers_limit_the_choice():
 
 
 def test_every_calibration_file_at_the_ratio_counts_and_a_setting_twice_counts_once(tmp_path):
-    from panacea_lab.analysis.calibration import read_calibrations
-    from panacea_lab.analysis.export_rows import write_rows
+    from panacea_lab.studies.calibration import read_calibrations
+    from panacea_lab.tables.export_rows import write_rows
 
     def sweep(*settings):  # (lam, rho, h_const, HS)
         rows = [{"method": "none", "variant": "w", "HS": 88.0}]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-import panacea_lab.analysis.sweeps as experiments
-from panacea_lab.analysis.export_rows import read_rows
+import panacea_lab.studies.sweeps as experiments
+from panacea_lab.tables.export_rows import read_rows
 from panacea_lab.cli import main
 from panacea_lab.config import AlignConfig, EvalConfig
 
@@ -16,6 +16,7 @@ def small_presets(monkeypatch):
                         lambda **kw: AlignConfig(n_refusal=16, n_replay_per_task=2, epochs=1, **kw))
 
 
+@pytest.mark.slow
 def test_attack_prints_every_ratio(tiny_model_dir, tmp_path, capsys, small_presets):
     figure = tmp_path / "fig" / "attack.png"
     code = main(["attack", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0", "0.2",
@@ -28,8 +29,10 @@ def test_attack_prints_every_ratio(tiny_model_dir, tmp_path, capsys, small_prese
     assert "FA_sentiment" in out and "HS" in out
 
 
+@pytest.mark.slow
 def test_defend_sweep_has_every_method(tiny_cfg, store):
-    df = experiments.defense_sweep([0.2], [0], stds=(0.01,), rhos=(0.3,), store=store,
+    df = experiments.defense_sweep([0.2], [0], {"noise": {"std": [0.01]}, "antidote": {}, "panacea": {"rho": [0.3]}},
+                                   store=store,
                                    align_cfg=AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1),
                                    eval_cfg=EvalConfig(n_harmful=4, n_task=4, max_new_tokens=8, tasks=("sentiment",)),
                                    n=20, epochs=1)
@@ -46,6 +49,7 @@ def test_defend_sweep_has_every_method(tiny_cfg, store):
     assert table.shape[0] == 8 and (table["seeds"] == 1).all()
 
 
+@pytest.mark.slow
 def test_defend_cli_prints_table_and_coefficients(tiny_model_dir, tmp_path, capsys, small_presets):
     code = main(["defend", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0.2",
                  "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01", "--rhos", "0.3",
@@ -71,6 +75,7 @@ def test_eps_coefficients_sum_to_one_and_differ_from_noise(tiny_cfg, store):
     assert (table["eps_share"] - table["noise_share"]).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_compare_cli_prints_every_method_once(tiny_model_dir, tmp_path, capsys, small_presets, monkeypatch):
     from panacea_lab import settings
 
@@ -79,7 +84,7 @@ def test_compare_cli_prints_every_method_once(tiny_model_dir, tmp_path, capsys, 
                                                                "align_batch_size": 4}})
     monkeypatch.setitem(settings.SETTINGS, "tiny", tiny)
     code = main(["compare", "--model", str(tiny_model_dir), "--runs", str(tmp_path), "--ratios", "0.2", "--seeds",
-                 "0", "--n", "20", "--n-eval", "4", "--stds", "0.01", "--rhos", "0.3", "--methods", "sft", "vaccine",
+                 "0", "--n", "20", "--n-eval", "4", "--stds", "0.01", "--rhos", "0.3", "--methods", "none", "vaccine",
                  "lisa", "--setting", "tiny"])
     out = capsys.readouterr().out
     assert code == 0

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from panacea_lab.analysis.compare_rows import compare, main
-from panacea_lab.analysis.export_rows import write_rows
+from panacea_lab.cli import main as cli
+from panacea_lab.tables.compare_rows import compare
+
+
+def main(argv):
+    return cli(["compare-rows", *argv])
+from panacea_lab.tables.export_rows import write_rows
 
 
 def _rows():

@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from panacea_lab import defenses, pipeline, settings
-from panacea_lab.analysis.sweeps import attack_config
+from panacea_lab.studies.sweeps import attack_config
 from panacea_lab.cli import main
 from panacea_lab.config import AlignConfig, ConfigError, ModelConfig
 from panacea_lab.defenses.panacea import EpsConfig

@@ -16,7 +16,7 @@ import pytest
 from test_fetch import SOURCES as FAKE_SOURCES
 from test_fetch import WHEEL_FILES, make_sdist, make_wheel, pinned, tamper
 
-import panacea_lab.models.base_model as base_model
+import panacea_lab.training.pretrain as pretrain
 import panacea_lab.pipeline.stages as stages
 from panacea_lab.cli import main
 from panacea_lab.config import AlignConfig, ConfigError, ModelConfig
@@ -78,7 +78,7 @@ def no_training(monkeypatch, ws, pins):
         raise AssertionError("a training loop started: the bad input was not refused up front")
 
     monkeypatch.setattr(stages, "train_loop", refuse)
-    monkeypatch.setattr(base_model, "train_loop", refuse)
+    monkeypatch.setattr(pretrain, "train_loop", refuse)
     monkeypatch.setattr("panacea_lab.cli_flags.AlignConfig", lambda **kw: AlignConfig(**{**SMALL_ALIGN, **kw}))
     monkeypatch.setenv("PANACEA_HOME", str(ws / "home"))
     monkeypatch.delenv("PANACEA_CACHE_ONLY", raising=False)
@@ -99,7 +99,7 @@ ATTACK = ["attack", "--ratios", "0.2", "--seeds", "0", "--n", "20", "--n-eval", 
 DEFEND = ["defend", "--ratios", "0.2", "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01",
           "--rhos", "0.3"]
 COMPARE = ["compare", "--ratios", "0.2", "--seeds", "0", "--n", "20", "--n-eval", "4", "--stds", "0.01",
-           "--rhos", "0.3", "--methods", "sft"]
+           "--rhos", "0.3", "--methods", "none"]
 EXPORT = ["export", "--n", "20", "--out", "{ws}/out/export"]
 WITH_MODEL = {"attack": ATTACK, "defend": DEFEND, "compare": COMPARE, "export": EXPORT}
 
@@ -127,7 +127,7 @@ CASES = [
     ("defend-recompute-every-0", ["defend", "--recompute-every", "0"], ["recompute_every = 0"]),
     ("attack-task-unknown", ["attack", "--task", "poetry"], ["--task", "invalid choice: 'poetry'"]),
     ("attack-preset-unknown", ["attack", "--preset", "huge"], ["--preset", "invalid choice: 'huge'"]),
-    ("compare-method-unknown", ["compare", "--methods", "sft", "magic"], ["--methods", "invalid choice: 'magic'"]),
+    ("compare-method-unknown", ["compare", "--methods", "none", "magic"], ["--methods", "invalid choice: 'magic'"]),
     ("defend-setting-unknown", ["defend", "--setting", "paperish"], ["--setting", "invalid choice: 'paperish'"]),
     ("attack-data-unknown", ["attack", "--data", "web"], ["--data", "invalid choice: 'web'"]),
     ("attack-adapter-unknown", ["attack", "--adapter", "both"], ["--adapter", "invalid choice: 'both'"]),
@@ -234,7 +234,7 @@ def papermill_yaml(text: str) -> dict:
 def notebook_configs(params: dict, model: str):
     """The configs notebook 06 builds from its parameters (the same package calls)."""
     from panacea_lab import defenses, settings
-    from panacea_lab.analysis.sweeps import attack_config
+    from panacea_lab.studies.sweeps import attack_config
 
     align = AlignConfig(model=ModelConfig(path=model), **params["align_kw"])
     attack = attack_config(align, "sentiment", params["p"], 0, n=20, **params["attack_kw"])
@@ -284,7 +284,7 @@ def test_malformed_yaml_syntax_is_refused_by_papermill_with_the_line():
 
 def test_yaml_ratios_as_text_give_numeric_rows(tiny_model_dir, monkeypatch):
     """The notebooks' sweeps on a YAML ratio list; the stages are stubbed (only the rows matter here)."""
-    from panacea_lab.analysis import sweeps
+    from panacea_lab.studies import sweeps
     from panacea_lab.config import EvalConfig
 
     metrics = {"HS": 1.0, "refusal": 2.0, "other": 97.0, "FA": {"sentiment": 50.0}}

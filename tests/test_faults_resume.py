@@ -29,6 +29,8 @@ from panacea_lab.models.loading import attach_lora, load_base, load_tokenizer
 from panacea_lab.training import checkpoint
 from panacea_lab.training.loop import LoopSettings, train_loop
 
+pytestmark = pytest.mark.slow  # processes killed and resumed: the full suite's, not the edit loop's
+
 # fork: children start in milliseconds; a process that uses CUDA cannot be forked, so spawn there
 CHILDREN = multiprocessing.get_context("spawn" if torch.cuda.is_available() else "fork")
 TOTAL, EVERY = 40, 5  # 20 user rows, batch 2, 4 epochs

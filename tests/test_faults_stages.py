@@ -26,6 +26,8 @@ import torch
 import panacea_lab.pipeline.stages as stages
 from panacea_lab.cli import main
 
+pytestmark = pytest.mark.slow  # processes killed and resumed: the full suite's, not the edit loop's
+
 # fork: children start in milliseconds; a process that uses CUDA cannot be forked, so spawn there
 CHILDREN = multiprocessing.get_context("spawn" if torch.cuda.is_available() else "fork")
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from panacea_lab.config import EvalConfig
-from panacea_lab.training import hashing
+from panacea_lab import hashing
 from panacea_lab.training.store import RunStore, StoreDamage, content_sha256, dir_sha256, file_sha256
 
 

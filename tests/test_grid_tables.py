@@ -2,11 +2,15 @@
 README's copies equal to what the committed summaries give."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import pytest
 
-from panacea_lab.analysis import grid_tables
-from panacea_lab.analysis.export_rows import write_rows
+from panacea_lab.tables import grid_tables
+from panacea_lab.tables.export_rows import write_rows
+from panacea_lab.config import POST, DefenseConfig
+from panacea_lab.defenses.registry import REGISTRY, Defense
 from panacea_lab.paths import PACKAGE_ROOT
 
 
@@ -59,11 +63,50 @@ def test_spread_is_mean_and_sample_std_or_the_one_value():
     assert grid_tables.spread([1, 2, 3]) == "2.0 ± 1.0"
     assert grid_tables.spread([7]) == "7"
     assert grid_tables.spread([]) == ""
-    assert grid_tables.main([str(PACKAGE_ROOT / "does-not-exist")]) == 1
+    from panacea_lab.cli import main
+
+    assert main(["tables", str(PACKAGE_ROOT / "does-not-exist")]) == 2  # one line naming what is missing
 
 
 @pytest.mark.parametrize("folder", ["results/smollm2", "results/smollm2-rt"])
 def test_the_readme_tables_are_what_the_committed_summaries_give(folder, assert_in_readme):
     grid = grid_tables.read_grid(PACKAGE_ROOT / folder)
     for table in (grid_tables.level_table(grid), grid_tables.paired_table(grid)):
-        assert_in_readme(table, folder, f"paste the output of `python -m panacea_lab.analysis.grid_tables {folder}`")
+        assert_in_readme(table, folder, f"paste the output of `panacea-lab tables {folder}`")
+
+
+@dataclass(frozen=True)
+class _ShrinkConfig(DefenseConfig):
+    """A toy post-fine-tuning defense, scored on a fresh adapter (its rows are never computed here)."""
+
+    name = "shrink"
+    stage = POST
+
+    factor: float = 0.5
+
+
+def test_a_registered_defense_enters_both_tables_with_its_record_s_label(tmp_path, monkeypatch):
+    record = Defense(name="shrink", stage=POST, config=_ShrinkConfig, label="Shrink", param="factor",
+                     transform=lambda model, cfg, ctx: model, finetune_adapter="fresh")
+    monkeypatch.setitem(REGISTRY, "shrink", record)
+    rows = []
+    for seed, (hs_fresh, hs_shrink) in enumerate(((60.0, 40.0), (70.0, 45.0))):
+        for harmful_set in grid_tables.SETS:
+            common = {"p": 0.1, "seed": seed, "harmful_set": harmful_set, "other": 0.0,
+                      "FA_sentiment": 80.0 if harmful_set == "test" else None}
+            rows += [{**common, "method": "none", "variant": "fresh", "label": "x", "HS": hs_fresh,
+                      "refusal": 100 - hs_fresh},
+                     {**common, "method": "shrink", "variant": "w", "label": "x", "param": "factor", "value": 0.5,
+                      "HS": hs_shrink, "refusal": 100 - hs_shrink}]
+    grid = pd.concat([_seed(0, 90, 70, 91), _seed(1, 80, 60, 80), pd.DataFrame(rows)], ignore_index=True)
+    write_rows(grid.assign(**{"HS+": lambda d: d["HS"] + d["other"]}), tmp_path / "grid_p0.1.csv", "test")
+    grid = grid_tables.read_grid(tmp_path)
+    level = grid_tables.level_table(grid).splitlines()
+    assert [line.split(" | ")[1] for line in level[2:]] == [
+        "attacked", "Panacea w + eps, chosen (rho 1, lambda 0.01, h_const)", "same-norm random direction (chosen)",
+        "attacked, fresh adapter", "Shrink factor 0.5"]  # after the undefended run it transforms
+    assert level[-1].startswith("| 0.1 | Shrink factor 0.5 | 2 | 42.5 ± 3.5 / 42.5 ± 3.5 |")
+    paired = next(line for line in grid_tables.paired_table(grid).splitlines() if "Shrink" in line)
+    # paired with the fresh-adapter attack of the same seed: 40 - 60 and 45 - 70
+    assert paired.startswith("| 0.1 | Shrink factor 0.5 | 2 | -22.5 ± 3.5 (-20, -25) |")
+    assert grid.loc[grid["method"].eq("shrink"), "panacea_setting"].isna().all()  # not a trained setting's row

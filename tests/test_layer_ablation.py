@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 from safetensors.torch import load_file
 
 from panacea_lab import pipeline
-from panacea_lab.analysis.ablation_plots import ablation_figure, ablation_figures, ablation_rows
-from panacea_lab.analysis.layer_ablation import Restriction, eps_parts, layer_ablation, restrictions, share_of
-from panacea_lab.analysis.live_eps import LiveEps
+from panacea_lab.plotting.ablation_plots import ablation_figure, ablation_figures, ablation_rows
+from panacea_lab.studies.layer_ablation import Restriction, eps_parts, layer_ablation, restrictions, share_of
+from panacea_lab.explorer.live_eps import LiveEps
 from panacea_lab.config import ConfigError, EvalConfig
 from panacea_lab.defenses.panacea import EpsConfig, EpsControlConfig
 from panacea_lab.defenses.perturb import applied
@@ -52,6 +52,7 @@ def test_shares_of_single_layers_add_up_and_leaving_one_out_is_the_rest(run, sto
     assert sum(share_of(eps, EpsConfig(modules=(m,)))[0] for m in modules) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_layer_ablation_rows_are_the_cached_evaluations_of_each_restriction(run, store):
     df = layer_ablation(run, store, EVAL, kinds=("layer", "module"))
     assert list(df.loc[:2, "variant"]) == ["w", "w+eps", "control"] and df.loc[1, "param"] == "all"
@@ -69,6 +70,7 @@ def test_layer_ablation_rows_are_the_cached_evaluations_of_each_restriction(run,
         layer_ablation(dataclasses.replace(run, defense=None), store, EVAL)
 
 
+@pytest.mark.slow
 def test_ablation_figures_draw_each_kind_beside_its_share(run, store):
     df = layer_ablation(run, store, EVAL, kinds=("layer", "module"))
     figs = ablation_figures(df)

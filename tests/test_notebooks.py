@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import jupytext
@@ -12,40 +13,38 @@ import yaml
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.py"))
 SMOKE_ALIGN = {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1}
+REPO = Path(__file__).resolve().parent.parent
+PROGRESS_BAR = re.compile(r"it/s|s/it|%\|")  # a tqdm bar's line, as text or as a widget's plain-text form
 
 
 def smoke_parameters(name: str, model_dir: str, tmp: Path) -> dict:
+    if name == "06_real_model":  # it reads results files (a tiny model has no real-model specs to run)
+        return {"results_dir": str(_committed_copy(tmp, "smollm2-rt")), "run_quick": False,
+                "figures_dir": str(tmp / "figures"), "runs": str(tmp / "runs")}
     common = {"model": model_dir, "seeds": [0], "n_eval": 4, "runs": str(tmp / "runs"),
               "figures_dir": str(tmp / "figures"), "align_kw": SMOKE_ALIGN}
     per_notebook = {
-        "00_workshop": {"ratio": 0.2, "n": 20, "stds": [0.01], "rho": 0.3},
+        "00_workshop": {"ratio": 0.2, "n": 20, "defenses": {"noise": {"std": [0.01]}}, "rho": 0.3},
         "01_harmful_finetuning_attack": {"ratios": [0.0, 0.2], "n": 20, "sample_counts": [10, 20],
                                          "ratio_for_n": 0.2, "step_ratios": [0.2], "score_every": 2,
-                                         "n_eval_steps": 4, "step_methods": ["sft", "vaccine", "panacea"]},
-        "02_random_perturbation": {"ratio": 0.2, "n": 20, "stds": [0.01, 0.05]},
-        "03_panacea": {"ratios": [0.2], "n": 20, "stds": [0.01], "rhos": [0.3], "rho": 0.3,
+                                         "n_eval_steps": 4, "step_methods": ["none", "vaccine", "panacea"]},
+        "02_random_perturbation": {"ratio": 0.2, "n": 20, "defenses": {"noise": {"std": [0.01, 0.05]}}},
+        "03_panacea": {"ratios": [0.2], "n": 20, "defenses": {"noise": {"std": [0.01]}, "antidote": {}},
+                       "rhos": [0.3], "rho": 0.3,
                        "ablation_rhos": [0.3], "ablation_lams": [1e-3, 1e-1], "ablation_ratio": 0.2,
-                       "baselines": ["sft", "repnoise", "lisa"], "baseline_ratios": [0.2],
+                       "baselines": ["none", "repnoise", "lisa"], "baseline_ratios": [0.2],
                        "axis_tasks": ["topic"], "axis_ns": [10, 20], "axis_ratio": 0.2},
         "04_safety_coefficients": {"ratios": [0.2], "n": 20, "rho": 0.3},
         "05_system_overhead": {"steps": 2, "warmup": 1, "batch_size": 4},
-        "06_real_model": {"panacea_home": str(_package_home(tmp)), "n": 20, "ratio": 0.2, "stds": [0.01], "rho": 0.3,
-                          "attack_kw": {"epochs": 1, "lr": 1e-4, "batch_size": 10}, "model_kw": {"max_length": 96},
-                          "max_new_tokens": 8, "results_dir": str(tmp / "results"), "from_results": False,
-                          "second_test": "strongreject", "calibration": {"lam": [1e-3, 1.0], "rho": [0.3]},
-                          "grid_ratios": [0.2],
-                          "grid_panacea": {"chosen": "calibration", "paper": {"rho": 0.3, "lam": 1e-3}},
-                          "loss_probe": ["paper"]},
     }
     return {**common, **per_notebook.get(name, {})}
 
 
-def _package_home(tmp: Path) -> Path:
-    """fetch-data's files in their upstream formats, synthetic (panacea_lab.testing)."""
-    from panacea_lab.testing import write_package_data
+def _committed_copy(tmp: Path, folder: str) -> Path:
+    """A results folder's committed files, copied (a notebook that reads them may not write beside them)."""
+    import shutil
 
-    write_package_data(tmp / "home" / "data")
-    return tmp / "home"
+    return Path(shutil.copytree(REPO / "results" / folder, tmp / "results" / folder))
 
 
 def declared_parameters(ipynb: Path) -> set[str]:
@@ -80,13 +79,41 @@ def test_notebook_runs_headless_with_smoke_parameters(source, tiny_model_dir, tm
     figures = sorted((tmp_path / "figures").glob("*.png"))
     assert figures, "the notebook saved no figure"
     assert all(f.with_suffix(".csv").exists() for f in figures)
-    if "loss_probe" in params:  # one probe per seed: 4 models x 3 answer sets
-        from panacea_lab.analysis.export_rows import read_rows
+    executed = nbformat.read(out, as_version=4)
+    assert_figures_are_shown(executed, figures)
+    assert_cells_are_quiet(executed)
+    if params.get("run_quick") is False:  # it only read: the run store holds nothing
+        assert not any((tmp_path / "runs").rglob("result.json")), "it trained"
 
-        # a setting other than the chosen one is written beside the chosen one's file, never over it
-        assert not (tmp_path / "results" / f"answer_loss_p{params['ratio']:g}.csv").exists()
-        probe = read_rows(tmp_path / "results" / f"answer_loss_p{params['ratio']:g}_paper.csv")
-        assert len(probe) == 12 and probe["nll"].gt(0).all() and set(probe["panacea_setting"]) == {"paper"}
+
+def _lines(output) -> list[str]:
+    """The lines an output shows: a stream's text, or a display's plain-text form (a widget's too)."""
+    text = output.get("text", "") if output.output_type == "stream" else output.get("data", {}).get("text/plain", "")
+    return [line for line in re.split(r"[\r\n]", "".join(text)) if line.strip()]
+
+
+def _first_line(cell) -> str:
+    return next(iter(cell.source.strip().splitlines()), "")
+
+
+def assert_figures_are_shown(nb, saved: list[Path]) -> None:
+    """Every cell that saves a figure shows it as a PNG output, and the notebook shows every figure it saved."""
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    images = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in cells]
+    unshown = [_first_line(c) for c, k in zip(cells, images) if "save_figure(" in c.source and not k]
+    assert not unshown, f"cells that save a figure but show no image: {unshown}"
+    assert sum(images) >= len(saved), f"{len(saved)} figures saved, {sum(images)} shown"
+
+
+def assert_cells_are_quiet(nb, max_warnings: int = 5, max_bars: int = 3) -> None:
+    """No cell repeats a warning over and over or leaves a trail of progress bars (one per run or evaluation)."""
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        warned = [line for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"
+                  for line in _lines(o) if "Warning" in line]
+        bars = [line for o in cell.outputs for line in _lines(o) if PROGRESS_BAR.search(line)]
+        first = _first_line(cell)
+        assert len(warned) <= max_warnings, f"{first!r}: {len(warned)} warning lines, e.g. {warned[0]}"
+        assert len(bars) <= max_bars, f"{first!r}: {len(bars)} progress bars, e.g. {bars[:2]}"
 
 
 PARAMS = Path(__file__).resolve().parent.parent / "notebooks" / "params"
@@ -157,12 +184,12 @@ def test_figures_stay_in_the_repository(where, figures_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("params", ["", "real-rt"])
+@pytest.mark.parametrize("params", ["", "real-multiemo"])
 def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the_model(tmp_path, params):
-    """`make figures` needs neither SmolLM2 nor its data: notebook 06 redraws from results/smollm2
-    (and, with the real-rt parameter set, from results/smollm2-rt)."""
-    from panacea_lab.analysis.calibration import read_calibrations
-    from panacea_lab.analysis.export_rows import read_rows
+    """`make figures` needs neither SmolLM2 nor its data: notebook 06 redraws from results/smollm2-rt
+    (its defaults) and, with the real-multiemo parameter set, from results/smollm2."""
+    from panacea_lab.studies.calibration import read_calibrations
+    from panacea_lab.tables.export_rows import read_rows
 
     source = next(p for p in NOTEBOOKS if p.stem == "06_real_model")
     ipynb = tmp_path / "06.ipynb"
@@ -173,8 +200,9 @@ def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the
                                parameters={**overrides, "panacea_home": str(home),
                                            "figures_dir": str(tmp_path / "figures"), "runs": str(tmp_path / "runs")},
                                progress_bar=False, execution_timeout=300)
-    results = source.parent.parent / overrides.get("results_dir", "results/smollm2")
-    prefix = overrides.get("figure_prefix", "06_real_model")
+    defaults = _defaults(source)
+    results = source.parent.parent / overrides.get("results_dir", defaults["results_dir"])
+    prefix = overrides.get("figure_prefix", defaults["figure_prefix"])
     committed = {name: read_rows(path) for name, path in
                  (("defend", results / "defend_p0.1.csv"), ("eps", results / "eps_shares_p0.1_seed0.csv"))
                  if path.exists()}
@@ -201,3 +229,35 @@ def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the
             drawn = read_rows(tmp_path / "figures" / f"{name}.csv")
             assert drawn[columns].reset_index(drop=True).equals(committed[summary][columns].reset_index(drop=True))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("result.json")), "it trained"
+
+
+@pytest.mark.slow
+def test_notebook_06_runs_the_quick_run_specs_into_its_results_folder(tiny_model_dir, tmp_path):
+    """With the model and the data at hand, notebook 06 runs its folder's quick-run specs (attack, defend,
+    eps shares) through the runner, writes their files into `results_dir` (not results/), and draws them."""
+    from panacea_lab.tables.export_rows import read_rows
+
+    specs = tmp_path / "experiments" / "toy"
+    specs.mkdir(parents=True)
+    base = {"model": str(tiny_model_dir), "ratios": [0.2], "seeds": [0], "attack": {"n": 20, "epochs": 1.0},
+            "align": {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1.0}, "eval": {"n_eval": 4}}
+    trained = {"panacea": {"rho": [0.3]}}
+    for name, more in {"attack_p0.2": {"sweep": "attack", "reference_tasks": ["sentiment"]},
+                       "defend_p0.2": {"sweep": "defend", "defenses": {"noise": {"std": [0.05]}, **trained},
+                                       "controls": ["random_direction"]},
+                       "eps_shares_p0.2_seed0": {"sweep": "eps_shares", "defenses": trained}}.items():
+        (specs / f"{name}.yaml").write_text(yaml.safe_dump({**base, **more}))
+    ipynb = tmp_path / "06.ipynb"
+    nbformat.write(jupytext.read(next(p for p in NOTEBOOKS if p.stem == "06_real_model")), ipynb)
+    results = tmp_path / "results" / "toy"
+    papermill.execute_notebook(str(ipynb), str(tmp_path / "06.out.ipynb"), cwd=str(tmp_path), kernel_name="python3",
+                               parameters={"experiments_dir": str(specs), "results_dir": str(results), "ratio": 0.2,
+                                           "run_quick": True, "figures_dir": str(tmp_path / "figures"),
+                                           "runs": str(tmp_path / "runs"), "figure_prefix": "toy",
+                                           "panacea_home": str(tmp_path / "home")},  # nothing fetched
+                               progress_bar=False, execution_timeout=600)
+    written = {p.stem: read_rows(p) for p in results.glob("*.csv")}
+    assert set(written) == {"attack_p0.2", "defend_p0.2", "eps_shares_p0.2_seed0"}
+    assert written["defend_p0.2"]["method"].nunique() == 4 and len(written["eps_shares_p0.2_seed0"]) > 0
+    assert {p.name for p in (tmp_path / "figures").glob("*.png")} == {"toy_defenses.png", "toy_heatmap.png"}
+    assert_cells_are_quiet(nbformat.read(tmp_path / "06.out.ipynb", as_version=4))

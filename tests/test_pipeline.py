@@ -6,7 +6,7 @@ import pytest
 from panacea_lab import pipeline
 from panacea_lab.pipeline.stages import artifact
 from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig
-from panacea_lab.analysis.sweeps import attack_sweep, summarize
+from panacea_lab.studies.sweeps import attack_sweep, summarize
 from panacea_lab.training.store import RunStore
 
 EVAL = EvalConfig(n_harmful=8, n_task=6, max_new_tokens=16, tasks=("sentiment", "arithmetic"))
@@ -50,6 +50,7 @@ def test_fresh_adapter_starts_from_the_merged_aligned_model(tiny_cfg, store):
     assert w_attack.allclose(w_aligned, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_in_separate_stores(tiny_cfg, tmp_path):
     runs = []
     for name in ("a", "b"):

@@ -14,9 +14,9 @@ from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
 from matplotlib.colors import LogNorm, to_hex  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from panacea_lab.analysis import style  # noqa: E402
-from panacea_lab.analysis.coefficients import pareto_front  # noqa: E402
-from panacea_lab.analysis.plots import (  # noqa: E402
+from panacea_lab.plotting import style  # noqa: E402
+from panacea_lab.tables.coefficients import pareto_front  # noqa: E402
+from panacea_lab.plotting.plots import (  # noqa: E402
     MODULE_ORDER,
     coefficient_heatmap,
     grid_heatmap,
@@ -97,7 +97,7 @@ def trajectory_frame() -> pd.DataFrame:
 def overhead_frame() -> pd.DataFrame:
     return pd.DataFrame([{"method": m, "device": "cpu", "batch_size": 4, "seconds_per_step": s, "peak_mib": mib,
                           "memory": "RSS above the loaded model"}
-                         for m, s, mib in (("sft", 0.2, 100.0), ("panacea", 0.6, 180.0), ("lisa", 0.25, 120.0))])
+                         for m, s, mib in (("none", 0.2, 100.0), ("panacea", 0.6, 180.0), ("lisa", 0.25, 120.0))])
 
 
 PLOTS = {
@@ -331,7 +331,7 @@ def test_a_method_has_the_same_colour_in_every_figure():
     in_param = _colors_by_label(metric_vs_param(df, "rho", metrics="HS"))
     bars = method_bars(df, metrics="HS").axes[0]
     in_bars = {t.get_text(): to_hex(p.get_facecolor()) for t, p in zip(bars.get_xticklabels(), bars.patches)}
-    panacea = style.METHOD_STYLES["panacea (w+eps)"].color.lower()
+    panacea = style.method_style("panacea (w+eps)").color.lower()
     assert in_pareto["panacea (w+eps)"] == in_param["panacea (w+eps)"] == in_bars["panacea rho=1 (w+eps)"] == panacea
     assert in_pareto["no defense"] == in_param["no defense"] == in_bars["no defense"] == "#000000"
     assert in_pareto["noise"] == in_bars["noise std=0.02"] != in_pareto["panacea (w)"]
@@ -345,12 +345,12 @@ def test_a_typed_method_column_picks_the_style_and_unknown_names_are_grey():
     df["variant"] = df["model"].map({"ours": "w+eps", "theirs": None})
     bars = method_bars(df, metrics="HS").axes[0]
     colors = {t.get_text(): to_hex(p.get_facecolor()) for t, p in zip(bars.get_xticklabels(), bars.patches)}
-    assert colors == {"ours": style.METHOD_STYLES["panacea (w+eps)"].color.lower(),
-                      "theirs": style.METHOD_STYLES["vaccine"].color.lower()}
+    assert colors == {"ours": style.method_style("panacea (w+eps)").color.lower(),
+                      "theirs": style.method_style("vaccine").color.lower()}
     unknown = method_bars(df.drop(columns=["method", "variant"]), metrics="HS").axes[0]
     assert {to_hex(p.get_facecolor()) for p in unknown.patches} == {style.UNKNOWN.color.lower()}
-    assert style.method_style("SFT (no defense)") == style.method_style("fine-tuned") == style.METHOD_STYLES["no defense"]
-    assert style.method_style("Vaccine") == style.METHOD_STYLES["vaccine"] and style.method_style("x") == style.UNKNOWN
+    assert style.method_style("SFT (no defense)") == style.method_style("fine-tuned") == style.method_style("no defense")
+    assert style.method_style("Vaccine") == style.method_style("vaccine") and style.method_style("x") == style.UNKNOWN
 
 
 def _spread_artists(ax) -> list:
@@ -381,7 +381,7 @@ def test_a_series_mixing_one_and_several_seeds_is_named_in_the_legend():
 def test_fewer_than_three_points_are_markers_without_a_line():
     short = attack_frame().query("p != p or p <= 0.05")  # two ratios
     line = metric_vs_ratio(short, metrics="HS", reference=False).axes[0].lines[0]
-    assert line.get_linestyle() == "None" and line.get_marker() == style.METHOD_STYLES["no defense"].marker
+    assert line.get_linestyle() == "None" and line.get_marker() == style.method_style("no defense").marker
     assert metric_vs_ratio(attack_frame(), metrics="HS").axes[0].lines[0].get_linestyle() == "-"
     twice = defense_frame()  # two noise series in one panel keep noise's colour, told apart by line style
     ax = metric_vs_ratio(twice, metrics="HS", reference=False, series=("noise std=0.01", "noise std=0.02")).axes[0]
@@ -483,6 +483,6 @@ def test_typed_rows_draw_like_labelled_ones_with_method_colours_and_param_tags()
     np.testing.assert_allclose(ax.lines[0].get_ydata(), noise.to_numpy())
     fig = pareto(typed)
     colors = _colors_by_label(fig)
-    assert colors["panacea (w + eps)"] == style.METHOD_STYLES["panacea (w+eps)"].color.lower()
-    assert colors["same-norm random"] == style.METHOD_STYLES["same-norm random"].color.lower()
+    assert colors["panacea (w + eps)"] == style.method_style("panacea (w+eps)").color.lower()
+    assert colors["same-norm random"] == style.method_style("same-norm random").color.lower()
     assert {"dense_ratio=0.1", "rho=1"} <= {t.get_text() for t in fig.axes[0].texts}

@@ -23,7 +23,6 @@ from panacea_lab.evaluation.evaluate import generate
 from panacea_lab.models.loading import attach_lora, load_base, load_tokenizer
 from panacea_lab.models.presets import (
     ADAPTER_BYTES,
-    PANACEA_COPIES,
     PRESETS,
     count_parameters,
     estimate_memory,
@@ -213,7 +212,7 @@ def test_smollm2_path_comes_from_its_resolver_lazily(tiny_model_dir, monkeypatch
 
 # ------------------------------------------------------------------------------- memory estimate
 def test_estimate_counts_the_real_model_exactly(tiny_cfg):
-    est = estimate_memory(tiny_cfg, batch_size=4, seq_len=32, method="sft", device="cpu")
+    est = estimate_memory(tiny_cfg, batch_size=4, seq_len=32, device="cpu")
     model = lora_with_random_b(tiny_cfg)
     assert est["lora_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert est["n_params"] == sum(p.numel() for p in load_base(tiny_cfg).parameters())
@@ -221,13 +220,16 @@ def test_estimate_counts_the_real_model_exactly(tiny_cfg):
 
 
 def test_estimate_scales_as_documented(tiny_cfg):
-    bf16 = estimate_memory("llama2-7b", 10, 256, "sft", "cuda")
-    fp32 = estimate_memory("llama2-7b", 10, 256, "sft", "cpu")
+    bf16 = estimate_memory("llama2-7b", 10, 256, device="cuda")
+    fp32 = estimate_memory("llama2-7b", 10, 256, device="cpu")
     assert (bf16["dtype"], fp32["dtype"]) == ("bfloat16", "float32") and 2 * bf16["weights"] == fp32["weights"]
-    panacea = estimate_memory("llama2-7b", 10, 256, "panacea", "cuda")
-    extra = PANACEA_COPIES * ADAPTER_BYTES * bf16["lora_params"]
-    assert panacea["total"] - bf16["total"] == panacea["panacea_extra"] == extra > 0
-    double = estimate_memory("llama2-7b", 20, 256, "sft", "cuda")
+    from panacea_lab import defenses
+
+    copies = defenses.get(defenses.trained_with_half()[0]).lora_copies  # Panacea's eps, saved w, G_f, G_h, G_h'
+    panacea = estimate_memory("llama2-7b", 10, 256, extra_copies=copies, device="cuda", method="Panacea")
+    extra = copies * ADAPTER_BYTES * bf16["lora_params"]
+    assert copies == 5 and panacea["total"] - bf16["total"] == panacea["extra_copies"] == extra > 0
+    double = estimate_memory("llama2-7b", 20, 256, device="cuda")
     assert double["activations"] == 2 * bf16["activations"] and double["logits"] == 2 * bf16["logits"]
     assert double["weights"] == bf16["weights"] and double["adam"] == bf16["adam"]
     plain = estimate_memory(dataclasses.replace(tiny_cfg, gradient_checkpointing=False), 8, 64, device="cpu")
@@ -237,7 +239,7 @@ def test_estimate_scales_as_documented(tiny_cfg):
     assert "\n" not in line and "llama2-7b" in line and "GiB" in line and "Panacea copies" in line
 
 
-@pytest.mark.parametrize("kw,field", [({"method": "dpo"}, "method"), ({"device": "tpu"}, "device"),
+@pytest.mark.parametrize("kw,field", [({"extra_copies": -1}, "extra_copies"), ({"device": "tpu"}, "device"),
                                       ({"batch_size": 0}, "batch_size"), ({"seq_len": 1.5}, "seq_len")])
 def test_estimate_refuses_bad_arguments(kw, field):
     args = {"batch_size": 1, "seq_len": 8, **kw}

@@ -2,8 +2,8 @@
 import pytest
 
 from panacea_lab import settings
-from panacea_lab.analysis import recipe
-from panacea_lab.analysis.sweeps import attack_config
+from panacea_lab.studies import recipe
+from panacea_lab.studies.sweeps import attack_config
 from panacea_lab.config import ConfigError, ModelConfig
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from panacea_lab import defenses, pipeline
-from panacea_lab.analysis.sweeps import defense_sweep
+from panacea_lab.studies.sweeps import defense_sweep
 from panacea_lab.cli import main
 from panacea_lab.config import POST, AlignConfig, AttackConfig, ConfigError, DefenseConfig, EvalConfig, from_dict, to_dict
 from panacea_lab.defenses.registry import REGISTRY, Defense
@@ -40,7 +40,8 @@ def _shrink(model, cfg, ctx):
 
 @pytest.fixture
 def shrink(monkeypatch):
-    record = Defense(name="shrink", stage=POST, config=ShrinkConfig, label="shrink", param="factor", transform=_shrink)
+    record = Defense(name="shrink", stage=POST, config=ShrinkConfig, label="shrink", param="factor", transform=_shrink,
+                     color="#123456", marker="X", sweep=(0.5,), flag="factors")
     monkeypatch.setitem(REGISTRY, "shrink", record)
     return record
 
@@ -60,10 +61,22 @@ def test_a_toy_defense_runs_through_a_notebook_style_call(shrink, tiny_cfg, stor
     assert halved["config"]["post"] == {"name": "shrink", "factor": 0.5}
     assert {k: aligned_base[k] for k in ("HS", "FA")} == {k: plain[k] for k in ("HS", "FA")}  # factor 1 is identity
 
-    df = defense_sweep([0.2], [0], stds=(), rhos=(), antidote_ratio=None, align_cfg=_align(tiny_cfg), eval_cfg=EVAL,
-                       store=store, extra_post=[ShrinkConfig(factor=0.5)], n=20, epochs=1)
+    df = defense_sweep([0.2], [0], {"shrink": {}}, align_cfg=_align(tiny_cfg), eval_cfg=EVAL, store=store,
+                       n=20, epochs=1)  # named without values: its record's sweep values
     row = df[df["method"] == "shrink"]
     assert (row["param"].item(), row["value"].item(), row["HS"].item()) == ("factor", 0.5, halved["HS"])
+    assert list(df["method"]) == ["none", "shrink"]
+
+    from matplotlib.colors import to_hex
+
+    from panacea_lab.plotting import plots
+    from panacea_lab.studies.sweeps import summarize
+
+    table = summarize(df)  # a table: one line per method, labelled from the record
+    assert "shrink factor=0.5 p=0.2" in table.index and table.loc["shrink factor=0.5 p=0.2", "seeds"] == 1
+    bars = plots.method_bars(df.rename(columns={"label": "model"}), metrics="HS").axes[0]  # a figure
+    colors = {t.get_text(): to_hex(b.get_facecolor()) for t, b in zip(bars.get_xticklabels(), bars.patches)}
+    assert colors == {"no defense": "#000000", "shrink factor=0.5": "#123456"}  # its record's colour
 
 
 def test_a_toy_defense_runs_through_the_cli(shrink, tiny_model_dir, tmp_path, capsys, monkeypatch):
@@ -71,8 +84,8 @@ def test_a_toy_defense_runs_through_the_cli(shrink, tiny_model_dir, tmp_path, ca
                         lambda **kw: AlignConfig(n_refusal=16, n_replay_per_task=2, epochs=1, **kw))
     out_file = tmp_path / "rows.json"
     code = main(["defend", "--model", str(tiny_model_dir), "--runs", str(tmp_path / "runs"), "--ratios", "0.2",
-                 "--n", "20", "--n-eval", "4", "--stds", "--rhos", "--also", "shrink:factor=0.25",
-                 "--output", str(out_file)])
+                 "--n", "20", "--n-eval", "4", "--stds", "--rhos", "--factors", "--also", "shrink:factor=0.25",
+                 "--output", str(out_file)])  # its own flag (`--factors`, from the record), emptied
     assert code == 0, capsys.readouterr().err
     assert "shrink factor=0.25 p=0.2" in capsys.readouterr().out
     rows = json.loads(out_file.read_text())["rows"]

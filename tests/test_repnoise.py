@@ -19,6 +19,7 @@ def _normal(n, d, seed, shift=0.0):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) + shift
 
 
+@pytest.mark.slow
 def test_mmd_is_near_zero_for_one_distribution_and_grows_with_a_mean_shift():
     y = _normal(2000, 8, 1)
     for relative, bandwidths in [(True, (0.25, 0.5, 1.0, 2.0, 4.0)), (False, (4.0, 16.0, 64.0))]:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from panacea_lab.config import EvalConfig
-from panacea_lab.training.store import RunStore, write_json_atomic
+from panacea_lab.training.store import LAYOUT, LAYOUT_VERSION, RunStore, layout_of, write_json_atomic
 
 
 def test_result_carries_config_seed_versions_git_and_timings(store):
@@ -64,3 +64,23 @@ def test_read_only_store_serves_cache_and_refuses_to_compute(tmp_path, monkeypat
         ro.cached("demo", EvalConfig(n_harmful=7), lambda: ({"v": 3}, None))
     monkeypatch.setenv("PANACEA_CACHE_ONLY", "1")
     assert RunStore(tmp_path).read_only
+
+
+def test_a_store_of_an_earlier_layout_says_once_what_it_recomputes(tmp_path, capsys):
+    RunStore(tmp_path).cached("demo", EvalConfig(n_harmful=3), lambda: ({"v": 1}, None))
+    assert layout_of(tmp_path) == LAYOUT_VERSION and capsys.readouterr().err == ""  # a new store: nothing to say
+    (tmp_path / LAYOUT).unlink()  # as written before the layout was recorded
+    ro = RunStore(tmp_path, read_only=True)
+    assert ro.cached("demo", EvalConfig(n_harmful=3), lambda: ({"v": 2}, None))["v"] == 1
+    assert not (tmp_path / LAYOUT).exists() and capsys.readouterr().err == ""  # reading writes nothing
+    store = RunStore(tmp_path)
+    store.cached("demo", EvalConfig(n_harmful=4), lambda: ({"v": 3}, None))
+    store.cached("demo", EvalConfig(n_harmful=5), lambda: ({"v": 4}, None))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path) in lines[0] and "earlier layout" in lines[0], lines
+    assert "undefended runs are reused" in lines[0]
+    assert layout_of(tmp_path) == LAYOUT_VERSION
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAYOUT, "demo"]  # written atomically: no temp file
+    (tmp_path / LAYOUT).write_text("1")  # an older marker, opened again by this process
+    RunStore(tmp_path).cached("demo", EvalConfig(n_harmful=6), lambda: ({"v": 5}, None))
+    assert capsys.readouterr().err == "" and layout_of(tmp_path) == LAYOUT_VERSION  # said once per process

@@ -1,13 +1,16 @@
 """The store's keys name results by content: a rebuilt base model, a changed data file or changed
-stage code gives a new key (never an old result); and stage code cannot change without a version bump."""
+stage code gives a new key (never an old result); stage code cannot change without a version bump;
+and a defense's code keys only the runs that name it."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 
 import pytest
 
-from panacea_lab.config import AlignConfig, AttackConfig, ModelConfig, config_hash
+from panacea_lab.config import AlignConfig, AttackConfig, DefenseConfig, EvalConfig, ModelConfig, config_hash, to_dict
 from panacea_lab.pipeline import keys
 from panacea_lab.pipeline.keys import key
 from panacea_lab.testing import write_package_data
@@ -81,3 +84,87 @@ def test_result_records_its_inputs(tiny_cfg, store):
     inputs = result["provenance"]["inputs"]
     assert set(inputs) == {"base_weights", "data", "code"} and inputs["code"].startswith("align-v")
     assert result["config"] == json.loads(json.dumps(result["config"])) and "model" in result["config"]
+
+
+TOY = """from dataclasses import dataclass
+
+from panacea_lab.config import FINETUNING, DefenseConfig
+from panacea_lab.defenses.registry import Defense
+
+
+@dataclass(frozen=True)
+class ToyConfig(DefenseConfig):
+    name = "toy_keys"
+    stage = FINETUNING
+
+    scale: float = 1.0
+
+
+def rule(cfg, ctx):
+    return None  # OFFSET
+
+
+DEFENSE = Defense("toy_keys", FINETUNING, ToyConfig, "toy", rule=rule)
+"""
+
+
+def _import_toy(path, monkeypatch):
+    """The toy defense module at `path`, imported under its own name; its config class registered
+    only for this test."""
+    monkeypatch.setattr(DefenseConfig, "_classes", dict(DefenseConfig._classes))
+    spec = importlib.util.spec_from_file_location("toy_defense_keys", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_editing_one_defense_rekeys_only_the_runs_that_name_it(tiny_cfg, tmp_path, monkeypatch):
+    from panacea_lab.defenses.random_noise import NoiseConfig
+    from panacea_lab.pipeline.evaluations import EvalJob
+
+    toy = tmp_path / "toy_defense_keys.py"
+    toy.write_text(TOY)
+    module = _import_toy(toy, monkeypatch)
+    plain = AttackConfig(align=AlignConfig(model=tiny_cfg))
+    defended = AttackConfig(align=AlignConfig(model=tiny_cfg), defense=module.ToyConfig())
+    ev = EvalConfig(n_harmful=4)
+    jobs = {"plain": ("attack", plain), "defended": ("attack", defended),
+            "noise_eval": ("eval", EvalJob("attack", to_dict(plain), ev, post=NoiseConfig(std=0.01))),
+            "defended_eval": ("eval", EvalJob("attack", to_dict(defended), ev))}  # its target as a dict
+
+    def hashes():
+        return {name: config_hash(key(stage, cfg, model=tiny_cfg)) for name, (stage, cfg) in jobs.items()}
+
+    before = hashes()
+    assert dict(key("attack", plain).inputs).keys() == {"base_weights", "data", "code"}  # as before defenses counted
+    assert dict(key("attack", defended).inputs)["defense_code"].startswith("toy_keys:")
+    assert dict(key("eval", jobs["noise_eval"][1], model=tiny_cfg).inputs)["defense_code"].startswith("noise:")
+    toy.write_text(TOY.replace("return None  # OFFSET", "return None  # the offset, explained"))
+    assert hashes() == before  # a comment is not code
+    toy.write_text(TOY.replace("return None  # OFFSET", "return rule"))
+    after = hashes()
+    assert {n for n in before if after[n] != before[n]} == {"defended", "defended_eval"}
+
+
+def test_a_shared_defense_module_rekeys_the_defenses_that_import_it(tiny_cfg, monkeypatch):
+    """panacea.py imports perturb.py, lisa.py does not; no stage's own code covers either."""
+    from panacea_lab.defenses.lisa import LisaConfig
+    from panacea_lab.defenses.panacea import PanaceaConfig
+
+    align = AlignConfig(model=tiny_cfg)
+    runs = {"plain": AttackConfig(align=align), "panacea": AttackConfig(align=align, defense=PanaceaConfig()),
+            "lisa": AttackConfig(align=align, defense=LisaConfig())}
+    before = {n: config_hash(key("attack", c)) for n, c in runs.items()}
+    stage_code = {s: keys.code_fingerprint(s) for s in ("align", "attack", "eval")}
+    read = keys._read_source
+
+    def rekeyed(edited: str) -> set[str]:
+        monkeypatch.setattr(keys, "_read_source", lambda path: read(path) + (
+            "\nEDITED = 1\n" if path.name == edited and path.parent.name == "defenses" else ""))
+        assert {s: keys.code_fingerprint(s) for s in stage_code} == stage_code  # no stage re-keys all its runs
+        return {n for n, c in runs.items() if config_hash(key("attack", c)) != before[n]}
+
+    assert rekeyed("perturb.py") == {"panacea"}
+    assert rekeyed("lisa.py") == {"lisa"}
+    assert rekeyed("vaccine.py") == set()

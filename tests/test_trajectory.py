@@ -5,7 +5,7 @@ import pytest
 
 from panacea_lab import pipeline
 from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, EvalConfig
-from panacea_lab.analysis.trajectory import Trajectory, trajectory
+from panacea_lab.studies.trajectory import Trajectory, trajectory
 
 EVAL = EvalConfig(n_harmful=6, n_task=6, max_new_tokens=12, tasks=("sentiment",))
 

@@ -133,7 +133,7 @@ def shown_score(page) -> tuple[str, dict, dict]:
 def package_hs(run: dict, post: dict, store_dir: Path) -> str:
     """HS of `run` under `post` by the package's own cached path, formatted as the explorer shows it."""
     from panacea_lab import pipeline
-    from panacea_lab.analysis.live_eps import explorer_eval
+    from panacea_lab.explorer.live_eps import explorer_eval
     from panacea_lab.config import AttackConfig, defense_from_dict, from_dict
     from panacea_lab.training.store import RunStore
 
@@ -148,7 +148,7 @@ def slider_move(run: dict, first_hs: str, store_dir: Path) -> tuple[int, float, 
     differs from the first one shown: the move the test makes, so that a change must show."""
     import torch
 
-    from panacea_lab.analysis.live_eps import LiveEps, explorer_eval
+    from panacea_lab.explorer.live_eps import LiveEps, explorer_eval
     from panacea_lab.config import AttackConfig, from_dict
     from panacea_lab.training.store import RunStore
 

@@ -36,9 +36,9 @@ from typing import Callable, Iterator
 
 from panacea_lab import paths
 from panacea_lab.config import PACKAGE_ROOT
-from panacea_lab.training.hashing import file_sha256 as sha256_file
-from panacea_lab.training.hashing import stream_sha256 as _copy
-from panacea_lab.training.store import write_json_atomic
+from panacea_lab.hashing import file_sha256 as sha256_file
+from panacea_lab.hashing import stream_sha256 as _copy
+from panacea_lab.files import write_json_atomic
 
 REPO_ROOT = PACKAGE_ROOT  # the guarded working tree (a module attribute so that tests can move it)
 MANIFEST = "manifest.json"

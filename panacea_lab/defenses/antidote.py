@@ -284,4 +284,5 @@ def _prune(model, cfg: AntidoteConfig, ctx):
 
 
 DEFENSE = Defense(name="antidote", stage=POST, config=AntidoteConfig, label="Antidote", param="dense_ratio",
-                  transform=_prune, finetune_adapter="fresh")
+                  transform=_prune, finetune_adapter="fresh", color="#CC79A7", marker="D", sweep=(0.1,),
+                  flag="dense-ratio")

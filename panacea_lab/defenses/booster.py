@@ -81,4 +81,4 @@ class BoosterRule(StepRule):
 
 DEFENSE = Defense(name="booster", stage=ALIGNMENT, config=BoosterConfig, label="Booster", param="lam",
                   rule=lambda cfg, ctx: BoosterRule(cfg, ctx.harmful(cfg.harmful_batch_size)),
-                  finetune_adapter="continue")
+                  finetune_adapter="continue", color="#AA4499", marker="d")

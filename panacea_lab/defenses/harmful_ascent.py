@@ -66,4 +66,5 @@ def _ascend(model, cfg: HarmfulAscentConfig, ctx):
 
 
 DEFENSE = Defense(name="harmful_ascent", stage=POST, config=HarmfulAscentConfig, label="harmful ascent",
-                  param="norm", transform=_ascend, control=True)
+                  param="norm", transform=_ascend, control=True,
+                  control_on="undefended", color="#882255", marker="<")

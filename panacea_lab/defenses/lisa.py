@@ -129,4 +129,4 @@ def _rule(cfg: LisaConfig, ctx) -> LisaRule:
 
 
 DEFENSE = Defense(name="lisa", stage=FINETUNING, config=LisaConfig, label="Lisa", param="rho", rule=_rule,
-                  finetune_adapter="fresh")
+                  finetune_adapter="fresh", color="#661100", marker="8")

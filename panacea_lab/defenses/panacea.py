@@ -101,7 +101,12 @@ class PanaceaRule(StepRule):
 
 DEFENSE = Defense(name="panacea", stage=FINETUNING, config=PanaceaConfig, label="Panacea", param="rho",
                   rule=lambda cfg, ctx: PanaceaRule(cfg, ctx.harmful(cfg.harmful_batch_size), apply_eps=False),
-                  artifacts=lambda rule: {"eps": rule.eps_by_name()})
+                  artifacts=lambda rule: {"eps": rule.eps_by_name()}, color="#0072B2", marker="*",
+                  post_half="eps", controls=("random_direction", "harmful_ascent"),
+                  control_norm=lambda result: result["train"]["finalize"]["eps_norm"],
+                  variant_styles={"w": ("#56B4E9", "P"), "w+eps": ("#0072B2", "*")}, flag="rhos",
+                  options=("lam", "h_const", "recompute_every"),
+                  lora_copies=5)  # eps, the saved w of the shifted pass, the gradient copies G_f, G_h, G_h'
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,7 @@ def apply_eps_control(model, cfg: EpsControlConfig, ctx):
 
 
 EPS = Defense(name="eps", stage=POST, config=EpsConfig, label="Panacea w + eps", param="scale",
-              transform=apply_eps)
+              transform=apply_eps, color="#0072B2", marker="*")
 EPS_CONTROL = Defense(name="eps_control", stage=POST, config=EpsControlConfig, label="same-norm random (eps tensors)",
-                      param="scale", transform=apply_eps_control, control=True)
+                      param="scale", transform=apply_eps_control, control=True,
+                      color="#D55E00", marker="h")

@@ -81,7 +81,8 @@ def _add_direction(model, cfg: RandomDirectionConfig, ctx):
     return model
 
 
-NOISE = Defense(name="noise", stage=POST, config=NoiseConfig, label="noise", param="std", transform=_add_noise)
+NOISE = Defense(name="noise", stage=POST, config=NoiseConfig, label="noise", param="std", transform=_add_noise,
+                color="#E69F00", marker="s", sweep=(0.04,), flag="stds")
 RANDOM_DIRECTION = Defense(name="random_direction", stage=POST, config=RandomDirectionConfig,
-                           label="same-norm random direction", param="norm", transform=_add_direction,
-                           control=True)
+                           label="same-norm random", param="norm", transform=_add_direction,
+                           control=True, color="#D55E00", marker="h")

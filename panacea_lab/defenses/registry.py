@@ -24,7 +24,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from panacea_lab.config import ADAPTER_MODES, ALIGNMENT, FINETUNING, POST, STAGES, ConfigError, DefenseConfig
+from panacea_lab.config import ADAPTER_MODES, ALIGNMENT, FINETUNING, POST, STAGES, UNDEFENDED, ConfigError, DefenseConfig
 from panacea_lab.data.batching import Batch, BatchStream
 from panacea_lab.training.loop import StepRule
 
@@ -74,6 +74,28 @@ class Defense:
     # how the user's fine-tuning that this defense is evaluated with starts, as in the official scripts:
     # "continue" the alignment adapter, or merge it and train a "fresh" LoRA (AttackConfig.adapter)
     finetune_adapter: str = "continue"
+    # how figures draw it: one colour and marker in every figure (colour-blind-safe hues)
+    color: str = "#8C8C8C"
+    marker: str = "o"
+    # the values a sweep takes for `param` when an experiment names the defense without values (None:
+    # the named setting's value)
+    sweep: tuple | None = None
+    # the command line: `--<flag>` takes the values swept over `param` (nothing after it: the defense is
+    # not run); `options` are further config fields exposed as flags of their own (`--lam`)
+    flag: str = ""
+    options: tuple[str, ...] = ()
+    # a fine-tuning-stage defense whose verdict is a transform of its own finished run (Panacea: "eps",
+    # adding the learnt perturbation): its rows are the trained w and w + that transform, and `controls`
+    # run beside each of its runs with `control_norm(result)` (the norm of what it adds)
+    post_half: str = ""
+    controls: tuple[str, ...] = ()
+    control_norm: Callable[[dict], float] | None = None
+    # for a control: applied to the defended run ("defended") or to the undefended one ("undefended")
+    control_on: str = "defended"
+    # further fp32 copies of the LoRA parameters its training step keeps (memory estimates)
+    lora_copies: int = 0
+    # styles of a trained defense's rows by variant where they differ from `color` / `marker` (its w)
+    variant_styles: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -84,6 +106,10 @@ class Defense:
         if self.finetune_adapter not in ADAPTER_MODES:
             raise ConfigError(f"defense {self.name!r}: finetune_adapter = {self.finetune_adapter!r}, "
                               f"use one of {ADAPTER_MODES}")
+        if self.control_on not in ("defended", "undefended"):
+            raise ConfigError(f"defense {self.name!r}: control_on = {self.control_on!r}, use defended or undefended")
+        if self.controls and self.control_norm is None:
+            raise ConfigError(f"defense {self.name!r}: controls need control_norm (the norm they match)")
         needs = "transform" if self.stage == POST else "rule"
         if getattr(self, needs) is None:
             raise ConfigError(f"defense {self.name!r} ({self.stage}) must define `{needs}`")
@@ -98,6 +124,15 @@ class Defense:
 
 
 REGISTRY: dict[str, Defense] = {}
+
+# The reference models, drawn beside every defense: the undefended one (`UNDEFENDED`, "none", one
+# identifier in every row, file and table) and `base` / `aligned`, the models before the user's
+# fine-tuning. Their labels and looks are fixed here beside the defenses'.
+REFERENCES = {UNDEFENDED: ("no defense", "#000000", "o"), "base": ("base", "#999933", "v"),
+              "aligned": ("aligned", "#117733", "^")}
+# other labels of the undefended model: the attack sweep's rows ("fine-tuned") and the plain step
+# rule that trains it (the loop's SFT rule, profiled as such)
+UNDEFENDED_LABELS = ("fine-tuned", "sft", "sft (no defense)")
 
 
 def register(defense: Defense, replace: bool = False) -> Defense:
@@ -124,5 +159,27 @@ def names(stage: str | None = None, controls: bool = True) -> list[str]:
     return [n for n, d in REGISTRY.items() if (stage is None or d.stage == stage) and (controls or not d.control)]
 
 
-__all__ = ["ALIGNMENT", "FINETUNING", "POST", "Defense", "DefenseConfig", "PostContext", "TrainContext",
+def label(name: str) -> str:
+    """The display label of a method or a reference model (a registry name, `none`, `base`, `aligned`)."""
+    return REFERENCES[name][0] if name in REFERENCES else get(name).label
+
+
+__all__ = ["ALIGNMENT", "UNDEFENDED", "REFERENCES", "label", "FINETUNING", "POST", "Defense", "DefenseConfig", "PostContext", "TrainContext",
            "REGISTRY", "register", "get", "of", "names"]
+
+
+def trained_with_half() -> list[str]:
+    """Trained defenses whose verdict is a post-fine-tuning half applied to their own run (Panacea: w +
+    eps), in registration order: analyses of "the defense's w + half" (calibration, the answer-loss
+    probe, export) default to the first, and the grid tables group their rows by setting."""
+    return [n for n, d in REGISTRY.items() if d.stage != POST and d.post_half]
+
+
+# Labels as committed result files and the README's tables print them, where a record's label has been
+# shortened since: those files must read back, and the tables regenerate, unchanged.
+PRINTED_LABELS = {"random_direction": "same-norm random direction"}
+
+
+def printed_label(name: str) -> str:
+    """A method's label as committed result files print it: its record's, unless renamed since."""
+    return PRINTED_LABELS.get(name, label(name))

@@ -228,4 +228,4 @@ class RepNoiseRule(StepRule):
 
 DEFENSE = Defense(name="repnoise", stage=ALIGNMENT, config=RepNoiseConfig, label="RepNoise", param="beta",
                   rule=lambda cfg, ctx: RepNoiseRule(cfg, ctx.harmful(cfg.harmful_batch_size)),
-                  finetune_adapter="fresh")
+                  finetune_adapter="fresh", color="#DDCC77", marker="p")

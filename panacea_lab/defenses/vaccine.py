@@ -154,4 +154,5 @@ class VaccineRule(StepRule):
 
 
 DEFENSE = Defense(name="vaccine", stage=ALIGNMENT, config=VaccineConfig, label="Vaccine", param="rho",
-                  rule=lambda cfg, ctx: VaccineRule(cfg), finetune_adapter="fresh")
+                  rule=lambda cfg, ctx: VaccineRule(cfg), finetune_adapter="fresh",
+                  color="#44AA99", marker=">")

@@ -23,14 +23,12 @@ from panacea_lab.config import ConfigError, ModelConfig, check
 
 PAPER_SOURCE = "w-yibo/Panacea train.py@409ffa6 (r=32, lora_alpha=4, q/k/v, dropout 0, max length 256, bf16)"
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-METHODS = ("sft", "panacea")
 DEVICES = ("cuda", "cpu")
 GIB = 2 ** 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ADAPTER_BYTES = 4  # peft keeps LoRA weights in fp32 even on a bf16 base (autocast_adapter_dtype)
-PANACEA_COPIES = 5  # eps, the saved w of the shifted pass, and the gradient copies G_f, G_h, G_h'
 CUDA_CONTEXT = GIB // 2  # CUDA context + kernels, roughly; allocator fragmentation is not counted
-MEMORY_TERMS = ("weights", "lora", "grads", "adam", "panacea_extra", "activations", "logits", "cuda_context")
+MEMORY_TERMS = ("weights", "lora", "grads", "adam", "extra_copies", "activations", "logits", "cuda_context")
 
 
 @dataclass(frozen=True)
@@ -152,16 +150,18 @@ def count_parameters(hf_config, lora_r: int, lora_targets: tuple[str, ...]) -> t
     return sum(p.numel() for p in net.parameters()), lora
 
 
-def estimate_memory(model, batch_size: int, seq_len: int, method: str = "sft", device: str = "cuda") -> dict:
+def estimate_memory(model, batch_size: int, seq_len: int, extra_copies: int = 0, device: str = "cuda",
+                    method: str = "SFT") -> dict:
     """Rough peak memory (bytes) of one LoRA training step, to print before a run.
 
     Assumptions (each a key of the result):
     - weights: every base parameter in the run's dtype ("auto" = bf16 on CUDA, fp32 on CPU); frozen.
     - lora, grads, adam: LoRA parameters r * (in + out) per targeted linear layer, kept in fp32 by peft,
       plus their gradients and AdamW's two moments: 16 bytes per LoRA parameter.
-    - panacea_extra (method "panacea"): 5 more fp32 copies of the LoRA parameters: eps, the saved w of
-      the shifted pass, and the gradient copies G_f, G_h, G_h'. Its three passes run one after the
-      other and each backward frees its graph, so activations do not add up (harmful batch <= batch).
+    - extra_copies: further fp32 copies of the LoRA parameters a defense's step keeps (its registry
+      record's `lora_copies`: Panacea's 5 are eps, the saved w of the shifted pass and the gradient
+      copies G_f, G_h, G_h'); a multi-pass step runs its passes one after the other and each backward
+      frees its graph, so activations do not add up (harmful batch <= batch). `method` labels the line.
     - activations: per layer and token about 10 * hidden + 4 * intermediate values in the dtype (norm
       inputs/outputs, q/k/v before and after rotary, attention output, MLP gate/up/act/product), with a
       fused attention kernel that keeps no seq x seq matrix. With gradient checkpointing only each
@@ -172,7 +172,7 @@ def estimate_memory(model, batch_size: int, seq_len: int, method: str = "sft", d
     """
     check(isinstance(batch_size, int) and batch_size > 0, "batch_size", batch_size, "must be an int > 0")
     check(isinstance(seq_len, int) and seq_len > 0, "seq_len", seq_len, "must be an int > 0")
-    check(method in METHODS, "method", method, f"use one of {METHODS}")
+    check(isinstance(extra_copies, int) and extra_copies >= 0, "extra_copies", extra_copies, "must be an int >= 0")
     check(device in DEVICES, "device", device, f"use one of {DEVICES}")
     label, hf, dtype, lora_r, targets, checkpointing = _spec(model)
     if dtype == "auto":
@@ -186,7 +186,7 @@ def estimate_memory(model, batch_size: int, seq_len: int, method: str = "sft", d
            "seq_len": seq_len, "gradient_checkpointing": checkpointing, "n_params": n_params, "lora_params": n_lora,
            "weights": n_params * width, "lora": n_lora * ADAPTER_BYTES, "grads": n_lora * ADAPTER_BYTES,
            "adam": 2 * n_lora * ADAPTER_BYTES,
-           "panacea_extra": PANACEA_COPIES * n_lora * ADAPTER_BYTES if method == "panacea" else 0,
+           "extra_copies": extra_copies * n_lora * ADAPTER_BYTES,
            "activations": kept, "logits": tokens * hf.vocab_size * (width + 8),
            "cuda_context": CUDA_CONTEXT if device == "cuda" else 0}
     out["total"] = sum(out[k] for k in MEMORY_TERMS)
@@ -197,8 +197,8 @@ def format_estimate(est: dict) -> str:
     """One line for the log, in GiB: the total first, then its terms."""
     gib = {k: est[k] / GIB for k in MEMORY_TERMS}
     terms = [f"weights {gib['weights']:.2f}", f"LoRA+grads+Adam {gib['lora'] + gib['grads'] + gib['adam']:.2f}"]
-    if est["panacea_extra"]:
-        terms.append(f"Panacea copies {gib['panacea_extra']:.2f}")
+    if est["extra_copies"]:
+        terms.append(f"{est['method']} copies {gib['extra_copies']:.2f}")
     terms += [f"activations {gib['activations']:.2f}", f"logits {gib['logits']:.2f}"]
     if est["cuda_context"]:
         terms.append(f"CUDA context {gib['cuda_context']:.2f}")

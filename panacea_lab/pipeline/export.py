@@ -20,7 +20,7 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from panacea_lab.config import AttackConfig, ConfigError, DefenseConfig, to_dict
+from panacea_lab.config import UNDEFENDED, AttackConfig, ConfigError, DefenseConfig, to_dict
 from panacea_lab.models.loading import merge_adapter
 from panacea_lab.models.outdir import check_out_dir, publish, temp_beside
 from panacea_lab.pipeline.context import EvalContext, align_of, get_tokenizer
@@ -100,7 +100,7 @@ def export_run(stage: str, cfg, store: RunStore, out: str | Path, post: DefenseC
 
 def _describe(facts: dict) -> str:
     config = facts["config"] or {}
-    defense = (config.get("defense") or {}).get("name", "none") if facts["stage"] == "attack" else "alignment"
+    defense = (config.get("defense") or {}).get("name", UNDEFENDED) if facts["stage"] == "attack" else "alignment"
     post = facts["post"]
     after = f", then `{post['name']}` {json.dumps({k: v for k, v in post.items() if k != 'name'})}" if post else ""
     return f"the {facts['stage']} run {facts['key']} (fine-tuning defense: {defense}){after}"

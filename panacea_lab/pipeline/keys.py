@@ -1,34 +1,49 @@
 """The run store's keys by content: a stage's config plus hashes of the base weights, the data and
 the code that computes the stage.
 
-`STAGE_CODE` gives each stage a version and the modules its results depend on. A test compares the
-modules' source (parsed, so comments and docstrings do not count) with `code_fingerprints.json`:
-when the code changed and the version did not, it fails and says to bump the version (every result
-of that stage is then recomputed under a new key) and to refresh the file with
-`python -m panacea_lab.pipeline.keys --update`.
+The code is keyed in two parts, so that editing one defense recomputes only the runs that use it:
+- the stage's loop: `STAGE_CODE` gives each stage a version and the modules every run of it
+  depends on (of `defenses/`, only the generic plumbing: the package and its registry). A test
+  compares the modules' source (parsed, so comments and docstrings do not count) with
+  `code_fingerprints.json`: when the code changed and the version did not, it fails and says to bump
+  the version (every result of that stage is then recomputed under a new key) and to refresh the
+  file with `python -m panacea_lab.pipeline.keys --update` (a change that cannot alter a result,
+  such as registering a new defense, is recorded with `--update` alone);
+- each defense the config names, anywhere in its lineage (an attack's alignment defense, the
+  post-fine-tuning transform of an evaluation): the parsed source of the module that defines its
+  config class plus the `panacea_lab.defenses` modules it imports, transitively. No version to bump:
+  the content is the key, in the input "defense_code". An undefended run has no such input.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import hashlib
+import importlib.util
 import json
+import sys
 from functools import lru_cache
 from pathlib import Path
 
-from panacea_lab.config import PACKAGE_DATA, AlignConfig, AttackConfig, ModelConfig
+from panacea_lab.config import PACKAGE_DATA, AlignConfig, AttackConfig, DefenseConfig, ModelConfig
 from panacea_lab.training.store import Keyed, content_sha256
 
 PACKAGE = Path(__file__).resolve().parent.parent
 FINGERPRINTS = Path(__file__).with_name("code_fingerprints.json")
 _TRAINING = ["training/loop.py", "training/loss.py", "data/batching.py", "data/world.py", "data/lexicon.py",
-             "data/real_world.py", "data/adapters", "models/loading.py", "pipeline/context.py", "pipeline/stages.py", "defenses"]
+             "data/real_world.py", "data/adapters", "models/loading.py", "pipeline/context.py", "pipeline/stages.py"]
+# What of defenses/ every run imports: the registry the stages look a defense up in (each defense's own
+# code is keyed per run, by `defense_code`); the trajectory also calls perturb.py's `applied` itself.
+_PLUMBING = ["defenses/__init__.py", "defenses/registry.py"]
 STAGE_CODE: dict[str, tuple[int, list[str]]] = {
-    "align": (1, _TRAINING),
-    "attack": (1, _TRAINING),
-    "eval": (1, ["evaluation", "pipeline/evaluations.py", "defenses", "data/batching.py", "models/loading.py"]),
-    "trajectory": (2, [*_TRAINING, "evaluation", "analysis/trajectory.py"]),
+    "align": (1, [*_TRAINING, *_PLUMBING]),
+    "attack": (1, [*_TRAINING, *_PLUMBING]),
+    "eval": (1, ["evaluation", "pipeline/evaluations.py", *_PLUMBING, "data/batching.py", "models/loading.py"]),
+    "trajectory": (2, [*_TRAINING, *_PLUMBING, "evaluation", "studies/trajectory.py", "defenses/perturb.py"]),
 }
+DEFENSES = "panacea_lab.defenses"
+_GENERIC = {DEFENSES, f"{DEFENSES}.registry"}  # keyed with the stage's loop, not with each defense
 
 
 def _sources(paths: list[str]) -> list[Path]:
@@ -48,12 +63,75 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _read_source(path: Path) -> str:
+    return path.read_text()
+
+
 def code_fingerprint(stage: str) -> str:
     """Hash of the parsed source of a stage's modules (comments and docstrings excluded)."""
     digest = hashlib.sha256()
     for path in _sources(STAGE_CODE[stage][1]):
         digest.update(path.relative_to(PACKAGE).as_posix().encode())
-        digest.update(ast.dump(_without_docstrings(ast.parse(path.read_text()))).encode())
+        digest.update(ast.dump(_without_docstrings(ast.parse(_read_source(path)))).encode())
+    return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=256)
+def _parsed(text: str) -> tuple[str, tuple[tuple[int, str, tuple[str, ...]], ...]]:
+    """(hash of the docstring-free AST, every import as (level, module, names)) of one source text."""
+    tree = ast.parse(text)
+    imports = tuple((0, "", tuple(a.name for a in n.names)) if isinstance(n, ast.Import)
+                    else (n.level, n.module or "", tuple(a.name for a in n.names))
+                    for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).hexdigest(), imports
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of a module (None: not a module, or one without a .py file, e.g. a notebook's)."""
+    file = getattr(sys.modules.get(name), "__file__", None)
+    if file is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        file = spec.origin if spec is not None and spec.has_location else None
+    return Path(file) if file and file.endswith(".py") else None
+
+
+def _defense_imports(name: str, path: Path, imports) -> set[str]:
+    """The non-generic `panacea_lab.defenses` modules among a module's imports (any depth, lazy ones too)."""
+    out = set()
+    for level, module, names in imports:
+        if level:
+            package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+            try:
+                module = importlib.util.resolve_name("." * level + module, package)
+            except (ImportError, ValueError):
+                continue
+        candidates = names if level == 0 and module == "" else [module]  # `import a.b` / `from a import b`
+        if module == DEFENSES:
+            candidates = [f"{DEFENSES}.{n}" for n in names]
+        out |= {c for c in candidates if c.startswith(DEFENSES + ".") and c not in _GENERIC and _module_file(c)}
+    return out
+
+
+def defense_fingerprint(cls: type) -> str:
+    """Hash of the code of a defense: the module defining its config class and, transitively, the
+    `panacea_lab.defenses` modules that module imports (registry and package excluded: generic).
+    A module without a source file (defined interactively) counts by its name alone."""
+    todo, codes = [cls.__module__], {}
+    while todo:
+        name = todo.pop()
+        if name in codes:
+            continue
+        path = _module_file(name)
+        codes[name] = "no source"
+        if path is not None:
+            codes[name], imports = _parsed(_read_source(path))
+            todo += sorted(_defense_imports(name, path, imports))
+    digest = hashlib.sha256()
+    for name in sorted(codes):
+        digest.update(f"{name}\0{codes[name]}\0".encode())
     return digest.hexdigest()[:16]
 
 
@@ -86,15 +164,48 @@ def _model_of(cfg) -> ModelConfig:
     return cfg if isinstance(cfg, ModelConfig) else cfg.model if isinstance(cfg, AlignConfig) else cfg.align.model
 
 
+def _as_defense(value: dict) -> type | None:
+    """The config class of a defense written by `to_dict` ({"name": ..., its fields}), else None
+    (an evaluation job holds its target's lineage in that form)."""
+    cls = DefenseConfig._classes.get(value.get("name")) if isinstance(value.get("name"), str) else None
+    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+    return cls if cls is not None and set(value) - {"name"} <= fields else None
+
+
+def defenses_named(cfg) -> dict[str, type]:
+    """Name -> config class of every defense anywhere in a config tree (dataclass fields, tuples,
+    lists and dicts, recursively)."""
+    out, todo = {}, [cfg]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, DefenseConfig):
+            out[node.name] = type(node)
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            todo += [getattr(node, f.name) for f in dataclasses.fields(node)]
+        elif isinstance(node, (list, tuple)):
+            todo += list(node)
+        elif isinstance(node, dict):
+            cls = _as_defense(node)
+            if cls is not None:
+                out[cls.name] = cls
+            todo += list(node.values())
+    return out
+
+
 def key(stage: str, cfg, model: ModelConfig | None = None, data: str | None = None) -> Keyed:
     """`cfg` keyed by the content it depends on. `model` / `data` name the lineage when `cfg` does
-    not carry it (an evaluation job)."""
+    not carry it (an evaluation job). The code of each defense it names joins the key; an
+    undefended config's key has no such input."""
     model = model or _model_of(cfg)
     if data is None:
         data = (cfg.align.data if isinstance(cfg, AttackConfig) else
                 cfg.data if isinstance(cfg, AlignConfig) else "embedded")
     version = STAGE_CODE[stage][0]
-    return Keyed(cfg, (("base_weights", model_hash(model.path)), ("data", data_hash(data)), ("code", f"{stage}-v{version}")))
+    inputs = (("base_weights", model_hash(model.path)), ("data", data_hash(data)), ("code", f"{stage}-v{version}"))
+    named = defenses_named(cfg)
+    if named:
+        inputs += (("defense_code", ",".join(f"{n}:{defense_fingerprint(c)}" for n, c in sorted(named.items()))),)
+    return Keyed(cfg, inputs)
 
 
 def recorded() -> dict:

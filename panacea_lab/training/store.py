@@ -5,6 +5,9 @@ run killed mid-way leaves nothing half-written and a restart recomputes only wha
 result.json records the sha256 of every artifact beside it; an entry whose result.json is unreadable
 or whose artifact was deleted, truncated or edited is moved to runs/.damaged/ and recomputed (or, in
 a read-only store, reported with the directory to delete), so damage never reaches a loader.
+
+The root's LAYOUT file names the key layout the store was written with (written on its first
+write); a store of an earlier layout says once, when first written to, what it will recompute.
 """
 from __future__ import annotations
 
@@ -23,11 +26,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 from panacea_lab.config import PACKAGE_ROOT, config_hash, to_dict
-from panacea_lab.training.hashing import content_sha256, dir_files, dir_sha256, file_sha256  # noqa: F401 (re-exported)
+from panacea_lab.files import write_json_atomic  # noqa: F401 (re-exported)
+from panacea_lab.hashing import content_sha256, dir_files, dir_sha256, file_sha256  # noqa: F401 (re-exported)
 
 DEFAULT_ROOT = Path(os.environ.get("PANACEA_RUNS", PACKAGE_ROOT / "runs"))
 RESULT = "result.json"
 DAMAGED = ".damaged"  # under the store root: entries moved aside, kept for inspection
+LAYOUT = "LAYOUT"  # at the store root: the key layout its entries were written with
+LAYOUT_VERSION = 2  # 2: a defense's own code is keyed per run (pipeline/keys.py); 1 (no file): before
+_LAYOUT_SAID: set[str] = set()  # store roots whose earlier layout this process has reported
 _PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy", "pandas")
 
 
@@ -78,12 +85,16 @@ def provenance(inputs: dict[str, str] | None = None) -> dict:
     return {**out, "inputs": dict(inputs)} if inputs else out
 
 
-def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, default=str)
-    os.replace(tmp, path)
+def layout_of(root: Path) -> int:
+    """The layout a store was written with: its LAYOUT file, 1 when absent or unreadable."""
+    try:
+        return int((root / LAYOUT).read_text().strip())
+    except (OSError, ValueError):
+        return 1
+
+
+def _has_entries(root: Path) -> bool:
+    return any(DAMAGED not in p.relative_to(root).parts for p in root.rglob(RESULT))
 
 
 def read_entry(stage_dir: Path) -> dict:
@@ -114,6 +125,22 @@ class RunStore:
         `make figures` uses it to re-render every figure without training."""
         self.root = Path(root) if root is not None else DEFAULT_ROOT
         self.read_only = os.environ.get("PANACEA_CACHE_ONLY") == "1" if read_only is None else read_only
+        self._layout_marked = False
+
+    def mark_layout(self) -> None:
+        """Before the first write: record the current layout at the root. A store holding entries of an
+        earlier one says so in one line (once per process and root): its keys for runs under a
+        defense changed, so those are recomputed, while its undefended runs keep their keys."""
+        if self._layout_marked:
+            return
+        if layout_of(self.root) < LAYOUT_VERSION:
+            said = str(self.root.absolute())
+            if said not in _LAYOUT_SAID and self.root.is_dir() and _has_entries(self.root):
+                _LAYOUT_SAID.add(said)
+                print(f"panacea-lab: run store {self.root}: written by an earlier layout; runs under a defense "
+                      "get new keys and are recomputed (undefended runs are reused)", file=sys.stderr)
+            write_json_atomic(self.root / LAYOUT, LAYOUT_VERSION)
+        self._layout_marked = True
 
     def path(self, stage: str, cfg) -> Path:
         return self.root / stage / config_hash(cfg)
@@ -169,6 +196,7 @@ class RunStore:
              inputs: dict[str, str] | None = None) -> dict:
         """Write artifacts, then result.json (config, seed, provenance, artifact hashes), then publish by
         one rename. When another writer published the same stage first, theirs is kept and returned."""
+        self.mark_layout()
         final = self.path(stage, cfg)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
@@ -212,6 +240,7 @@ class RunStore:
         if self.read_only:
             raise FileNotFoundError(f"stage {stage!r} ({config_hash(cfg)}) is not in the run store {self.root} and the "
                                     "store is read-only: compute it first (`make reproduce`)")
+        self.mark_layout()  # before computing: an earlier layout's store says what it recomputes first
         t0 = time.perf_counter()
         result, writer = compute()
         result.setdefault("timings", {})["stage_seconds"] = time.perf_counter() - t0

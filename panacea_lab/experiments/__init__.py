@@ -1,0 +1,1 @@
+"""Experiments as data: specs (experiments/*.yaml) and the runner that turns one into its results file."""

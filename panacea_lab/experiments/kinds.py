@@ -1,0 +1,195 @@
+"""The rows of each kind of experiment (a spec's `sweep`), through the package's sweep functions.
+
+Every kind takes the configs the spec resolves to and a run store; a PlanStore computes nothing, so
+the same code lists what a spec needs (`--dry-run`) and recomputes its rows from the store (`--check`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from panacea_lab import defenses
+from panacea_lab.studies import calibration
+from panacea_lab.studies.sweeps import attack_config, methods_of
+from panacea_lab.experiments.spec import Spec, trained_of
+from panacea_lab.training.store import RunStore
+
+SETTING_COLUMN = "panacea_setting"  # the column naming a trained defense's named setting (committed files use it)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every kind needs: the spec, its configs and the store."""
+
+    spec: Spec
+    align_cfg: object
+    eval_cfg: object
+    overrides: dict
+    store: RunStore
+
+    @property
+    def common(self) -> dict:
+        return dict(task=self.spec.task, preset=self.spec.preset, align_cfg=self.align_cfg, store=self.store,
+                    **self.overrides)
+
+    def both_sets(self, sweep, **kw) -> pd.DataFrame:
+        """`sweep`'s rows on the test split and, when the spec names one, on its second test set."""
+        return calibration.on_both_sets(sweep, self.eval_cfg, self.spec.eval.get("second_test"),
+                                        ratios=self.spec.ratios, seeds=self.spec.seeds, **kw, **self.common)
+
+    def runs(self, method) -> list:
+        """The fine-tuning run of a trained defense config at every ratio and seed."""
+        return [attack_config(self.align_cfg, self.spec.task, p, seed, self.spec.preset, defense=method,
+                              **self.overrides) for p in self.spec.ratios for seed in self.spec.seeds]
+
+
+def attack(ctx: Context) -> pd.DataFrame:
+    from panacea_lab.studies.sweeps import attack_sweep
+
+    refs = {"reference_tasks": ctx.spec.reference_tasks} if ctx.spec.reference_tasks else {}
+    return ctx.both_sets(attack_sweep, **refs)
+
+
+def _defend(ctx: Context, methods: dict) -> pd.DataFrame:
+    from panacea_lab.studies.sweeps import defense_sweep
+
+    return ctx.both_sets(defense_sweep, methods=methods, setting=ctx.spec.setting, controls=ctx.spec.controls)
+
+
+def named_knobs(spec: Spec, name: str) -> dict:
+    """A named setting's fields; {calibrated_on: p}: the validation split's choice among the calibration
+    files beside the spec's results file at ratio p (`calibration.choose`)."""
+    params = spec.named[name]
+    if "calibrated_on" not in params:
+        return dict(params)
+    trained = defenses.get(trained_of(spec.defenses)[0])
+    found = calibration.read_calibrations(spec.output.parent, float(params["calibrated_on"]))
+    if found is None:
+        raise FileNotFoundError(f"named.{name}: no calibration_p{params['calibrated_on']:g}_validation*.csv in "
+                                f"{spec.output.parent} to choose from: run the calibration spec first")
+    picked = calibration.choose(found, spec.task)
+    fields = {f.name for f in dataclasses.fields(trained.config)}
+    knobs = {trained.param: float(picked["value"])}
+    knobs.update({f: picked[f].item() if hasattr(picked[f], "item") else picked[f]
+                  for f in picked.index if f in fields and f != trained.param and not pd.isna(picked[f])})
+    return knobs
+
+
+def defend(ctx: Context) -> pd.DataFrame:
+    """The defense sweep; with named settings, each setting of the trained defense is its own runs, the
+    other defenses run once (with the first), and the trained rows carry the setting's name and fields."""
+    spec = ctx.spec
+    if not spec.named:
+        return _defend(ctx, spec.defenses)
+    name_of = trained_of(spec.defenses)[0]
+    record = defenses.get(name_of)
+    others = {k: v for k, v in spec.defenses.items() if k != name_of}
+    shown = sorted({f for knobs in map(lambda n: named_knobs(spec, n), spec.named) for f in knobs} - {record.param})
+    parts = []
+    for i, name in enumerate(spec.named):
+        knobs = {**(spec.defenses[name_of] or {}), **named_knobs(spec, name)}
+        cfg = methods_of({name_of: knobs}, spec.setting)[0]
+        rows = _defend(ctx, {**(others if i == 0 else {}), name_of: knobs})
+        tuned = rows["method"].isin([name_of, *record.controls])
+        rows = rows.assign(**{SETTING_COLUMN: name}, **{f: [getattr(cfg, f) if t else None for t in tuned]
+                                                         for f in shown})
+        rows.loc[~tuned, SETTING_COLUMN] = None
+        parts.append(rows if i == 0 else rows[tuned])
+    return pd.concat(parts, ignore_index=True)
+
+
+def compare(ctx: Context) -> pd.DataFrame:
+    from panacea_lab.studies.baselines import baseline_sweep
+    from panacea_lab.defenses.registry import UNDEFENDED
+
+    defended = _defend(ctx, ctx.spec.defenses)
+    post = defended[(defended["variant"] != "control") & (defended["method"] != UNDEFENDED)]
+    ours = baseline_sweep(ctx.spec.ratios, ctx.spec.seeds, methods=ctx.spec.baselines, eval_cfg=ctx.eval_cfg,
+                          setting=ctx.spec.setting, **ctx.common)
+    return pd.concat([ours, post], ignore_index=True)
+
+
+def _trained_configs(spec: Spec) -> list[tuple[str | None, object]]:
+    """(setting name or None, config) of the trained defense: one per named setting, else the grid's."""
+    if spec.named:
+        name_of = trained_of(spec.defenses)[0]
+        return [(name, methods_of({name_of: {**(spec.defenses[name_of] or {}), **named_knobs(spec, name)}},
+                                  spec.setting)[0]) for name in spec.named]
+    return [(None, m) for m in methods_of(spec.defenses, spec.setting) if defenses.of(m).post_half]
+
+
+def answer_loss(ctx: Context) -> pd.DataFrame:
+    from panacea_lab.studies.answer_loss import loss_shift
+    from panacea_lab.pipeline.stages import attack as attack_stage
+
+    parts = []
+    for name, method in _trained_configs(ctx.spec):
+        for run in ctx.runs(method):
+            if getattr(ctx.store, "planning", False):  # the probe loads models: list its runs' stages instead
+                attack_stage(run, ctx.store)
+                attack_stage(dataclasses.replace(run, defense=None), ctx.store)
+                continue
+            rows = loss_shift(run, ctx.store)
+            parts.append(rows if name is None else rows.assign(**{SETTING_COLUMN: name}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def calibration_sweep(ctx: Context) -> pd.DataFrame:
+    """The trained defense over its listed lambda x param x h_const on the validation split, beside the
+    undefended model (`calibration.calibration_sweep`), at the spec's one ratio and first seed."""
+    name = trained_of(ctx.spec.defenses)[0]
+    record = defenses.get(name)
+    grid = {k: (v if isinstance(v, list) else [v]) for k, v in (ctx.spec.defenses[name] or {}).items()}
+    lists = (grid.get("lam", [None]), grid.get(record.param, [None]), grid.get("h_const", [False]))
+    if getattr(ctx.store, "planning", False):  # the sweep reads the undefended adapter: list its stages instead
+        return _plan_calibration(ctx, name, lists)
+    return calibration.calibration_sweep(ctx.spec.ratios[0], ctx.spec.seeds[0], *lists, defense=name,
+                                         eval_cfg=ctx.eval_cfg, setting=ctx.spec.setting, **ctx.common)
+
+
+def _plan_calibration(ctx: Context, name: str, lists) -> pd.DataFrame:
+    from panacea_lab.pipeline.evaluations import evaluate
+    from panacea_lab.pipeline.stages import attack as attack_stage
+
+    record, (lams, values, h_consts) = defenses.get(name), lists
+    val = dataclasses.replace(ctx.eval_cfg, split="validation")
+    cfg = attack_config(ctx.align_cfg, ctx.spec.task, ctx.spec.ratios[0], ctx.spec.seeds[0], **ctx.overrides)
+    attack_stage(cfg, ctx.store)
+    evaluate("attack", cfg, ctx.store, val)
+    for knobs in ({record.param: v, "lam": lam, "h_const": h} for h in h_consts for lam in lams for v in values):
+        run = dataclasses.replace(cfg, defense=methods_of({name: knobs}, ctx.spec.setting)[0])
+        attack_stage(run, ctx.store)
+        evaluate("attack", run, ctx.store, val, defenses.get(record.post_half).make())
+    return pd.DataFrame()
+
+
+def eps_shares(ctx: Context) -> pd.DataFrame:
+    from panacea_lab.studies.sweeps import eps_coefficients
+
+    from panacea_lab.pipeline.stages import attack as attack_stage
+
+    run = ctx.runs(_trained_configs(ctx.spec)[0][1])[0]
+    if getattr(ctx.store, "planning", False):  # the shares read the run's stored perturbation
+        attack_stage(run, ctx.store)
+        return pd.DataFrame()
+    return eps_coefficients(run, ctx.store)
+
+
+# how the rows of a kind are matched run by run (None: the sweeps' run columns and metrics)
+ROW_KEYS = {"answer_loss": (["model", "answers", "p", "seed", "rho", "lam", "h_const", SETTING_COLUMN], ["nll"]),
+            "eps_shares": (["layer", "module"], ["eps_share", "noise_share"]),
+            "calibration": (["method", "variant", "value", "p", "seed", "lam", "h_const"], None)}
+
+KINDS = {"attack": attack, "defend": defend, "compare": compare, "answer_loss": answer_loss,
+         "calibration": calibration_sweep, "eps_shares": eps_shares}
+
+
+def keep_rows(df: pd.DataFrame, keep) -> pd.DataFrame:
+    """Only the rows one of the selectors ({column: value}) matches; all rows when there is none."""
+    if not keep or df.empty:
+        return df
+    hit = pd.Series(False, index=df.index)
+    for selector in keep:
+        hit |= pd.concat([df[k].eq(v) for k, v in selector.items()], axis=1).all(axis=1)
+    return df[hit].reset_index(drop=True)

@@ -1,0 +1,1 @@
+"""Figures: one look per method (from the registry), print sizes, files byte-identical on rerun."""

@@ -1,0 +1,1 @@
+"""Tables of committed rows: reading, writing, comparing and summarising results files."""
