@@ -62,3 +62,31 @@ def test_each_layer_imports_only_the_layers_above_it():
             if RANK.get(other, -1) > RANK[unit]:
                 wrong.append(f"{path.relative_to(PACKAGE)} imports {other}")
     assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
+
+
+def _named_methods(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every string constant, docstrings aside, that is a registered method's name or
+    quotes one (a query such as "method == 'noise'")."""
+    from panacea_lab import defenses
+
+    tree = ast.parse(source)
+    docs = {id(node.body[0].value) for node in ast.walk(tree) if isinstance(getattr(node, "body", None), list)
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+            and (node.value in defenses.REGISTRY or any(f"'{n}'" in node.value for n in defenses.REGISTRY))]
+
+
+def test_no_code_outside_the_defenses_and_the_settings_names_a_method():
+    """A method is defined in its defense module and its registry record; everything else reads the
+    record, so adding or renaming a defense edits no sweep, table, figure or notebook code. Notebook
+    parameter cells are data (the notebook's spec) and may name methods."""
+    import jupytext
+
+    found = [f"{p.relative_to(PACKAGE)}:{line} {name!r}" for p in sorted(PACKAGE.rglob("*.py"))
+             if _unit(p) not in {"defenses", "settings"} for line, name in _named_methods(p.read_text())]
+    for nb in sorted((PACKAGE.parent / "notebooks").glob("[0-9][0-9]_*.py")):
+        for i, cell in enumerate(jupytext.read(nb).cells):
+            if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
+                found += [f"{nb.name} cell {i}:{line} {name!r}" for line, name in _named_methods(cell.source)]
+    assert not found, "method names in code (read the registry instead):\n" + "\n".join(found)

@@ -27,12 +27,17 @@ from panacea_lab.training.store import RESULT, RunStore
 
 
 class _Unknown(dict):
-    """What a planned stage returns in place of its result: NaN metrics, no task scores, a unit norm
-    (only so that a control's config can be built), and any other key as another _Unknown."""
+    """What a planned stage returns in place of its result: NaN metrics, no task scores, and a norm of
+    its own (so that the controls of two planned runs are two configs, as they will be), any other key
+    as another _Unknown."""
+
+    def __init__(self, norm: float = 1.0):
+        super().__init__()
+        self.norm = norm
 
     def __missing__(self, key):
-        return {"HS": math.nan, "refusal": math.nan, "other": math.nan, "FA": {}, "eps_norm": 1.0,
-                "train_seconds": math.nan}.get(key, _Unknown())
+        return {"HS": math.nan, "refusal": math.nan, "other": math.nan, "FA": {}, "eps_norm": self.norm,
+                "train_seconds": math.nan}.get(key, _Unknown(self.norm))
 
 
 class PlanStore(RunStore):
@@ -59,7 +64,7 @@ class PlanStore(RunStore):
         hit = self.load(stage, cfg)
         if hit is None:
             self.missing[config_hash(cfg)] = _kind(stage, cfg)
-        return hit if hit is not None else _Unknown()
+        return hit if hit is not None else _Unknown(1.0 + 1e-6 * len(self.missing))
 
     def artifact(self, stage, cfg, name):
         if self.load(stage, cfg) is None:
@@ -250,8 +255,9 @@ class _Progress(RunStore):
             return hit
         result = super().cached(stage, cfg, compute, inputs)
         self.done += 1
+        self.todo = max(self.todo, self.done)
         spent = time.perf_counter() - self.t0
-        left = spent / self.done * (self.todo - self.done) if self.done else self.seconds
+        left = spent / self.done * (self.todo - self.done)
         print(f"  {self.done}/{self.todo} stages computed ({_kind(stage, cfg)}); about {left / 60:.0f} min left",
               file=self.out, flush=True)
         return result
