@@ -96,6 +96,7 @@ def post_finetuning_flags(parser: argparse.ArgumentParser) -> None:
         default = list(record.sweep) if record.sweep is not None else None
         said = f"default: {' '.join(f'{v:g}' for v in default)}" if default else "default: the setting's"
         parser.add_argument(f"--{record.flag}", type=float, nargs="*", default=default, dest=_dest(record.flag),
+                            metavar=record.param.upper(),
                             help=f"{record.label}: {record.param} values, one run each ({said}; nothing: not run)")
         fields = {f.name: f for f in dataclasses.fields(record.config)}
         for option in record.options:
@@ -106,7 +107,7 @@ def post_finetuning_flags(parser: argparse.ArgumentParser) -> None:
                                     help=f"{record.label}: set {option} (default: off)")
             else:
                 parser.add_argument(flag, type={"int": int, "float": float}.get(str(kind), float), default=None,
-                                    dest=_dest(option, record),
+                                    dest=_dest(option, record), metavar=option.upper(),
                                     help=f"{record.label}: {option} (default: the setting's; {record.config.__name__} "
                                          f"{value:g})")
     parser.add_argument("--also", nargs="*", default=[], metavar="NAME[:KEY=VALUE,...]",
