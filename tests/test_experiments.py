@@ -60,13 +60,11 @@ def test_a_spec_without_its_grid_is_refused(tmp_path):
 NOT_COMMITTED = "no committed results file"
 
 
-def test_every_spec_loads_and_has_its_results_file_unless_it_says_it_has_none():
+def test_every_results_file_has_a_spec_and_every_spec_its_file_unless_it_says_it_has_none():
     loaded = [load_spec(p) for p in all_specs()]
     specs = {s.name for s in loaded}
-    files = {p.relative_to(REPO / "results").with_suffix("").as_posix()
-             for p in (REPO / "results" / "embedded").glob("*.csv")}
-    trajectories = {"embedded/motivating_p0.1"}  # step-by-step logs of notebook 01, not a sweep's rows
-    assert files - trajectories <= specs, f"results without a spec: {sorted(files - trajectories - specs)}"
+    files = {p.relative_to(REPO / "results").with_suffix("").as_posix() for p in (REPO / "results").rglob("*.csv")}
+    assert files <= specs, f"results without a spec: {sorted(files - specs)}"
     lacking = sorted(s.name for s in loaded if not s.output.is_file() and NOT_COMMITTED not in s.about)
     assert not lacking, f"specs without their results file (say {NOT_COMMITTED!r} in `about` if meant): {lacking}"
     said = sorted(s.name for s in loaded if s.output.is_file() and NOT_COMMITTED in s.about)
@@ -217,3 +215,22 @@ def test_the_reviews_grid_spec_pins_what_notebook_06_trained():
         assert mine == theirs and config_hash(mine) == config_hash(theirs), name
         runs = [attack_config(align, spec.task, 0.1, 0, spec.preset, defense=d, **overrides) for d in (mine, theirs)]
         assert config_hash(runs[0]) == config_hash(runs[1]), name
+
+
+@pytest.mark.slow
+def test_a_trajectory_spec_scores_each_method_along_its_steps(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(spec_mod, "EXPERIMENTS", tmp_path / "experiments")
+    monkeypatch.setattr(spec_mod, "RESULTS", tmp_path / "results")
+    raw = {"sweep": "trajectory", "model": str(tiny_model_dir), "ratios": [0.2], "seeds": [0], "every": 2,
+           "baselines": ["none", "panacea"], "attack": {"n": 20, "epochs": 1.0}, "eval": {"n_eval": 4},
+           "align": {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1.0}}
+    path, runs = _write(tmp_path, raw, "toy/steps"), str(tmp_path / "runs")
+    assert main(["run", str(path), "--runs", runs]) == 0
+    rows = read_rows(tmp_path / "results" / "toy" / "steps.csv")
+    for method, run in (("none", "SFT p=0.2"), ("panacea", "Panacea w + eps p=0.2")):
+        steps = rows.loc[rows["method"].eq(method) & rows["run"].eq(run), "step"].tolist()
+        assert steps == [0, 2]  # step 0 is the aligned model, then every 2 steps (20 rows at batch 10: 2 steps)
+    assert main(["run", str(path), "--runs", runs, "--check"]) == 0
+    assert "differing: none" in capsys.readouterr().out
+    bad = _write(tmp_path, {**raw, "every": 0}, "toy/bad")
+    assert main(["run", str(bad), "--runs", runs]) == 2 and ": every:" in capsys.readouterr().err

@@ -176,13 +176,34 @@ def eps_shares(ctx: Context) -> pd.DataFrame:
     return eps_coefficients(run, ctx.store)
 
 
+def trajectory(ctx: Context) -> pd.DataFrame:
+    """Each method's run scored every `every` steps (step 0: the aligned model); a trained defense with
+    a post-fine-tuning half is read as w + that half at each checkpoint, what a provider stopping
+    there would serve."""
+    from panacea_lab.config import EvalConfig
+    from panacea_lab.studies import baselines
+    from panacea_lab.studies.trajectory import Trajectory, trajectory as follow
+
+    spec, rows = ctx.spec, []
+    step_eval = EvalConfig(n_harmful=ctx.eval_cfg.n_harmful, n_task=ctx.eval_cfg.n_task, tasks=(spec.task,))
+    for method in spec.baselines:
+        for p, seed, cfg in baselines.baseline_configs(method, spec.ratios, spec.seeds, spec.task, spec.preset,
+                                                       ctx.align_cfg, spec.setting, **ctx.overrides):
+            traj = follow(Trajectory(run=cfg, every=spec.every, eval=step_eval), ctx.store)
+            line = baselines.label(method).split(" (")[0] + (" w + eps" if "points_eps" in traj else "")
+            rows += [{**point, "method": method, "run": f"{line} p={p:g}", "seed": seed}
+                     for point in traj.get("points_eps", traj["points"])]
+    return pd.DataFrame(rows)
+
+
 # how the rows of a kind are matched run by run (None: the sweeps' run columns and metrics)
 ROW_KEYS = {"answer_loss": (["model", "answers", "p", "seed", "rho", "lam", "h_const", SETTING_COLUMN], ["nll"]),
             "eps_shares": (["layer", "module"], ["eps_share", "noise_share"]),
+            "trajectory": (["method", "run", "seed", "step"], ["HS", "refusal", "other", "FA_sentiment"]),
             "calibration": (["method", "variant", "value", "p", "seed", "lam", "h_const"], None)}
 
 KINDS = {"attack": attack, "defend": defend, "compare": compare, "answer_loss": answer_loss,
-         "calibration": calibration_sweep, "eps_shares": eps_shares}
+         "calibration": calibration_sweep, "eps_shares": eps_shares, "trajectory": trajectory}
 
 
 def keep_rows(df: pd.DataFrame, keep) -> pd.DataFrame:

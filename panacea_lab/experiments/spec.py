@@ -29,7 +29,7 @@ from panacea_lab.paths import PACKAGE_ROOT
 
 EXPERIMENTS = PACKAGE_ROOT / "experiments"
 RESULTS = PACKAGE_ROOT / "results"
-SWEEPS = ("attack", "defend", "compare", "answer_loss", "calibration", "eps_shares")
+SWEEPS = ("attack", "defend", "compare", "answer_loss", "calibration", "eps_shares", "trajectory")
 EVAL_FIELDS = {"split": str, "n_eval": int, "judge": str, "judge_model": str, "second_test": str,
                "max_new_tokens": int, "batch_size": int, "merge": bool}
 # fields a spec's config mappings may not set: the spec's own fields and the sweep's grid set them
@@ -68,6 +68,7 @@ class Spec:
     named: dict = field(default_factory=dict)
     keep: tuple = ()  # row selectors ({column: value}); when given, only the rows one of them matches
     reference_tasks: tuple[str, ...] = ()  # attack: tasks the base and aligned models are scored on (all)
+    every: int = 0  # trajectory: score the run every this many optimiser steps
 
     @property
     def output(self) -> Path:
@@ -231,11 +232,22 @@ def check_spec(name: str, raw: dict) -> Spec:
             _fail("hs_plus", f"{raw['hs_plus']!r} must be true or false")
         kw["hs_plus"] = raw["hs_plus"]
     if "baselines" in raw:
+        from panacea_lab import defenses
         from panacea_lab.studies.baselines import baseline_methods
 
         if not isinstance(raw["baselines"], list):
             _fail("baselines", f"{raw['baselines']!r} must be a list of registry names")
-        kw["baselines"] = tuple(_choice(f"baselines[{i}]", b, baseline_methods()) for i, b in enumerate(raw["baselines"]))
+        allowed = baseline_methods() + (defenses.trained_with_half() if sweep == "trajectory" else [])
+        kw["baselines"] = tuple(_choice(f"baselines[{i}]", b, allowed) for i, b in enumerate(raw["baselines"]))
+    if sweep == "trajectory":
+        kw["every"] = _number("every", raw.get("every"), int) if "every" in raw else _fail(
+            "every", "missing; a trajectory scores its runs every this many steps")
+        if kw["every"] < 1:
+            _fail("every", f"{kw['every']} must be >= 1")
+        if not kw.get("baselines"):
+            _fail("baselines", "a trajectory names the methods it follows, e.g. [none, vaccine]")
+    elif "every" in raw:
+        _fail("every", "only a trajectory sweep scores along its steps")
     if "controls" in raw:
         controls = raw["controls"]
         if controls is not True and not (isinstance(controls, list) and all(isinstance(c, str) for c in controls)):
