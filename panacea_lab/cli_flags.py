@@ -20,7 +20,6 @@ from panacea_lab.config import (
     AttackConfig,
     ConfigError,
     EvalConfig,
-    ModelConfig,
 )
 from panacea_lab.settings import DEFAULT_SETTING, SETTINGS
 from panacea_lab.training.store import DEFAULT_ROOT
@@ -150,20 +149,12 @@ def attack_overrides(args) -> dict:
 
 def build_configs(args):
     """Configs from the flags; a real model's memory estimate is printed before anything runs."""
-    from panacea_lab.models.presets import PRESETS, estimate_memory, format_estimate, preset_model_config
+    from panacea_lab.models.presets import estimate_memory, format_estimate
+    from panacea_lab.studies import recipe
 
-    from panacea_lab.settings import get
-
-    setting = get(args.setting)
-    model = preset_model_config(args.model) if args.model in PRESETS else ModelConfig(path=args.model)
-    if args.model == EMBEDDED_MODEL and setting.model:  # a real-model preset brings its own LoRA
-        model = dataclasses.replace(model, **setting.model)
-    align_kw = dict(setting.align)
-    if args.data != "embedded":
-        from panacea_lab.data.real_world import ALIGN_DEFAULTS
-
-        align_kw = {**align_kw, **ALIGN_DEFAULTS[args.data]}
-    align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data, **align_kw)
+    model = recipe.model_config(args.setting, args.model)  # a real-model preset brings its own LoRA
+    align_cfg = AlignConfig(model=model, seed=args.align_seed, data=args.data,
+                            **recipe.align_fields(args.setting, args.data))
     eval_cfg = EvalConfig(n_harmful=args.n_eval, n_task=args.n_eval, judge=args.judge, tasks=(args.task,),
                           judge_model=args.judge_model, split=args.split)
     from panacea_lab.tables.export_rows import check_output_path

@@ -68,7 +68,7 @@ def setup(model: str = EMBEDDED_MODEL, setting: str = settings.DEFAULT_SETTING, 
     return Setup(setting=setting, task=task, preset=preset, store=RunStore(runs), figures=PACKAGE_ROOT / figures_dir,
                  align_cfg=align_cfg, eval_cfg=EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(task,)),
                  attack_kw=recipe.attack_overrides(setting, **({} if n is None else {"n": n})),
-                 panacea=recipe.panacea(setting, rho, lam))
+                 panacea=recipe.trained(setting, rho, lam))
 
 
 def quiet_output() -> None:

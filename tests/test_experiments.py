@@ -175,14 +175,14 @@ def test_the_real_model_specs_build_the_configs_notebook_06_built(name):
         for seed in spec.seeds:
             runs = [attack_config(cfgs[0], spec.task, p, seed, spec.preset, **cfgs[2]) for cfgs in (new, old)]
             assert runs[0] == runs[1] and config_hash(runs[0]) == config_hash(runs[1])
-    if not spec.named:  # the trained defense at the setting's own values, as the notebook's `recipe.panacea(setting)`
+    if not spec.named:  # the trained defense at the setting's own values, as the notebook's `recipe.trained(setting)`
         from panacea_lab.studies import recipe
         from panacea_lab.studies.sweeps import methods_of
         from panacea_lab.experiments.spec import trained_of
 
         trained = trained_of(spec.defenses)
         (mine,) = methods_of({t: spec.defenses[t] for t in trained}, spec.setting)
-        assert config_hash(mine) == config_hash(recipe.panacea(OLD_SETS[name]["setting"]))
+        assert config_hash(mine) == config_hash(recipe.trained(OLD_SETS[name]["setting"]))
 
 
 def test_the_reviews_grid_spec_pins_what_notebook_06_trained():
@@ -210,7 +210,7 @@ def test_the_reviews_grid_spec_pins_what_notebook_06_trained():
            "lam1e-2": (1.0, 0.01, None), "paper": (1.0, 1e-3, None)}  # the old grid_panacea, knobs (rho, lam, h_const)
     assert list(spec.named) == list(old)
     for name, (rho, lam, h_const) in old.items():
-        theirs = recipe.panacea("embedded", rho, lam, h_const)
+        theirs = recipe.trained("embedded", rho, lam, h_const)
         (mine,) = methods_of({trained: {**(spec.defenses[trained] or {}), **named_knobs(spec, name)}}, spec.setting)
         assert mine == theirs and config_hash(mine) == config_hash(theirs), name
         runs = [attack_config(align, spec.task, 0.1, 0, spec.preset, defense=d, **overrides) for d in (mine, theirs)]

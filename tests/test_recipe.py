@@ -8,15 +8,15 @@ from panacea_lab.config import ConfigError, ModelConfig
 
 
 def test_panacea_takes_the_settings_values_unless_given():
-    embedded, paper = recipe.panacea("embedded"), recipe.panacea("paper")
+    embedded, paper = recipe.trained("embedded"), recipe.trained("paper")
     assert (embedded.rho, embedded.lam) == (settings.get("embedded").param("panacea", "rho"),
                                             settings.get("embedded").param("panacea", "lam"))
     assert embedded.lam != paper.lam  # the two settings differ exactly where the notebooks say they do
-    given = recipe.panacea("embedded", rho=0.5)
+    given = recipe.trained("embedded", rho=0.5)
     assert (given.rho, given.lam) == (0.5, embedded.lam)
-    assert recipe.panacea("embedded", lam=1e-3).lam == 1e-3
-    assert recipe.panacea("embedded", h_const=True).h_const != embedded.h_const
-    assert recipe.panacea("embedded", h_const=None).h_const == embedded.h_const  # None keeps the setting's
+    assert recipe.trained("embedded", lam=1e-3).lam == 1e-3
+    assert recipe.trained("embedded", h_const=True).h_const != embedded.h_const
+    assert recipe.trained("embedded", h_const=None).h_const == embedded.h_const  # None keeps the setting's
 
 
 def test_a_recipe_setting_changes_the_embedded_models_lora_alignment_and_attack():
@@ -38,4 +38,4 @@ def test_a_local_model_keeps_its_own_lora_and_embedded_adds_nothing(tmp_path):
 
 def test_an_unknown_setting_is_named():
     with pytest.raises(ConfigError, match="setting = 'nope'"):
-        recipe.panacea("nope")
+        recipe.trained("nope")

@@ -76,6 +76,11 @@ def named_knobs(spec: Spec, name: str) -> dict:
     return knobs
 
 
+def named_settings(spec: Spec) -> dict[str, dict]:
+    """Each named setting's own fields, a calibrated one's chosen from its calibration files once."""
+    return {name: named_knobs(spec, name) for name in spec.named}
+
+
 def defend(ctx: Context) -> pd.DataFrame:
     """The defense sweep; with named settings, each setting of the trained defense is its own runs, the
     other defenses run once (with the first), and the trained rows carry the setting's name and fields."""
@@ -85,10 +90,11 @@ def defend(ctx: Context) -> pd.DataFrame:
     name_of = trained_of(spec.defenses)[0]
     record = defenses.get(name_of)
     others = {k: v for k, v in spec.defenses.items() if k != name_of}
-    shown = sorted({f for knobs in map(lambda n: named_knobs(spec, n), spec.named) for f in knobs} - {record.param})
+    named = named_settings(spec)
+    shown = sorted({f for own in named.values() for f in own} - {record.param})
     parts = []
-    for i, name in enumerate(spec.named):
-        knobs = {**(spec.defenses[name_of] or {}), **named_knobs(spec, name)}
+    for i, (name, own) in enumerate(named.items()):
+        knobs = {**(spec.defenses[name_of] or {}), **own}
         cfg = methods_of({name_of: knobs}, spec.setting)[0]
         rows = _defend(ctx, {**(others if i == 0 else {}), name_of: knobs})
         tuned = rows["method"].isin([name_of, *record.controls])
@@ -114,8 +120,8 @@ def _trained_configs(spec: Spec) -> list[tuple[str | None, object]]:
     """(setting name or None, config) of the trained defense: one per named setting, else the grid's."""
     if spec.named:
         name_of = trained_of(spec.defenses)[0]
-        return [(name, methods_of({name_of: {**(spec.defenses[name_of] or {}), **named_knobs(spec, name)}},
-                                  spec.setting)[0]) for name in spec.named]
+        return [(name, methods_of({name_of: {**(spec.defenses[name_of] or {}), **own}}, spec.setting)[0])
+                for name, own in named_settings(spec).items()]
     return [(None, m) for m in methods_of(spec.defenses, spec.setting) if defenses.of(m).post_half]
 
 
@@ -142,26 +148,8 @@ def calibration_sweep(ctx: Context) -> pd.DataFrame:
     record = defenses.get(name)
     grid = {k: (v if isinstance(v, list) else [v]) for k, v in (ctx.spec.defenses[name] or {}).items()}
     lists = (grid.get("lam", [None]), grid.get(record.param, [None]), grid.get("h_const", [False]))
-    if getattr(ctx.store, "planning", False):  # the sweep reads the undefended adapter: list its stages instead
-        return _plan_calibration(ctx, name, lists)
     return calibration.calibration_sweep(ctx.spec.ratios[0], ctx.spec.seeds[0], *lists, defense=name,
                                          eval_cfg=ctx.eval_cfg, setting=ctx.spec.setting, **ctx.common)
-
-
-def _plan_calibration(ctx: Context, name: str, lists) -> pd.DataFrame:
-    from panacea_lab.pipeline.evaluations import evaluate
-    from panacea_lab.pipeline.stages import attack as attack_stage
-
-    record, (lams, values, h_consts) = defenses.get(name), lists
-    val = dataclasses.replace(ctx.eval_cfg, split="validation")
-    cfg = attack_config(ctx.align_cfg, ctx.spec.task, ctx.spec.ratios[0], ctx.spec.seeds[0], **ctx.overrides)
-    attack_stage(cfg, ctx.store)
-    evaluate("attack", cfg, ctx.store, val)
-    for knobs in ({record.param: v, "lam": lam, "h_const": h} for h in h_consts for lam in lams for v in values):
-        run = dataclasses.replace(cfg, defense=methods_of({name: knobs}, ctx.spec.setting)[0])
-        attack_stage(run, ctx.store)
-        evaluate("attack", run, ctx.store, val, defenses.get(record.post_half).make())
-    return pd.DataFrame()
 
 
 def eps_shares(ctx: Context) -> pd.DataFrame:

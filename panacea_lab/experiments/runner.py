@@ -98,29 +98,19 @@ def stage_durations(root: Path) -> dict[str, float]:
 
 def configs(spec: Spec):
     """(align config, eval config, attack overrides) as the command line builds them for the same
-    choices: the setting's recipe (its LoRA on the embedded model only), real data's alignment
-    defaults, then the spec's own fields on top."""
-    from panacea_lab import settings
-    from panacea_lab.config import EMBEDDED_MODEL, AlignConfig, EvalConfig, ModelConfig
-    from panacea_lab.models.presets import PRESETS, preset_model_config
+    choices (`studies.recipe`: the setting's recipe, its LoRA on the embedded model only, real data's
+    alignment sizes), with the spec's own fields on top."""
+    from panacea_lab.config import AlignConfig, EvalConfig
+    from panacea_lab.studies import recipe
 
-    setting = settings.get(spec.setting)
-    if spec.model in PRESETS:
-        model = preset_model_config(spec.model, **spec.model_options)
-    else:
-        recipe = setting.model if spec.model == EMBEDDED_MODEL else {}
-        model = ModelConfig(path=spec.model, **{**recipe, **spec.model_options})
-    align_kw = dict(setting.align)
-    if spec.data != "embedded":
-        from panacea_lab.data.real_world import ALIGN_DEFAULTS
-
-        align_kw.update(ALIGN_DEFAULTS[spec.data])
-    align_cfg = AlignConfig(model=model, data=spec.data, **{**align_kw, **spec.align})
+    model = recipe.model_config(spec.setting, spec.model, **spec.model_options)
+    align_cfg = AlignConfig(model=model, data=spec.data, **{**recipe.align_fields(spec.setting, spec.data),
+                                                            **spec.align})
     ev = dict(spec.eval)
     n_eval = ev.pop("n_eval", EvalConfig().n_harmful)
     ev.pop("second_test", None)
     eval_cfg = EvalConfig(n_harmful=n_eval, n_task=n_eval, tasks=(spec.task,), **ev)
-    return align_cfg, eval_cfg, {**setting.attack, **spec.attack}
+    return align_cfg, eval_cfg, recipe.attack_overrides(spec.setting, **spec.attack)
 
 
 def rows(spec: Spec, store: RunStore) -> pd.DataFrame:
@@ -191,8 +181,8 @@ def check(spec: Spec, root, strict: bool = False) -> tuple[bool, str]:
 
     if not spec.output.is_file():
         return False, f"{spec.output} does not exist: run the spec first"
-    store, df = plan(spec, root)
-    if not store.missing:
+    store, df = plan(spec, root)  # a plan's rows are the stored rows wherever the store holds the stages
+    if not store.missing and df.empty:  # a kind that reads stored files only lists its stages when planning
         df = rows(spec, RunStore(root, read_only=True))
     complete = df[df["HS"].notna()] if "HS" in df else df
     if complete.empty:  # nothing to compare is not a difference; --strict makes it a failure

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from panacea_lab.studies.layer_ablation import check_panacea_run, eps_parts
+from panacea_lab.studies.layer_ablation import check_trained_run, eps_parts
 from panacea_lab.config import AttackConfig, EvalConfig
 from panacea_lab.defenses.panacea import EpsConfig
 from panacea_lab.defenses.perturb import applied, norms_by_layer_module, restrict
@@ -35,7 +35,7 @@ class LiveEps:
     """One Panacea run held in memory, scored under any restriction of its eps."""
 
     def __init__(self, run: AttackConfig, store: RunStore, eval_cfg: EvalConfig | None = None):
-        check_panacea_run(run)
+        check_trained_run(run)
         attack(run, store)  # cached: trains only when the run is not in the store yet
         self.run, self.eval_cfg = run, eval_cfg or explorer_eval(run.task)
         self.model = load_stage_model("attack", run, store)

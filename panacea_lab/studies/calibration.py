@@ -10,6 +10,7 @@ are that verdict, what they are called and which norm the half adds.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -21,17 +22,20 @@ from panacea_lab.config import AlignConfig, AttackConfig, EvalConfig
 from panacea_lab.defenses.perturb import global_norm
 from panacea_lab.defenses.registry import UNDEFENDED
 from panacea_lab.pipeline.evaluations import evaluate
-from panacea_lab.pipeline.stages import ADAPTER, artifact, attack
+from panacea_lab.pipeline.stages import ADAPTER, artifact, attack, stored
 from panacea_lab.training.store import RunStore
 
 FA_DROP, MAX_OTHER = 5.0, 10.0  # the choice rule's tolerances (percentage points)
 
 
 def adapter_norm(cfg: AttackConfig, store: RunStore) -> float:
-    """||w||, the global L2 norm of a finished fine-tuning run's LoRA tensors (the scale rho is read against)."""
+    """||w||, the global L2 norm of a finished fine-tuning run's LoRA tensors (the scale rho is read against);
+    NaN on a store that only plans (`planning`) and does not hold the run yet."""
     from safetensors.torch import load_file
 
     attack(cfg, store)
+    if getattr(store, "planning", False) and stored(store, "attack", cfg) is None:
+        return math.nan
     return global_norm(load_file(str(artifact(store, "attack", cfg, ADAPTER) / "adapter_model.safetensors")))
 
 

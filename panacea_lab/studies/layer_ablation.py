@@ -111,7 +111,6 @@ def check_trained_run(run: AttackConfig) -> None:
                           f"defense=settings.get(setting).defense({trained[0]!r}, ...)")
 
 
-check_panacea_run = check_trained_run  # the name live_eps imports
 
 
 def layer_ablation(run: AttackConfig, store: RunStore | None = None, eval_cfg: EvalConfig | None = None,

@@ -36,12 +36,6 @@ def tuned() -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for t in defenses.trained_with_half() for n in (t, *defenses.get(t).controls)))
 
 
-def __getattr__(name: str):
-    if name == "TUNED":  # read at use, so a defense registered later (a test's, a notebook's) counts
-        return tuned()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def read_grid(folder: str | Path) -> pd.DataFrame | None:
     """Every `grid_p*.csv` in `folder` as one frame; a run written by two files (one per seed, then
     the whole grid; a setting re-run beside another) counts once, the later file's. None when there is
