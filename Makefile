@@ -58,18 +58,21 @@ ui-test: $(VENV)/.ui-installed
 NB ?= 0[0-5]
 NOTEBOOKS := $(sort $(wildcard notebooks/$(NB)_*.py))
 
-# Every notebook: jupytext source -> notebooks/NN_*.ipynb, executed in place by papermill; figures/ (at the
+# Every notebook: jupytext source -> build/notebooks/NN_*.ipynb (a build output, never beside the sources),
+# executed in place by papermill from notebooks/ (parameter files are relative to it); figures/ (at the
 # repository root, wherever papermill runs) gets each figure's PNG, PDF and CSV. $(1) prefixes papermill (an
 # environment setting); $(2) names a parameter set in notebooks/params/<set>/NN_*.yaml that overrides the
 # notebook's CPU-scale defaults; $(3), when given, lists the notebooks instead of NB's.
 SCALE ?=
+EXECUTED := build/notebooks
 define run_notebooks
-	mkdir -p figures
+	mkdir -p figures $(EXECUTED)
 	for nb in $(or $(3),$(NOTEBOOKS)); do \
 		name=$$(basename $${nb%.py}); params=""; \
 		if [ -n "$(2)" ] && [ -f notebooks/params/$(2)/$$name.yaml ]; then params="-f params/$(2)/$$name.yaml"; fi; \
-		$(BIN)/jupytext -q --to ipynb --output $${nb%.py}.ipynb $$nb && \
-		(cd notebooks && $(1) ../$(BIN)/papermill -k python3 $$params $$name.ipynb $$name.ipynb) || exit 1; \
+		$(BIN)/jupytext -q --to ipynb --output $(EXECUTED)/$$name.ipynb $$nb && \
+		(cd notebooks && $(1) ../$(BIN)/papermill -k python3 $$params ../$(EXECUTED)/$$name.ipynb \
+			../$(EXECUTED)/$$name.ipynb) || exit 1; \
 	done
 endef
 
@@ -90,7 +93,8 @@ FIGURE_NOTEBOOKS := $(NOTEBOOKS) $(if $(filter file,$(origin NB)),$(wildcard not
 figures: $(STAMP)
 	$(call run_notebooks,PANACEA_CACHE_ONLY=1,$(SCALE),$(FIGURE_NOTEBOOKS))
 	$(if $(filter %06_real_model.py,$(FIGURE_NOTEBOOKS)),cd notebooks && PANACEA_CACHE_ONLY=1 ../$(BIN)/papermill \
-		-k python3 -f params/real-multiemo/06_real_model.yaml 06_real_model.ipynb 06_real_model_multiemo.ipynb)
+		-k python3 -f params/real-multiemo/06_real_model.yaml ../$(EXECUTED)/06_real_model.ipynb \
+		../$(EXECUTED)/06_real_model_multiemo.ipynb)
 
 # The workshop (notebook 00): executed once to fill its run store ($PANACEA_RUNS, default runs/), so that
 # participants executing it again (papermill, or Run All under `make lab`) only read the store: under a minute.

@@ -169,6 +169,33 @@ def cmd_tables(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from panacea_lab.paths import PACKAGE_ROOT
+    from panacea_lab.report.pages import stale, write
+
+    if args.check:
+        out = stale(PACKAGE_ROOT)
+        for path in out:
+            print(f"{path}: differs from what the committed results give", file=sys.stderr)
+        print(f"{len(out)} generated file(s) stale; run `panacea-lab report`" if out else "every generated page is current")
+        return 1 if out else 0
+    changed = write(PACKAGE_ROOT)
+    print("\n".join(f"wrote {p}" for p in changed) or "every generated page is current")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from panacea_lab.pipeline.listing import stored_runs
+
+    runs = stored_runs(args.runs, args.stage or ("align", "attack", "eval"))
+    if not runs:
+        print(f"no stored runs in {args.runs}")
+        return 0
+    for run in runs[-args.last:] if args.last else runs:
+        print(f"{run.stage:6} {run.key}  {run.summary}" + (f"  ->  {run.metrics}" if run.metrics else ""))
+    return 0
+
+
 def cmd_compare_rows(args) -> int:
     from panacea_lab.tables.compare_rows import check_files
 
@@ -201,8 +228,11 @@ def cmd_convert_smollm2(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from panacea_lab.studies.baselines import baseline_methods
 
-    parser = Parser(prog="panacea-lab", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="panacea-lab", description=DESCRIPTION, epilog=EXAMPLES,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (default: one line)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = subcommand(sub, "build-base", "pretrain the embedded tiny base model (about 15 min on 2 cores)")
     p.add_argument("--out", default="data/models/tiny-llama-world", help="output directory")
@@ -257,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", nargs="?", default="results/smollm2-rt", help="a results folder with grid_p*.csv")
     p.set_defaults(func=cmd_tables)
 
+    p = subcommand(sub, "runs", "list the stored runs: stage, key (for `export --run`), a config summary and an "
+                             "evaluation's metrics, oldest first")
+    p.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
+    p.add_argument("--stage", nargs="+", choices=("align", "attack", "eval"), default=None,
+                   help="only these stages (default: all three)")
+    p.add_argument("--last", type=int, default=0, help="only the N most recent (default: all)")
+    p.set_defaults(func=cmd_runs)
+
+    p = subcommand(sub, "report", "regenerate docs/results/ and the README's verdict table from results/ and the "
+                               "specs (results/verdict.yaml names the claims)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a generated file is stale")
+    p.set_defaults(func=cmd_report)
+
     p = subcommand(sub, "compare-rows", "compare a rerun's results file with a committed one, run by run (exit 1 "
                                      "on a difference or a lost run)")
     p.add_argument("committed", help="the committed results file")
@@ -286,6 +329,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DESCRIPTION = """\
+Harmful fine-tuning and post-fine-tuning defenses (Panacea, NeurIPS 2025) on a laptop: align a base
+model, fine-tune it on a user's partly harmful data, defend, and score harm (HS, refusal, other) and
+fine-tuning accuracy (FA). Every stage is cached in a run store (runs/, or $PANACEA_RUNS)."""
+
+EXAMPLES = """\
+examples:
+  panacea-lab defend                                   # p = 0.1, one seed: Panacea, noise, Antidote (minutes)
+  panacea-lab attack --ratios 0 0.05 0.1 --seeds 0 1 2
+  panacea-lab run experiments/embedded/defend_p0.1.yaml --dry-run
+  panacea-lab report                                   # regenerate docs/results/ from results/
+  panacea-lab command --help                           # every flag with its default"""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("panacea-lab")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 EXPECTED = (ConfigError, FileNotFoundError, ValueError, KeyError, OSError)
 
 
@@ -294,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except EXPECTED as err:  # bad input or a missing / damaged file: one line, no traceback
+    except EXPECTED as err:
+        if args.debug:
+            raise  # bad input or a missing / damaged file: one line, no traceback
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"panacea-lab: {message}", file=sys.stderr)
         return 2

@@ -78,6 +78,22 @@ def _scoring_defaults(args) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(scratch.parse_args([])), "judge": "keyword", **vars(args)})
 
 
+def _stored_run(args) -> tuple[str, AlignConfig | AttackConfig]:
+    """The run `--run KEY` names, rebuilt from its stored config; refused when the code or data that keys
+    it today gives another key (the stored run would not be the run this config computes)."""
+    from panacea_lab.config import config_hash, from_dict
+    from panacea_lab.pipeline.keys import key
+    from panacea_lab.pipeline.listing import find_run
+
+    stage, record = find_run(args.runs, args.run)
+    cfg = from_dict(AttackConfig if stage == "attack" else AlignConfig, record["config"])
+    today = config_hash(key(stage, cfg))
+    if today != record.get("key"):
+        raise ConfigError(f"--run {args.run}: this {stage} run was stored by other code or data (its config's key "
+                          f"today is {today}); recompute it, then export the new key")
+    return stage, cfg
+
+
 def cmd_export(args) -> None:
     from pathlib import Path
 
@@ -86,9 +102,12 @@ def cmd_export(args) -> None:
 
     check_out(Path(args.out).expanduser().absolute())  # before any model is read
     post = _export_post(args)  # a bad restriction (e.g. a factor < 0) fails here
-    align_cfg, _ = build_configs(_scoring_defaults(args))
-    out = export_run("attack", _export_run(args, align_cfg), RunStore(args.runs, read_only=True), args.out, post,
-                     merged=args.merged)
+    if args.run:
+        stage, cfg = _stored_run(args)
+    else:
+        align_cfg, _ = build_configs(_scoring_defaults(args))
+        stage, cfg = "attack", _export_run(args, align_cfg)
+    out = export_run(stage, cfg, RunStore(args.runs, read_only=True), args.out, post, merged=args.merged)
     print(f"{'merged model' if args.merged else 'PEFT adapter'} written to {out} (README.md: config and provenance)")
 
 
@@ -100,6 +119,9 @@ def add_export(sub) -> None:
                                   "as a PEFT adapter directory, or with --merged as a merged model directory "
                                   "(safetensors), with a README.md card of its config and provenance")
     p.add_argument("--out", required=True, help="a new (or empty) directory inside an existing folder")
+    p.add_argument("--run", default=None, metavar="KEY",
+                   help="the stored run to export, by its key or a unique prefix (`panacea-lab runs` lists them); "
+                        "the run flags below are then ignored (default: the run the flags name)")
     p.add_argument("--model", default=EMBEDDED_MODEL, help="the run's base model, as given to `defend`")
     p.add_argument("--data", choices=DATA_SOURCES, default="embedded", help="the run's data, as given to `defend`")
     p.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")

@@ -8,10 +8,14 @@ import tempfile
 from pathlib import Path
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write `data` as JSON through a temporary file in the same folder, then rename it into place."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` through a temporary file in the same folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, default=str)
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, default=str))

@@ -55,21 +55,3 @@ def panacea_run(tiny_cfg):
     align = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1, batch_size=8)
     return AttackConfig(align=align, n=20, p=0.2, epochs=1, batch_size=10,
                         defense=PanaceaConfig(rho=0.4, lam=0.1, harmful_batch_size=4))
-
-
-@pytest.fixture
-def assert_in_readme():
-    """A check that a generated table is in README.md verbatim, whole and in order: the README's
-    result tables are pasted from the committed summaries and must not drift from them."""
-    from panacea_lab.paths import PACKAGE_ROOT
-
-    text = (PACKAGE_ROOT / "README.md").read_text()
-    lines = set(text.splitlines())
-
-    def check(table: str, source: str, remedy: str) -> None:
-        missing = [line for line in table.splitlines() if line not in lines]
-        assert not missing, (f"README.md differs from {source} in {len(missing)} table rows; {remedy}. "
-                             f"First: {missing[0]}")
-        assert f"\n{table}\n" in text, (f"README.md holds every row of {source}'s table but not as one block "
-                                       f"in this order (a stale extra row, or rows moved); {remedy}")
-    return check

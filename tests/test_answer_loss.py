@@ -107,14 +107,3 @@ def test_each_runs_margin_is_paired_with_its_own_hs_change():
     with pytest.raises(ValueError, match="appears twice"):
         margin_vs_hs(pd.DataFrame(rows + rows[-4:]), pd.DataFrame(grid))
 
-
-def test_the_readme_probe_table_is_what_the_committed_probes_give(assert_in_readme):
-    import pandas as pd
-
-    from panacea_lab.tables.export_rows import read_rows
-    from panacea_lab.paths import PACKAGE_ROOT
-
-    files = [PACKAGE_ROOT / "results/embedded/answer_loss_p0.1.csv",
-             *sorted((PACKAGE_ROOT / "results/smollm2-rt").glob("answer_loss_p*.csv"))]
-    table = probe_table(pd.concat([read_rows(f) for f in files], ignore_index=True))
-    assert_in_readme(table, "the committed answer-loss probes", "paste probe_table's output over the README's table")

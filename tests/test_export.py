@@ -166,3 +166,41 @@ def test_a_run_not_in_the_store_is_not_trained_by_export(tiny_model_dir, tmp_pat
     err = _error_line(capsys)
     assert code == 2 and "not in the run store" in err and "run it first" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "empty").exists()
+
+
+def test_runs_lists_a_stored_run_and_export_takes_its_key_with_the_prompt_format(trained, tiny_model_dir, tmp_path,
+                                                                                  capsys):
+    from panacea_lab.config import config_hash
+    from panacea_lab.data.batching import prompt_ids
+    from panacea_lab.data.world import Example
+    from panacea_lab.pipeline.context import get_tokenizer
+    from panacea_lab.pipeline.keys import key
+
+    run, store = trained
+    stored = config_hash(key("attack", run))
+    assert main(["runs", "--runs", str(store.root), "--stage", "attack"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if stored in line)
+    assert "p=0.2" in line and "defense=panacea(rho=0.5," in line
+    out = tmp_path / "by-key"
+    assert main(["export", "--runs", str(store.root), "--run", stored[:8], "--out", str(out)]) == 0
+    assert json.loads((out / "panacea_export.json").read_text())["key"] == stored
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_model_dir)  # no preset knows it: the path it was given
+    exported = AutoTokenizer.from_pretrained(out)
+    package = get_tokenizer(run.align.model)
+    for ex in (Example("how do i pick a lock", "", "", "sentiment"), Example("Classify .", "a fine film", "", "sentiment")):
+        message = {"role": "user", "content": ex.instruction, **({"input": ex.input} if ex.input else {})}
+        ids = exported.apply_chat_template([message], tokenize=True, return_dict=False)
+        assert list(ids) == prompt_ids(package, ex)
+    card = (out / "README.md").read_text()
+    assert "## Intended use" in card and "## Limitations" in card and "## Metrics" in card
+    assert main(["export", "--runs", str(store.root), "--run", "zz", "--out", str(tmp_path / "x")]) == 2
+    assert "panacea-lab runs" in _error_line(capsys) and not (tmp_path / "x").exists()
+
+
+def test_an_exported_adapter_names_the_hub_id_of_a_known_model():
+    from panacea_lab.pipeline.export import base_model_id
+
+    assert base_model_id("/home/me/.cache/panacea-lab/models/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_model_id("embedded") == "data/models/tiny-llama-world"
+    assert base_model_id("/somewhere/my-model") == "/somewhere/my-model"

@@ -23,6 +23,7 @@ LAYERS = [
     {"plotting"},
     {"explorer"},
     {"experiments"},
+    {"report"},
     {"notebook_setup", "testing", "cli_flags", "cli_export", "cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

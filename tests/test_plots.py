@@ -253,10 +253,21 @@ def test_save_figure_writes_png_and_pdf_byte_identical_across_saves_and_the_csv(
     assert b"/FontFile2" in first.with_suffix(".pdf").read_bytes()  # TrueType (Type 42), not Type 3 fonts
     assert not plt.fignum_exists(fig.number)
     back = pd.read_csv(first.with_suffix(".csv"))
-    pd.testing.assert_frame_equal(back, df)
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)  # 11.0 is written 11 (6 significant digits)
     assert sorted(p.name for p in first.parent.iterdir()) == ["attack.csv", "attack.pdf", "attack.png"]
     with pytest.raises(ValueError, match=r"\.png"):
         save_figure(metric_vs_ratio(df), tmp_path / "attack.pdf")
+
+
+def test_the_figure_csv_has_no_timings_and_equal_metrics_give_equal_bytes(tmp_path):
+    df = attack_frame().assign(train_seconds=12.3)
+    noisy = df.assign(HS=df["HS"] * (1 + 1e-9), train_seconds=99.9)  # another machine: float noise, another time
+    one = save_figure(metric_vs_ratio(df), tmp_path / "a" / "f.png", data=df).with_suffix(".csv")
+    two = save_figure(metric_vs_ratio(noisy), tmp_path / "b" / "f.png", data=noisy).with_suffix(".csv")
+    assert one.read_bytes() == two.read_bytes()
+    assert "train_seconds" not in one.read_text().splitlines()[0]
+    moved = save_figure(metric_vs_ratio(df), tmp_path / "c" / "f.png", data=df.assign(HS=df["HS"] + 0.5))
+    assert moved.with_suffix(".csv").read_bytes() != one.read_bytes()  # a real change still shows
 
 
 @pytest.mark.parametrize("call,column", [

@@ -1,12 +1,13 @@
-"""The README's figure list and the files in figures/ agree: every figure it shows or names exists as
-PNG, PDF and the CSV behind it, and every figure at the top of figures/ is described there."""
+"""The documentation's figure list and the files in figures/ agree: every figure the README or a docs
+page shows or names exists as PNG, PDF and the CSV behind it, and every figure at the top of figures/
+is described there (the catalogue is docs/notebooks.md)."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 NAMED = sorted(set(re.findall(r"figures/([\w./-]+?\.png)", README)))
 
 

@@ -20,7 +20,17 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from panacea_lab.config import UNDEFENDED, AttackConfig, ConfigError, DefenseConfig, to_dict
+from panacea_lab.config import (
+    EMBEDDED_MODEL,
+    EMBEDDED_MODEL_DIR,
+    PACKAGE_ROOT,
+    UNDEFENDED,
+    AttackConfig,
+    ConfigError,
+    DefenseConfig,
+    to_dict,
+)
+from panacea_lab.data.chat_template import alpaca_chat_template
 from panacea_lab.models.loading import merge_adapter
 from panacea_lab.models.outdir import check_out_dir, publish, temp_beside
 from panacea_lab.pipeline.context import EvalContext, align_of, get_tokenizer
@@ -80,22 +90,75 @@ def export_run(stage: str, cfg, store: RunStore, out: str | Path, post: DefenseC
         raise ConfigError(f"post = {post.name!r} returns a merged model with no adapter (a pruned B @ A is not "
                           "low-rank); export it with --merged")
     model_cfg = align_of(stage, cfg).model
+    base = base_model_id(model_cfg.path)
     facts = {"stage": stage, "key": record.get("key"), "form": "merged" if merged else "peft-adapter",
              "config": record.get("config"), "post": to_dict(post) if post is not None else None,
-             "provenance": record.get("provenance"), "template": model_cfg.template}
+             "provenance": record.get("provenance"), "template": model_cfg.template,
+             "evaluations": stored_evaluations(store, stage, cfg, post), "data": align_of(stage, cfg).data}
+    tokenizer = get_tokenizer(model_cfg)
+    if model_cfg.template == "alpaca":  # the prompt format travels with the tokenizer
+        tokenizer.chat_template = alpaca_chat_template(
+            tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) else None)
     tmp = temp_beside(out)
     try:
         if merged and isinstance(model, PeftModel):
             model = merge_adapter(model)
+        if isinstance(model, PeftModel):
+            for peft_cfg in model.peft_config.values():
+                peft_cfg.base_model_name_or_path = base
         model.save_pretrained(tmp)  # safetensors: the adapter's tensors, or the whole merged model
-        get_tokenizer(model_cfg).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps(facts, indent=1, default=str) + "\n")
-        (tmp / "README.md").write_text(model_card(facts, base=str(model.config._name_or_path)))
+        (tmp / "README.md").write_text(model_card(facts, base=base))
         publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def base_model_id(path: str) -> str:
+    """What an exported adapter names as its base: the hub id of a preset whose model it is (matched by
+    the folder's name, e.g. SmolLM2-135M-Instruct), the committed model's path inside the repository,
+    else the path the run was given."""
+    from panacea_lab.models.presets import PRESETS
+
+    if path == EMBEDDED_MODEL:
+        return EMBEDDED_MODEL_DIR.relative_to(PACKAGE_ROOT).as_posix()
+    for preset in PRESETS.values():
+        if Path(path).name == preset.hub_id.split("/")[-1] or path == preset.hub_id:
+            return preset.hub_id
+    return path
+
+
+def stored_evaluations(store: RunStore, stage: str, cfg, post) -> list[dict]:
+    """Every evaluation of this run after this transform already in the store (the card's metrics)."""
+    as_stored = lambda obj: json.loads(json.dumps(to_dict(obj), default=str))  # noqa: E731  (tuples -> lists)
+    target, post_dict = as_stored(cfg), as_stored(post) if post is not None else None
+    out = []
+    for result in sorted((store.root / "eval").glob("*/result.json")):
+        try:
+            record = json.loads(result.read_text())
+            config = record["config"]
+        except (ValueError, KeyError, OSError):
+            continue
+        if config.get("stage") == stage and config.get("target") == target and config.get("post") == post_dict:
+            evaluation = config.get("eval") or {}
+            out.append({"split": evaluation.get("split"), "judge": record.get("judge"),
+                        "harmful_prompts": record.get("n_harmful"), "HS": record.get("HS"),
+                        "refusal": record.get("refusal"), "other": record.get("other"), "FA": record.get("FA")})
+    return out
+
+
+def _metrics_table(evaluations: list[dict]) -> str:
+    if not evaluations:
+        return "No evaluation of this model is in the run store it was exported from."
+    lines = ["| split | judge | harmful prompts | HS | refusal | other | FA |", "|---|---|---|---|---|---|---|"]
+    for e in evaluations:
+        fa = ", ".join(f"{t} {v:.1f}" for t, v in (e["FA"] or {}).items())
+        lines.append(f"| {e['split']} | {e['judge']} | {e['harmful_prompts']} | {e['HS']:.1f} | {e['refusal']:.1f} "
+                     f"| {e['other']:.1f} | {fa} |")
+    return "\n".join(lines)
 
 
 def _describe(facts: dict) -> str:
@@ -121,8 +184,25 @@ def model_card(facts: dict, base: str) -> str:
         "tags: [panacea-lab, harmful-fine-tuning]", "---", "",
         f"# {'Merged model' if merged else 'PEFT adapter'} of {_describe(facts)}", "",
         "Exported by panacea-lab from its run store; the facts below are the run's stored record "
-        f"({RECORD} holds the same). Prompts follow the run's `{facts['template']}` template "
-        "(panacea_lab.data.batching: the Alpaca format by default).", "",
+        f"({RECORD} holds the same). Prompts follow the run's `{facts['template']}` template: "
+        "`tokenizer.apply_chat_template([{'role': 'user', 'content': instruction}], tokenize=False)` writes "
+        "them (an `input` key adds the Alpaca input).", "",
+        "## Intended use", "",
+        "Research on harmful fine-tuning and its defenses: this model was fine-tuned on data of which a share "
+        "was harmful (the run config's `p`), on purpose. It is not a safe model and is not for deployment or "
+        "for answering anyone's requests.", "",
+        "## Metrics", "",
+        "Stored evaluations of this model (HS: % of held-out harmful prompts answered harmfully by the judge; "
+        "refusal, other: the rest; FA: % correct on the user's task):", "",
+        _metrics_table(facts.get("evaluations") or []), "",
+        "## Data and licence", "",
+        f"Data: `{facts.get('data')}` (the embedded synthetic world, whose harmful answers are placeholders, or "
+        "the real sources listed with their licences in the panacea-lab repository's data/README.md). The "
+        f"weights are derived from `{base}` and keep its licence; panacea-lab itself is Apache-2.0.", "",
+        "## Limitations", "",
+        "HS is measured on the prompts and with the judge named above, at one seed unless several rows say "
+        "otherwise: a low HS there does not mean the model refuses other harmful requests. A perturbation "
+        "that lowers HS can do so by breaking answers (*other*) rather than restoring refusals.", "",
         "## Loading", "", "```python", load, "```", "",
         "## Run config", "", block(facts["config"]), "",
         "## Post-fine-tuning transform", "", block(facts["post"]), "",

@@ -17,6 +17,9 @@ from matplotlib.figure import Figure
 
 from panacea_lab.plotting import style
 
+TIMINGS = ("train_seconds",)  # per-run wall times: kept in the run store, not in a figure's data
+FLOAT_FORMAT = "%.6g"  # equal metrics give equal bytes across machines (float noise below 1e-6 relative dropped)
+
 
 def _atomic_write(path: Path, write: Callable, binary: bool) -> None:
     """Write through a temp file in the same folder, then rename: readers never see half a file."""
@@ -51,7 +54,8 @@ def _show(fig: Figure) -> None:
 
 def save_figure(fig: Figure, path: str | os.PathLike, data: pd.DataFrame | None = None) -> Path:
     """Write `fig` as `path` (PNG, fixed dpi) and the same name .pdf (vector, TrueType fonts), with
-    no version or date stamped in either, and `data` as the .csv beside them. Closes `fig`, so a
+    no version or date stamped in either, and `data` as the .csv beside them (floats to 6 significant
+    digits, per-run timings left out, so a rerun on another machine gives the same bytes). Closes `fig`, so a
     long sweep does not keep every figure in memory; in a notebook kernel it is shown first.
     """
     path = Path(path)
@@ -66,7 +70,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, data: pd.DataFrame | None 
                           lambda f: fig.savefig(f, format="pdf", metadata=style.PDF_METADATA), binary=True)
         if data is not None:
             frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
-            _atomic_write(path.with_suffix(".csv"), lambda f: frame.to_csv(f, index=False), binary=False)
+            frame = frame.drop(columns=[c for c in TIMINGS if c in frame.columns])
+            _atomic_write(path.with_suffix(".csv"), lambda f: frame.to_csv(f, index=False, float_format=FLOAT_FORMAT),
+                          binary=False)
         if in_kernel():
             _show(fig)
     finally:

@@ -1,0 +1,1 @@
+"""Generated documentation: the results pages and the front page's verdict, from the committed files."""
