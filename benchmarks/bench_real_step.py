@@ -21,20 +21,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="batches of each kind timed (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["batch/float32", "bucketed/float32", "bucketed/bfloat16"])
+    parser.add_argument("--model", default="smollm2-135m", help="a preset or a local model directory (the tests: a "
+                                                               "tiny one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     from panacea_lab.data.batching import BatchStream, encode, mix_user_data
     from panacea_lab.data.real_world import packages_world
     from panacea_lab.models.loading import attach_lora, load_base, load_tokenizer
-    from panacea_lab.models.presets import preset_model_config
+    from panacea_lab.config import ModelConfig
+    from panacea_lab.models.presets import PRESETS, preset_model_config
     from panacea_lab.training.loss import lm_loss
 
     world = packages_world(0)
     out = {"threads": args.threads, "repeats": args.repeats}
     for mode in args.modes:
         loss, dtype = mode.split("/")
-        cfg = preset_model_config("smollm2-135m", max_length=128, loss=loss, dtype=dtype)
+        cfg = (preset_model_config(args.model, max_length=128, loss=loss, dtype=dtype) if args.model in PRESETS
+               else ModelConfig(path=args.model, max_length=128, loss=loss, dtype=dtype))
         tok = load_tokenizer(cfg)
         user = [encode(tok, ex, cfg.max_length)
                 for ex in mix_user_data(world.task_train["sentiment"], world.attacker_pool, 200, 0.1, 0)]

@@ -21,9 +21,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--model", default="embedded")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--methods", nargs="+", default=methods(), choices=methods(),
+                        help=f"methods profiled ({UNDEFENDED}, the baseline, always; default: all)")
     args = parser.parse_args()
-    rows = {m: profile_in_subprocess(m, steps=args.steps, batch_size=args.batch_size, model=args.model)
-            for m in methods()}
+    chosen = [UNDEFENDED, *(m for m in args.methods if m != UNDEFENDED)]
+    rows = {m: profile_in_subprocess(m, steps=args.steps, batch_size=args.batch_size, model=args.model,
+                                     warmup=args.warmup) for m in chosen}
     sft = rows[UNDEFENDED]  # the plain SFT step
     print(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "threads": sft["threads"],
                       "device": sft["device"], "memory": sft["memory"],

@@ -66,10 +66,13 @@ display(tidy.groupby("layer")[["eps_share", "noise_share"]].sum().round(3))
 # ## One heatmap per run, and noise as the reference
 
 # %%
+# every map on one colour scale, so eps's shares and the noise reference compare cell by cell
+scale, limits = plots.shared_scale([plots.heatmap_frame(c, value=v) for c in coeffs.values()
+                                    for v in ("eps_share", "noise_share")])
 for name, c in coeffs.items():
-    fig = plots.coefficient_heatmap(c, value="eps_share")
+    fig = plots.coefficient_heatmap(c, value="eps_share", scale=scale, limits=limits)
     plots.save_figure(fig, figures / f"04_eps_{name.replace('=', '').replace(' ', '_')}.png", c)
-fig = plots.coefficient_heatmap(next(iter(coeffs.values())), value="noise_share")
+fig = plots.coefficient_heatmap(next(iter(coeffs.values())), value="noise_share", scale=scale, limits=limits)
 plots.save_figure(fig, figures / "04_noise_reference.png", next(iter(coeffs.values())))
 
 # %% [markdown]

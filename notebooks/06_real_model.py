@@ -211,9 +211,20 @@ if (grid := grid_tables.read_grid(results)) is not None:  # also paired with the
     # the fresh-adapter models after the grid's, so that "no defense" keeps the solid line
     fresh_part = own_attack.loc[series.index] | series["variant"].eq("fresh")
     order = list(dict.fromkeys([*series.loc[~fresh_part, "model"], *series.loc[fresh_part, "model"]]))
+    # one column per Panacea setting (the undefended model, w + eps, its same-norm control), one for the
+    # defenses scored on their own fresh-adapter attack; one row per metric, FA where it was scored
+    settings = [s for s in dict.fromkeys(series[grid_tables.SETTING]) if isinstance(s, str)]
+    shared = [m for m in order if m in set(series.loc[rows.undefended(series) & ~fresh_part, "model"])]
+    panels = {f"Panacea, {s}": shared + [m for m in order if m in set(series.loc[series[grid_tables.SETTING].eq(s),
+                                                                                  "model"])] for s in settings}
+    if fresh_part.any():
+        panels["on their own fresh adapter"] = [m for m in order if m in set(series.loc[fresh_part, "model"])]
+    roles = dict(zip(series["model"], series["label"]))  # one legend entry per role, whatever the setting
     for harmful_set, drawn in series.groupby("harmful_set"):
-        fig = plots.metric_vs_ratio(drawn, metrics=("HS", "refusal", "other"), reference=False,
-                                    series=[m for m in order if m in set(drawn["model"])])
+        metrics = ("HS", "refusal", "other", *([f"FA_{task}"] if drawn[f"FA_{task}"].notna().any() else []))
+        here = {t: [m for m in ms if m in set(drawn["model"])] for t, ms in panels.items()}
+        fig = plots.ratio_panels(drawn, {t: ms for t, ms in here.items() if ms}, metrics, legend_names=roles,
+                                 context=f"{'AdvBench' if harmful_set == 'test' else 'StrongREJECT'} test prompts")
         plots.save_figure(fig, figures / f"{figure_prefix}_grid_{harmful_set}.png", drawn)
 
 # %% [markdown]

@@ -35,6 +35,10 @@ from panacea_lab.defenses.registry import UNDEFENDED
 def cmd_build_base(args) -> None:
     from panacea_lab.training.pretrain import pretrain
 
+    out = Path(args.out)
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():  # a foreign folder is refused by pretrain itself, before it trains
+        raise ConfigError(f"build-base --out {args.out}: {existing} is a file; name a folder for the base model")
     t0 = time.perf_counter()
     out = pretrain(args.out)
     print(f"base model written to {out} in {time.perf_counter() - t0:.0f} s")

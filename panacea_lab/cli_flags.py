@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+from pathlib import Path
 import sys
 
 from panacea_lab.config import (
@@ -49,29 +51,32 @@ def subcommand(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=EMBEDDED_MODEL,
+    model, scoring, where = (parser.add_argument_group(title)
+                             for title in ("model and data", "scoring", "run store and output"))
+    model.add_argument("--model", default=EMBEDDED_MODEL,
                         help="base model: 'embedded', a preset (e.g. smollm2-135m, llama2-7b) or a local HF directory")
-    parser.add_argument("--data", choices=DATA_SOURCES, default="embedded",
+    model.add_argument("--data", choices=DATA_SOURCES, default="embedded",
                         help="where every data role comes from: the synthetic world, `fetch-data`'s packages, or "
                              "the paper's BeaverTails files (data/README.md)")
-    parser.add_argument("--judge", choices=JUDGES, default=EVAL_DEFAULTS.judge,
+    scoring.add_argument("--judge", choices=JUDGES, default=EVAL_DEFAULTS.judge,
                         help="judge of harmful answers (oracle: embedded world only)")
-    parser.add_argument("--judge-model", default="", help="beaver-dam weights: a local directory or cached hub id "
+    scoring.add_argument("--judge-model", default="", help="beaver-dam weights: a local directory or cached hub id "
                                                           "(default: PKU-Alignment/beaver-dam-7b from the local cache)")
-    parser.add_argument("--n-eval", type=int, default=EVAL_DEFAULTS.n_harmful,
+    scoring.add_argument("--n-eval", type=int, default=EVAL_DEFAULTS.n_harmful,
                         help="harmful test prompts and task test samples")
-    parser.add_argument("--split", choices=SPLITS, default=EVAL_DEFAULTS.split,
+    scoring.add_argument("--split", choices=SPLITS, default=EVAL_DEFAULTS.split,
                         help="harmful prompts scored: test (reported), validation (to choose settings on) or "
                              "strongreject (a second test set of the packages data)")
-    parser.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default=DEFAULT_SETTING,
+    where.add_argument("--runs", default=str(DEFAULT_ROOT), help="run store directory (env PANACEA_RUNS)")
+    model.add_argument("--setting", choices=sorted(SETTINGS), default=DEFAULT_SETTING,
                         help="named defaults of every defense (panacea_lab.settings)")
-    parser.add_argument("--output", default=None,
+    where.add_argument("--output", default=None,
                         help="also write every row (with provenance) to this .json or .csv file "
                              "(default: none written)")
 
 
 def finetune_flags(parser: argparse.ArgumentParser, ratios: list[float], seeds: list[int]) -> None:
+    parser = parser.add_argument_group("the user's fine-tuning (the attack)")
     parser.add_argument("--task", choices=TASKS, default=ATTACK_DEFAULTS.task, help="the user's benign task")
     parser.add_argument("--ratios", type=float, nargs="+", default=ratios, help="harmful ratios p")
     parser.add_argument("--seeds", type=int, nargs="+", default=seeds, help="fine-tuning seeds (mean ± std)")
@@ -85,7 +90,8 @@ def finetune_flags(parser: argparse.ArgumentParser, ratios: list[float], seeds: 
 def post_finetuning_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per registered defense that declares one (its `flag`: the values it sweeps over its
     `param`), then its `options` (further config fields), then `--also` for any post-fine-tuning
-    transform with parameters."""
+    transform with parameters; all in the help's "defenses" group."""
+    parser = parser.add_argument_group("defenses")
     from panacea_lab import defenses
 
     for name in defenses.names():
@@ -147,8 +153,41 @@ def attack_overrides(args) -> dict:
     return {"n": args.n, **get(args.setting).attack, **override_fields(AttackConfig, epochs=args.epochs, lr=args.lr)}
 
 
+SEED_MAX = 2 ** 32 - 1  # numpy's and torch's seeds must fit 32 bits
+
+
+def check_paths_and_seeds(args) -> None:
+    """What the flags name, checked before any stage runs: seeds distinct and in range, output and figure
+    paths writable files (not folders, their folder present), the run store not an empty name."""
+    seeds = list(getattr(args, "seeds", None) or [])
+    for flag, values in (("--seeds", seeds), ("--align-seed", [getattr(args, "align_seed", 0)])):
+        bad = [v for v in values if not 0 <= v <= SEED_MAX]
+        if bad:
+            raise ConfigError(f"{flag} {bad[0]}: a seed is an integer in [0, {SEED_MAX}]")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"--seeds repeats {repeated}: each seed is one run, give each once (a repeat would count "
+                          "one run twice in the mean and std)")
+    if str(getattr(args, "runs", "x")).strip() == "" or os.environ.get("PANACEA_RUNS") == "":
+        raise ConfigError("--runs (or PANACEA_RUNS) is empty: name the run store's folder, e.g. runs, or unset "
+                          "PANACEA_RUNS for the default")
+    for flag in ("output", "figure"):
+        value = getattr(args, flag, None)
+        if not value:
+            continue
+        path = Path(value).absolute()
+        if path.is_dir():
+            raise ConfigError(f"--{flag} {value}: that is a folder; name a file inside it")
+        blocking = next(p for p in path.parents if p.exists())
+        if not blocking.is_dir():
+            raise ConfigError(f"--{flag} {value}: {blocking} is a file, so nothing can be written under it")
+        if flag == "output" and not path.parent.is_dir():  # a figure's folder is created, a results file's not
+            raise ConfigError(f"--output {value}: its folder {path.parent} does not exist; create it first")
+
+
 def build_configs(args):
     """Configs from the flags; a real model's memory estimate is printed before anything runs."""
+    check_paths_and_seeds(args)
     from panacea_lab.models.presets import estimate_memory, format_estimate
     from panacea_lab.studies import recipe
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from panacea_lab.paths import EMBEDDED_MODEL_DIR, PACKAGE_ROOT  # noqa: F401  (re-exported)
 
 EMBEDDED_MODEL = "embedded"
+TIMING_COLUMNS = ("train_seconds",)  # wall times: kept in the run store, never in a committed results or figure file
 UNDEFENDED = "none"  # the one identifier of the undefended model in every row, file and table
 TASKS = ("sentiment", "topic", "arithmetic", "instruct")
 JUDGES = ("oracle", "keyword", "beaver-dam")

@@ -185,6 +185,12 @@ CASES = [
     ("attack-epochs-inf", ["attack", "--epochs", "inf"], ["epochs = inf"]),
     ("defend-std-inf", ["defend", "--stds", "inf"], ["std = inf"]),
     ("defend-rho-inf", ["defend", "--rhos", "inf"], ["rho = inf"]),
+    ("attack-seeds-repeated", ["attack", "--seeds", "0", "0"], ["--seeds repeats [0]"]),
+    ("defend-seed-too-large", ["defend", "--seeds", "99999999999"], ["--seeds 99999999999", "[0, 4294967295]"]),
+    ("attack-align-seed-overflow", ["attack", "--align-seed", "99999999999999999999"], ["--align-seed", "[0, "]),
+    ("defend-output-is-a-folder", ["defend", "--output", "{ws}/out"], ["--output", "is a folder"]),
+    ("attack-figure-under-a-file", ["attack", "--figure", "{ws}/foreign/notes.txt/f.png"], ["--figure", "is a file"]),
+    ("build-base-out-under-a-file", ["build-base", "--out", "{ws}/foreign/notes.txt/model"], ["--out", "is a file"]),
 ]
 KNOWN: dict[str, str] = {}  # known defects, kept in the table so a fix shows (strict xfail)
 PARAMS = [pytest.param(argv, pieces, id=name, marks=[pytest.mark.xfail(reason=KNOWN[name], strict=True)]

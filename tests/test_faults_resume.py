@@ -185,6 +185,23 @@ def test_a_cut_short_save_and_an_unreadable_checkpoint_are_skipped(tmp_path):
         tensors, state = checkpoint.load_latest(tmp_path)
     assert state["step"] == 5 and state["note"] == "five" and torch.equal(tensors["w"], torch.arange(3.0))
     assert not any(p.name.startswith(checkpoint.TMP_PREFIX) for p in tmp_path.iterdir())
+    assert (tmp_path / f"{checkpoint.DAMAGED}{bad.name}").is_dir()  # moved aside, never tried again
     checkpoint.save(tmp_path, 15, {"w": torch.zeros(1)}, {})
-    assert [p.name for p in tmp_path.iterdir()] == [f"{checkpoint.PREFIX}00000015"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(checkpoint.PREFIX)) == [
+        f"{checkpoint.PREFIX}00000015"]
     assert checkpoint.load_latest(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_checkpoint_whose_bytes_changed_is_never_resumed_from(tmp_path, damage):
+    checkpoint.save(tmp_path, 5, {"w": torch.arange(1000.0)}, {})
+    tensors = tmp_path / f"{checkpoint.PREFIX}00000005" / checkpoint.TENSORS
+    data = bytearray(tensors.read_bytes())
+    if damage == "flip":
+        data[-100] ^= 0xFF  # one byte of a value: still a valid safetensors file, a wrong tensor
+    else:
+        data = data[: len(data) // 2]
+    tensors.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="sha256|unreadable"):
+        assert checkpoint.load_latest(tmp_path) is None  # the start, not a silently wrong state
+    assert not any(p.name.startswith(checkpoint.PREFIX) for p in tmp_path.iterdir())

@@ -54,7 +54,7 @@ if pause:
     checkpoint.save_file = slow_write
 sys.exit(cli.main(sys.argv[1:]))
 """.replace("SMALL_ALIGN", repr(DRIVER_ALIGN))
-TIMING = {"provenance", "timings", "eval_seconds"}
+TIMING = {"provenance", "timings", "eval_seconds", "record_sha256"}  # the checksum covers the provenance too
 TRAIN_TIMING = {"train_seconds", "seconds_per_step", "checkpoint"}
 
 

@@ -105,13 +105,24 @@ def test_artifact_of_a_damaged_entry_in_a_read_only_store_names_the_file(tmp_pat
     assert "\n" not in str(err.value)
 
 
+def test_an_edited_metric_is_detected_and_the_stage_recomputed(store, capsys):
+    cfg = EvalConfig(n_harmful=7)
+    store.cached("demo", cfg, lambda: ({"HS": 0.0, "refusal": 100.0}, None))
+    entry = store.path("demo", cfg)
+    record = json.loads((entry / "result.json").read_text())
+    (entry / "result.json").write_text(json.dumps({**record, "HS": 42.0}))  # served as is before the checksum
+    assert store.load("demo", cfg) is None
+    assert "checksum" in capsys.readouterr().err and len(damaged_dirs(store)) == 1
+    assert store.cached("demo", cfg, lambda: ({"HS": 0.0, "refusal": 100.0}, None))["HS"] == 0.0
+
+
 def test_entry_without_recorded_hashes_still_loads(store):
     """Results written before artifact hashes were recorded: served, artifacts checked for existence."""
     cfg = EvalConfig(n_harmful=6)
     store.cached("demo", cfg, with_artifacts(1))
     entry = store.path("demo", cfg)
     record = json.loads((entry / "result.json").read_text())
-    del record["artifacts"]
+    del record["artifacts"], record["record_sha256"]  # an entry written before either was recorded
     (entry / "result.json").write_text(json.dumps(record))
     assert store.load("demo", cfg)["v"] == 1
     assert store.artifact("demo", cfg, "adapter") == entry / "adapter"

@@ -8,6 +8,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import papermill
+import pandas as pd
 import pytest
 import yaml
 
@@ -176,11 +177,13 @@ def _figures_dirs():
 @pytest.mark.parametrize("where,figures_dir", list(_figures_dirs()), ids=lambda v: str(v))
 def test_figures_stay_in_the_repository(where, figures_dir):
     """A relative figures_dir is the repository root's (notebooks join it to PACKAGE_ROOT), so running
-    papermill from any folder writes figures inside the repository, never beside it."""
+    papermill from any folder writes figures inside the repository, never beside it: into figures/, or
+    build/figures/ for a machine's own measurement (notebook 05's timings)."""
     from panacea_lab.paths import PACKAGE_ROOT
 
     resolved = (PACKAGE_ROOT / figures_dir).resolve()
-    assert resolved.is_relative_to(PACKAGE_ROOT / "figures"), f"{where}: figures_dir = {figures_dir!r} -> {resolved}"
+    assert any(resolved.is_relative_to(PACKAGE_ROOT / d) for d in ("figures", "build/figures")), (
+        f"{where}: figures_dir = {figures_dir!r} -> {resolved}")
 
 
 @pytest.mark.slow
@@ -227,7 +230,10 @@ def test_the_real_model_figures_are_drawn_from_the_committed_results_without_the
             assert (tmp_path / "figures" / f"{name}{suffix}").exists(), f"{name}{suffix}"
         if summary is not None:
             drawn = read_rows(tmp_path / "figures" / f"{name}.csv")
-            assert drawn[columns].reset_index(drop=True).equals(committed[summary][columns].reset_index(drop=True))
+            # the figure's CSV holds 6 significant digits of the committed numbers
+            pd.testing.assert_frame_equal(drawn[columns].reset_index(drop=True),
+                                          committed[summary][columns].reset_index(drop=True), check_dtype=False,
+                                          rtol=1e-5)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("result.json")), "it trained"
 
 

@@ -186,7 +186,7 @@ def test_metric_vs_param_needs_one_ratio():
     df = defense_frame(ratios=(0.05, 0.1))
     with pytest.raises(ValueError, match="pass p="):
         metric_vs_param(df)
-    assert "p=0.05" in metric_vs_param(df, p=0.05).axes[0].get_title()
+    assert "p=0.05" in _all_text(metric_vs_param(df, p=0.05))  # the ratio is named once, in the legend note
     with pytest.raises(ValueError, match="no rows at that ratio"):
         metric_vs_param(df, p=0.3)
 
@@ -205,10 +205,26 @@ def test_pareto_steps_through_each_familys_front():
                                   "same-norm random"]
     noise = df[df["std"].notna()].groupby("model")[["FA_sentiment", "HS"]].mean()
     front = pareto_front(noise, "FA_sentiment", "HS")
-    np.testing.assert_allclose(ax.lines[1].get_xdata(), front["FA_sentiment"].to_numpy())
-    np.testing.assert_allclose(ax.lines[1].get_ydata(), front["HS"].to_numpy())
+    noise_color = to_hex(style.method_style("noise").color)
+    steps = [line for line in ax.lines if to_hex(line.get_color()) == noise_color]
+    assert len(steps) == 1
+    np.testing.assert_allclose(steps[0].get_xdata(), front["FA_sentiment"].to_numpy())
+    np.testing.assert_allclose(steps[0].get_ydata(), front["HS"].to_numpy())
+    black = [line for line in ax.lines if to_hex(line.get_color()) == "#000000"]
+    assert not black  # the undefended model is one point: no front drawn for it
     fig = pareto(df, group_by="model")  # a column works as the grouping too
     assert len(_legend_texts(fig)) == df["model"].nunique()
+
+
+def test_two_series_of_one_style_in_a_pareto_plot_are_told_apart():
+    df = typed_frame()
+    fresh = df[df["method"].eq("none")].assign(label="no defense (fresh adapter)", variant="fresh", HS=0.0)
+    fig = pareto(pd.concat([df, fresh], ignore_index=True))
+    points = {c.get_label(): c for c in fig.axes[0].collections}
+    plain, hollow = points["no defense"], points["no defense (fresh adapter)"]
+    assert len(hollow.get_facecolors()) == 0 or hollow.get_facecolors()[0][3] == 0  # an open marker
+    assert to_hex(hollow.get_edgecolors()[0]) == to_hex(plain.get_facecolors()[0])  # in the same colour
+    assert hollow.get_paths()[0].vertices.shape != plain.get_paths()[0].vertices.shape  # of another shape
 
 
 @pytest.mark.parametrize("normalise,axis", [("layer", 1), ("module", 0)])
@@ -321,6 +337,8 @@ def test_method_bars_show_the_seed_mean_of_each_method_in_order():
     ax = method_bars(df, metrics="HS").axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["b", "a"]
     assert [bar.get_height() for bar in ax.patches] == [11.0, 51.0]
+    zero = method_bars(df.assign(HS=lambda d: d["HS"].where(d["model"].eq("a"), 0.0)), metrics="HS").axes[0]
+    assert [t.get_text() for t in zero.texts] == ["0", "51"]  # a bar of height 0 still says its value
 
 
 def _colors_by_label(fig) -> dict[str, str]:
@@ -435,9 +453,9 @@ def test_pareto_tags_points_with_their_parameter_without_overprinting():
     df = pd.DataFrame([{"model": m, "seed": s, "FA_sentiment": fa, "HS": hs} for m, (fa, hs) in points.items()
                        for s in (0, 1)])
     tags = {t.get_text(): t.xy for t in pareto(df).axes[0].texts}
-    assert tags.pop("std=0.04") == (50, 20) and tags.pop("rho=1") == (88, 5)
+    assert tags.pop("std=0.04") == (50, 20)
     assert list(tags) in (["std=0.01"], ["std=0.02"])  # two tags on one spot: the second is left out
-    assert "no defense" not in tags  # no parameter, no tag
+    assert "rho=1" not in tags  # a single point: its legend entry names it, no front, no tag
 
 
 def test_heatmap_log_scale_when_one_cell_dominates():
@@ -496,4 +514,70 @@ def test_typed_rows_draw_like_labelled_ones_with_method_colours_and_param_tags()
     colors = _colors_by_label(fig)
     assert colors["panacea (w + eps)"] == style.method_style("panacea (w+eps)").color.lower()
     assert colors["same-norm random"] == style.method_style("same-norm random").color.lower()
-    assert {"dense_ratio=0.1", "rho=1"} <= {t.get_text() for t in fig.axes[0].texts}
+    tags = {t.get_text() for t in fig.axes[0].texts}
+    assert "rho=1" in tags and "dense_ratio=0.1" not in tags  # a swept parameter is tagged, a single run is not
+
+
+def test_a_parameter_that_doubles_gets_a_log_axis_ticked_at_its_values():
+    df = defense_frame()
+    wide = df[df["std"].eq(0.04)].assign(std=0.08, model="noise std=0.08", HS=0.0)
+    df = pd.concat([df, wide], ignore_index=True)  # 0.01 ... 0.08: a factor of 8
+    ax = metric_vs_param(df, "std", metrics="HS").axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.01", "0.02", "0.04", "0.08"]
+    narrow = df[df["std"].isna() | df["std"].isin([0.01, 0.02, 0.04])]  # a factor of 4: linear stays
+    assert metric_vs_param(narrow, "std", metrics="HS").axes[0].get_xscale() == "linear"
+    assert "noise std" in metric_vs_param(df, "std", metrics="HS").axes[0].get_title()  # words, not `std`
+
+
+def test_heatmaps_meant_to_be_compared_share_one_colour_scale():
+    from panacea_lab.plotting.plots import heatmap_frame, shared_scale
+
+    eps = coeff_frame()
+    eps.loc[0, "eps_share"] = 1000.0  # one tensor holds nearly all of eps: the pair goes on a log scale
+    tables = [heatmap_frame(eps, value="eps_share"), heatmap_frame(eps, value="noise_share")]
+    scale, (lo, hi) = shared_scale(tables)
+    assert scale == "log" and lo == min(t.to_numpy().min() for t in tables) and hi == max(t.to_numpy().max() for t in tables)
+    norms = [coefficient_heatmap(eps, value=v, scale=scale, limits=(lo, hi)).axes[0].collections[0].norm
+             for v in ("eps_share", "noise_share")]
+    assert all(isinstance(n, LogNorm) and (n.vmin, n.vmax) == (lo, hi) for n in norms)
+    assert shared_scale([heatmap_frame(coeff_frame(), value="noise_share")])[0] == "linear"
+    assert "share of ||eps||²" in coefficient_heatmap(eps).axes[0].get_title()  # words, not `eps_share`
+
+
+def test_ratio_panels_give_each_comparison_its_column_and_each_role_one_look():
+    from panacea_lab.plotting.plots import ratio_panels
+
+    roles = {"no defense": ("none", "w"), "eps [a]": ("panacea", "w+eps"), "ctrl [a]": ("random_direction", "control"),
+             "eps [b]": ("panacea", "w+eps"), "ctrl [b]": ("random_direction", "control"),
+             "no defense (fresh)": ("none", "fresh"), "antidote": ("antidote", "w")}
+    df = pd.DataFrame([{"label": name, "method": m, "variant": v, "p": p, "seed": s, "HS": 50 + 10 * p + s,
+                        "refusal": 10.0, "other": 5.0, "FA_sentiment": 80.0}
+                       for name, (m, v) in roles.items() for p in (0.05, 0.1, 0.2) for s in (0, 1)])
+    panels = {"a": ["no defense", "eps [a]", "ctrl [a]"], "b": ["no defense", "eps [b]", "ctrl [b]"],
+              "fresh": ["no defense (fresh)", "antidote"]}
+    names = {"eps [a]": "Panacea", "eps [b]": "Panacea", "ctrl [a]": "control", "ctrl [b]": "control"}
+    fig = ratio_panels(df, panels, ("HS", "refusal", "other", "FA_sentiment"), legend_names=names)
+    axes = [ax for ax in fig.axes if ax.get_title() or ax.get_ylabel() or ax.lines]
+    assert len(fig.axes) == 12 and [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "fresh"]
+    assert all(ax.get_ylim() == (0.0, 105.0) for ax in axes)
+    assert _legend_texts(fig) == ["no defense", "Panacea", "control", "no defense (fresh)", "antidote"]
+    undefended = {line.get_label(): line.get_linestyle() for ax in fig.axes for line in ax.lines}
+    assert undefended["no defense"] != undefended["no defense (fresh)"]  # one colour, told apart by the line
+    with pytest.raises(ValueError, match="lack"):
+        ratio_panels(df, {"x": ["nobody"]}, ("HS",))
+
+
+def test_a_one_seed_share_of_prompts_shows_its_sampling_interval():
+    from panacea_lab.plotting.figure_parts import wilson
+
+    low, high = wilson(np.array([50.0]), np.array([100.0]))
+    assert (round(low[0], 1), round(high[0], 1)) == (40.4, 59.6)  # the Wilson interval of 50/100, by hand
+    df = attack_frame().query("seed == 0").assign(n_harmful=100)
+    fig = metric_vs_ratio(df, metrics=("HS", "FA_sentiment"))
+    hs, fa = fig.axes[:2]
+    assert [c.get_label() for c in hs.containers] == ["_prompt-interval"]  # HS: a share of 100 prompts
+    assert not fa.containers  # FA: no prompt count in the rows, no interval drawn
+    assert "95% interval over its prompts" in _all_text(fig)  # the note says what the bars are
+    three = metric_vs_ratio(attack_frame().assign(n_harmful=100), metrics=("HS",))
+    assert not three.axes[0].containers  # several seeds: their spread, not the prompts'

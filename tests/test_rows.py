@@ -88,3 +88,19 @@ def test_the_masks_select_the_rows_a_figure_draws_across_ratios():
 def test_a_frame_without_the_column_is_refused(column):
     with pytest.raises(KeyError):
         (rows.served if column == "variant" else rows.undefended)(sweep_rows().drop(columns=column))
+
+
+def test_a_row_says_what_its_numbers_were_scored_on_and_carries_no_timing(tmp_path):
+    from panacea_lab.studies.sweeps import result_row
+    from panacea_lab.tables.export_rows import read_rows, write_rows
+
+    ev = {"HS": 10.0, "refusal": 85.0, "other": 5.0, "FA": {"sentiment": 80.0}, "judge": "keyword", "n_harmful": 100,
+          "config": {"stage": "attack", "eval": {"split": "test"},
+                     "target": {"align": {"model": {"path": "/models/SmolLM2-135M-Instruct"}}, "p": 0.1}}}
+    row = result_row(ev, method="none", label="no defense", p=0.1, seed=0, train_seconds=12.5)
+    assert (row["base_model"], row["judge"], row["split"], row["n_harmful"]) == ("SmolLM2-135M-Instruct", "keyword",
+                                                                                  "test", 100)
+    base = {**ev, "config": {"stage": "base", "eval": {"split": "validation"}, "target": {"path": "embedded"}}}
+    assert result_row(base, method="base", label="base")["base_model"] == "embedded"
+    out = write_rows(pd.DataFrame([row]), tmp_path / "rows.csv", "test")
+    assert "train_seconds" not in read_rows(out).columns and "finished_at" not in out.read_text()

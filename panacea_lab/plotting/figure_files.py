@@ -15,9 +15,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+from panacea_lab.config import TIMING_COLUMNS
 from panacea_lab.plotting import style
 
-TIMINGS = ("train_seconds",)  # per-run wall times: kept in the run store, not in a figure's data
 FLOAT_FORMAT = "%.6g"  # equal metrics give equal bytes across machines (float noise below 1e-6 relative dropped)
 
 
@@ -70,7 +70,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, data: pd.DataFrame | None 
                           lambda f: fig.savefig(f, format="pdf", metadata=style.PDF_METADATA), binary=True)
         if data is not None:
             frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
-            frame = frame.drop(columns=[c for c in TIMINGS if c in frame.columns])
+            frame = frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame.columns])
             _atomic_write(path.with_suffix(".csv"), lambda f: frame.to_csv(f, index=False, float_format=FLOAT_FORMAT),
                           binary=False)
         if in_kernel():

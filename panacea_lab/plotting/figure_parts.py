@@ -29,8 +29,27 @@ def label(col: str) -> str:
     return "fine-tuning accuracy FA (%)" if col.startswith("FA_") else LABELS.get(col, col)
 
 
+# A column's name as a title says it: words, not the variable (`eps_share`, `lam`).
+WORDS = {"std": "noise std", "rho": "radius rho", "lam": "lambda", "norm": "perturbation norm",
+         "eps_share": "share of ||eps||²", "noise_share": "share of the noise's norm²",
+         "applied_share": "share of the applied eps's norm²", "step": "step",
+         "p": "harmful ratio p", "n": "samples n", "HS+": "HS + other"}
+
+
 def short(col: str) -> str:
-    return f"FA ({col[3:]})" if col.startswith("FA_") else col
+    return f"FA ({col[3:]})" if col.startswith("FA_") else WORDS.get(col, col)
+
+
+def log_axis_if_doubling(ax: Axes, values, axis: str = "x") -> bool:
+    """A log axis, ticked at the values themselves, where a swept parameter grows by factors (0.01,
+    0.02, 0.04, 0.08): on a linear axis its first points crowd into one corner. True when applied."""
+    values = sorted({float(v) for v in values if v == v})
+    if len(values) < 3 or values[0] <= 0 or values[-1] / values[0] < 8:
+        return False
+    getattr(ax, f"set_{axis}scale")("log", base=2)
+    getattr(ax, f"set_{axis}ticks")(values, [f"{v:g}" for v in values])
+    getattr(ax, f"{axis}axis").set_minor_locator(plt.NullLocator())
+    return True
 
 
 def as_tuple(cols: str | Sequence[str]) -> tuple[str, ...]:
@@ -102,18 +121,37 @@ def finish(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
 
 
+PROMPT_SHARES = ("HS", "refusal", "other", "HS+")  # shares of the n_harmful prompts a row scored
+PROMPT_INTERVAL = "_prompt-interval"  # label of the error bars drawn from the prompts (underscore: no legend entry)
+
+
 def seed_stats(df: pd.DataFrame, key: str, metric: str) -> pd.DataFrame:
-    """Mean, std and number of scored seeds of `metric` per `key` value (std NaN for a single seed)."""
-    return df.groupby(key, sort=True)[metric].agg(["mean", "std", "count"]).dropna(subset=["mean"])
+    """Mean, std and number of scored seeds of `metric` per `key` value (std NaN for a single seed), and
+    `n`, the prompts behind a share of harmful prompts where the rows say (for one seed's interval)."""
+    stats = df.groupby(key, sort=True)[metric].agg(["mean", "std", "count"])
+    if metric in PROMPT_SHARES and "n_harmful" in df.columns:
+        stats["n"] = df.groupby(key, sort=True)["n_harmful"].max()
+    return stats.dropna(subset=["mean"])
 
 
-def draw_series(ax: Axes, stats: pd.DataFrame, look: style.Style | str, name: str) -> int:
+def wilson(percent: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% Wilson interval of a share of n prompts, in percent: (low, high). One seed has no spread
+    over seeds, but its share of 100 prompts is still a sample: about ±10 points at 50%."""
+    share = percent / 100.0
+    centre = (share + z ** 2 / (2 * n)) / (1 + z ** 2 / n)
+    half = z * np.sqrt(share * (1 - share) / n + z ** 2 / (4 * n ** 2)) / (1 + z ** 2 / n)
+    return 100 * (centre - half), 100 * (centre + half)
+
+
+def draw_series(ax: Axes, stats: pd.DataFrame, look: style.Style | str, name: str,
+                linestyle: str | None = None) -> int:
     """One series (index x; columns mean, std, count) in its method's colour and marker.
 
     Spread (a ±1 std band, or error bars for short series) only at points with two seeds or more;
     a series of fewer than 3 points is markers without a line, since a line would imply a trend.
     A series sharing its style with one already in `ax` gets the next line style; without a line, an
-    open marker (the method's shape first, then the next of `style.TWIN_MARKERS`). Returns the fewest
+    open marker (the method's shape first, then the next of `style.TWIN_MARKERS`); `linestyle` fixes
+    the line style instead (a figure that keeps one style per role across panels). Returns the fewest
     seeds behind any of its points.
     """
     look = look if isinstance(look, style.Style) else style.method_style(look)
@@ -128,8 +166,15 @@ def draw_series(ax: Axes, stats: pd.DataFrame, look: style.Style | str, name: st
     ax.plot(x, mean, color=look.color, marker=marker, label=name, clip_on=False, gid=kin,
             markerfacecolor="white" if few and twins else look.color,  # no line to tell twins apart: open marker
             markevery=max(1, len(x) // MAX_MARKERS),  # a long log keeps a line, not a row of markers
-            linestyle="none" if few else style.LINESTYLES[len(twins) % len(style.LINESTYLES)])
+            linestyle="none" if few else linestyle or style.LINESTYLES[len(twins) % len(style.LINESTYLES)])
     spread = (count >= 2) & np.isfinite(std)
+    if "n" in stats.columns:  # one seed: the prompts' sampling interval instead of a spread over seeds
+        n = stats["n"].to_numpy(dtype=float)
+        single = (count == 1) & np.isfinite(n) & (n > 0)
+        if single.any():
+            low, high = wilson(mean[single], n[single])
+            ax.errorbar(x[single], mean[single], yerr=[mean[single] - low, high - mean[single]], fmt="none",
+                        ecolor=look.color, elinewidth=0.6, capsize=1.5, alpha=0.7, label=PROMPT_INTERVAL)
     if spread.any() and few:
         ax.errorbar(x[spread], mean[spread], yerr=std[spread], fmt="none", ecolor=look.color, elinewidth=0.8)
     elif spread.any():
@@ -176,7 +221,12 @@ def legend(fig: Figure, axes: Sequence[Axes], seeds: SeedCounts, context: str = 
     for ax in axes:
         for handle, name in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(name, handle)
-    note = " · ".join(part for part in (context, seeds.note()) if part)
+    bars = any(c.get_label() == PROMPT_INTERVAL for ax in axes for c in ax.containers)
+    said = seeds.note()
+    if bars:
+        said = ("one seed; bars: 95% interval over its prompts" if said == "one seed"
+                else f"{said}; one-seed bars: 95% interval over the prompts")
+    note = " · ".join(part for part in (context, said) if part)
     if len(entries) < 2:
         if note:
             fig.suptitle(note)

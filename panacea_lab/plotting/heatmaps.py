@@ -17,7 +17,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from panacea_lab.plotting import style
-from panacea_lab.plotting.figure_parts import finish, frame, label
+from panacea_lab.plotting.figure_parts import finish, frame, label, short
 
 MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NORMALISE = ("total", "layer", "module", None)
@@ -70,8 +70,24 @@ def is_dominated(table: pd.DataFrame) -> bool:
     return positive.size > 1 and positive.max() > DOMINANT * np.median(positive)
 
 
-def _draw(ax: Axes, table: pd.DataFrame, scale: str, cbar_label: str, fmt: str, vmin: float | None) -> str:
-    """`table` as a heatmap on a linear or log colour scale; returns the scale used."""
+def shared_scale(tables: Sequence[pd.DataFrame], scale: str = "auto") -> tuple[str, tuple[float, float]]:
+    """One colour scale for heatmaps meant to be compared (eps's shares beside the noise reference):
+    log when "auto" finds any of them dominated, and limits spanning every table's cells."""
+    if scale not in SCALES:
+        raise ValueError(f"scale = {scale!r}: use one of {list(SCALES)}")
+    values = np.concatenate([t.to_numpy(dtype=float).ravel() for t in tables])
+    values = values[np.isfinite(values)]
+    log = scale == "log" or (scale == "auto" and any(is_dominated(t) for t in tables))
+    if log:
+        positive = values[values > 0]
+        return "log", (float(positive.min()), float(positive.max()))
+    return "linear", (min(0.0, float(values.min())), float(values.max()))
+
+
+def _draw(ax: Axes, table: pd.DataFrame, scale: str, cbar_label: str, fmt: str, vmin: float | None,
+          limits: tuple[float, float] | None = None) -> str:
+    """`table` as a heatmap on a linear or log colour scale (within `limits` when given); returns the
+    scale used."""
     if scale not in SCALES:
         raise ValueError(f"scale = {scale!r}: use one of {list(SCALES)}")
     values = table.to_numpy(dtype=float)
@@ -79,7 +95,8 @@ def _draw(ax: Axes, table: pd.DataFrame, scale: str, cbar_label: str, fmt: str, 
     log = scale == "log" or (scale == "auto" and is_dominated(table))
     if log and positive.size == 0:
         raise ValueError("scale = 'log': no cell is positive, nothing to draw on a log scale; use scale='linear'")
-    colour = {"norm": LogNorm(positive.min(), positive.max())} if log else {"vmin": vmin}
+    lo, hi = limits if limits is not None else (positive.min() if log else vmin, positive.max() if log else None)
+    colour = {"norm": LogNorm(lo, hi)} if log else {"vmin": lo, "vmax": hi}
     sns.heatmap(table, ax=ax, cmap="viridis", annot=table.size <= ANNOTATE_MAX_CELLS, fmt=".2g" if log else fmt,
                 annot_kws={"fontsize": style.MIN_FONT_PT}, cbar_kws={"label": cbar_label + (" (log scale)" if log else "")},
                 **colour)
@@ -99,17 +116,18 @@ def _figsize(table: pd.DataFrame) -> tuple[float, float]:
 @style.paper_figure
 def coefficient_heatmap(coeffs: pd.DataFrame, value: str = "eps_share", normalise: str | None = "total",
                         modules: Sequence[str] | None = None, layers: Iterable[int] | None = None,
-                        scale: str = "auto") -> Figure:
+                        scale: str = "auto", limits: tuple[float, float] | None = None) -> Figure:
     """Safety coefficients as a layer x module heatmap (annotated when small enough to read the numbers).
 
     scale: "linear", "log", or "auto" (log where one cell dominates, e.g. a real model's 30 layers).
+    limits: the colour scale's ends, to draw several maps on one scale (`shared_scale`).
     """
     table = heatmap_frame(coeffs, value, normalise, modules, layers)
     fig, ax = plt.subplots(figsize=_figsize(table), layout="constrained")
-    _draw(ax, table, scale, "share of squared L2 norm", ".2f", vmin=0.0)
+    _draw(ax, table, scale, "share of squared L2 norm", ".2f", vmin=0.0, limits=limits)
     per = {"total": "map sums to 1", "layer": "each layer sums to 1", "module": "each module sums to 1",
            None: "as given"}[normalise]
-    finish(ax, "module", "decoder layer", f"{value} by layer and module ({per})")
+    finish(ax, "module", "decoder layer", f"{short(value)} by layer and module ({per})")
     return fig
 
 

@@ -30,6 +30,7 @@ from panacea_lab.plotting.figure_parts import (
     frame,
     label,
     legend,
+    log_axis_if_doubling,
     method_family,
     seed_stats,
     short,
@@ -38,12 +39,14 @@ from panacea_lab.plotting.figure_parts import (
 )
 # Re-exported (see __all__): `plots` stays the notebooks' one import for every figure and its file.
 from panacea_lab.plotting.figure_files import save_figure  # noqa: F401
+from panacea_lab.plotting.grid_plots import ratio_panels  # noqa: F401
 from panacea_lab.plotting.heatmaps import (  # noqa: F401
     MODULE_ORDER,
     NORMALISE,
     coefficient_heatmap,
     grid_heatmap,
     heatmap_frame,
+    shared_scale,
 )
 
 DPI = style.DPI
@@ -147,9 +150,10 @@ def metric_vs_param(df: pd.DataFrame, param: str = "std", metrics: str | Sequenc
         if baseline_label is not None and base[metric].notna().any():
             ax.axhline(base[metric].mean(), linestyle="--", linewidth=1.0, label=baseline_label,
                        color=style.method_style(base["_style"].iloc[0]).color)
-        finish(ax, label(param), axis_label(metric, fa_from), f"{short(metric)} vs {param}{_at_ratio(df)}")
+        finish(ax, label(param), axis_label(metric, fa_from), f"{short(metric)} against {short(param)}")
+        log_axis_if_doubling(ax, runs[param])
         fa_limits(ax, metric, "y", fa_from)
-    legend(fig, axes, seeds)
+    legend(fig, axes, seeds, _at_ratio(df).strip())  # the ratio once, for every panel
     return fig
 
 
@@ -183,15 +187,35 @@ def _param_tags(df: pd.DataFrame) -> pd.Series:
 
 
 def _tag_points(ax, points: list[tuple[float, float, str, str]]) -> None:
-    """Write each point's parameter beside it, in its colour, skipping a tag that would overprint one
-    already written (points come front points first, so those keep their tags)."""
+    """Write each point's parameter beside it, in its colour: to its left in the right quarter of the axes
+    (so no tag runs past them), and skipping a tag that would overprint one already written (points
+    come front points first, so those keep their tags)."""
     placed: list[tuple[float, float]] = []
+    (x0, x1) = ax.get_xlim()
     for px, py, tag, color in points:
         dx, dy = ax.transData.transform((px, py))
         if any(abs(dx - qx) < 30 and abs(dy - qy) < 11 for qx, qy in placed):
             continue
         placed.append((dx, dy))
-        ax.annotate(tag, (px, py), xytext=(3, 2), textcoords="offset points", fontsize=style.MIN_FONT_PT, color=color)
+        left = px > x0 + 0.75 * (x1 - x0)
+        ax.annotate(tag, (px, py), xytext=(-4, 2) if left else (3, 2), textcoords="offset points",
+                    ha="right" if left else "left", fontsize=style.MIN_FONT_PT, color=color)
+
+
+def _distinct_looks(families: list[str], looks: list[style.Style]) -> list[tuple[style.Style, bool]]:
+    """(style, hollow) per family: a family whose colour and marker an earlier one in the figure already
+    has (the undefended model on its two adapters) gets an open marker of another shape, so no two
+    series in one figure look alike."""
+    used: set[tuple[str, str]] = set()
+    out = []
+    for look in looks:
+        hollow = (look.color, look.marker) in used
+        if hollow:
+            marker = next(m for m in style.TWIN_MARKERS if (look.color, m) not in used)
+            look = style.Style(look.color, marker)
+        used.add((look.color, look.marker))
+        out.append((look, hollow))
+    return out
 
 
 @style.paper_figure
@@ -214,21 +238,26 @@ def pareto(df: pd.DataFrame, x: str = "FA_sentiment", y: str = "HS",
                          "(was that task evaluated? pass x= and y= naming scored columns)")
     fig, ax = plt.subplots(figsize=(style.SINGLE_COLUMN, 3.0), layout="constrained")
     seeds, on_front, off_front = SeedCounts(spread=False), [], []
-    for fam, rows in runs.groupby("family", sort=False):
-        look = style.method_style(rows["_style"].iloc[0])
-        ax.scatter(rows[x], rows[y], color=look.color, marker=look.marker, label=str(fam), s=22, alpha=0.9,
-                   zorder=3, clip_on=False)
+    families = list(runs.groupby("family", sort=False))
+    looks = _distinct_looks([str(f) for f, _ in families],
+                            [style.method_style(rows["_style"].iloc[0]) for _, rows in families])
+    for (fam, rows), (look, hollow) in zip(families, looks):
+        ax.scatter(rows[x], rows[y], marker=look.marker, label=str(fam), s=22, alpha=0.9, zorder=3, clip_on=False,
+                   facecolors="none" if hollow else look.color, edgecolors=look.color, linewidths=1.0)
+        if len(rows) < 2:
+            seeds.add(str(fam), int(rows["count"].min()))
+            continue  # one point: no front to draw, and the legend names it
         front = pareto_front(rows, x, y)
         ax.step(front[x], front[y], where="pre", color=look.color, linewidth=1.0)
         for i, run in rows.iterrows():
             if run["_tag"]:
                 (on_front if i in front.index else off_front).append((run[x], run[y], run["_tag"], look.color))
         seeds.add(str(fam), int(rows["count"].min()))
-    finish(ax, axis_label(x, fa_from), axis_label(y, fa_from), f"{short(y)} vs {short(x)}: Pareto front per method")
+    finish(ax, axis_label(x, fa_from), axis_label(y, fa_from), f"{short(y)} against {short(x)}")
     fa_limits(ax, x, "x", fa_from)
     fa_limits(ax, y, "y", fa_from)
     _tag_points(ax, on_front + off_front)
-    legend(fig, [ax], seeds)
+    legend(fig, [ax], seeds, "a line: the front of a swept parameter" if ax.lines else "")
     return fig
 
 
@@ -246,7 +275,10 @@ def method_bars(df: pd.DataFrame, metrics: str | Sequence[str] = ("HS", "FA_sent
     for ax, metric in zip(axes, metrics):
         _scored(df, metric, "method")
         stats = df.groupby("model", sort=False)[metric].agg(["mean", "std", "count"]).reindex(order)
-        ax.bar(range(len(order)), stats["mean"], color=colors, edgecolor="black", linewidth=0.4)
+        bars = ax.bar(range(len(order)), stats["mean"], color=colors, edgecolor="black", linewidth=0.4)
+        ax.bar_label(bars, labels=[f"{v:.0f}" for v in stats["mean"]], padding=1.5,
+                     fontsize=style.MIN_FONT_PT)  # a bar of height 0 is a number, not a gap
+        ax.margins(y=0.12)
         spread = (stats["count"] >= 2).to_numpy()
         if spread.any():
             ax.errorbar(np.arange(len(order))[spread], stats["mean"][spread], yerr=stats["std"][spread],
@@ -313,5 +345,5 @@ def training_curves(log: pd.DataFrame | Sequence[dict]) -> Figure:
 
 
 __all__ = ["DPI", "MODULE_ORDER", "NORMALISE", "coefficient_heatmap", "grid_heatmap", "heatmap_frame",
-           "method_bars", "method_family", "metric_vs_param", "metric_vs_ratio", "metric_vs_step",
-           "overhead_bars", "pareto", "save_figure", "training_curves"]
+           "shared_scale", "method_bars", "method_family", "metric_vs_param", "metric_vs_ratio", "metric_vs_step",
+           "overhead_bars", "pareto", "ratio_panels", "save_figure", "training_curves"]

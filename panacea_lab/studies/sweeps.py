@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from pathlib import Path
 
 import pandas as pd
 
@@ -41,12 +42,24 @@ def attacks(align_cfg: AlignConfig, task: str, ratios, seeds, preset: str, **ove
     return [(c.seed, c.p, c) for c in cfgs]
 
 
+def scored_by(ev: dict) -> dict:
+    """What a row's numbers were measured on, from its evaluation's record: the base model (its
+    folder's or preset's name), the judge, the split and the number of harmful prompts scored."""
+    config = ev.get("config") or {}
+    target = config.get("target") or {}
+    model = target.get("path") or ((target.get("align") or target).get("model") or {}).get("path")
+    return {"base_model": Path(str(model)).name if model else None, "judge": ev.get("judge"),
+            "split": (config.get("eval") or {}).get("split"), "n_harmful": ev.get("n_harmful")}
+
+
 def result_row(ev: dict, *, method: str, label: str, variant: str = "w", param: str | None = None,
                value: float | None = None, p: float | None = None, seed: int | None = None, **extra) -> dict:
-    """One typed row: identity columns, the metrics, then any extra columns (e.g. norm, train time)."""
+    """One typed row: identity columns, the metrics, what they were scored on, then any extra columns
+    (e.g. norm)."""
     row = {"label": label, "method": method, "variant": variant, "param": param, "value": value, "p": p,
            "seed": seed, **{m: ev[m] for m in METRICS}}
     row.update({f"FA_{task}": v for task, v in ev["FA"].items()})
+    row.update(scored_by(ev))
     row.update(extra)
     return row
 

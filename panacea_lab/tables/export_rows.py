@@ -1,9 +1,11 @@
 """Sweep rows as a machine-readable file: JSON or CSV by extension, one record per evaluation.
 
-Schema (README "Results as data"): label, method, variant, param, value, p, seed, HS, refusal,
-other, FA_<task>, and any extra columns of the sweep (norm, preset, train_seconds). JSON wraps the
-records with the provenance of the run (versions, git hash, command); CSV carries the same
-provenance in `#` comment lines before the header.
+Schema (docs/pipeline.md, "Results as data"): label, method, variant, param, value, p, seed, HS,
+refusal, other, FA_<task>; what the numbers were scored on: base_model, judge, split, n_harmful (the
+number of harmful prompts behind HS, refusal and other); then any extra columns of the sweep (norm,
+preset, ...). Timings are left out (they stay in the run store). JSON wraps the records with the
+provenance of the run (versions, git hash, command); CSV carries the same provenance in `#`
+comment lines before the header.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from panacea_lab.config import ConfigError
+from panacea_lab.config import TIMING_COLUMNS, ConfigError
 from panacea_lab.training.store import provenance
 
 FORMATS = (".json", ".csv")
@@ -41,7 +43,9 @@ def write_rows(df: pd.DataFrame, path: str | Path, command: str = "", extra: dic
     """Write `df`'s rows atomically (a reader never sees half a file); `extra` adds header entries
     (an experiment's spec)."""
     path = check_output_path(path)
-    meta = {**provenance(), "command": command, **(extra or {})}
+    meta = {k: v for k, v in provenance().items() if k != "finished_at"}  # no timestamp: a rerun writes equal bytes
+    meta = {**meta, "command": command, **(extra or {})}
+    df = df.drop(columns=[c for c in TIMING_COLUMNS if c in df.columns])
     if path.suffix.lower() == ".json":
         records = [{k: _clean(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
         text = json.dumps({"provenance": meta, "rows": records}, indent=1, default=str)

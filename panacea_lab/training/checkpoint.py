@@ -3,7 +3,10 @@
 Layout: `<checkpoint_dir>/step-<n>/` holds `tensors.safetensors` and `state.json`. Each is written
 into a hidden temporary directory beside it, flushed, then renamed into place: a process killed at
 any moment leaves either the previous checkpoint or the new one, never a half-written one. Loading
-never unpickles anything: tensors come from safetensors, everything else from JSON.
+never unpickles anything: tensors come from safetensors, everything else from JSON. `state.json`
+records the sha256 of the tensor file: a checkpoint whose bytes changed after it was written (a
+truncated or flipped file) is moved aside as `damaged-step-<n>` with a one-line note, never resumed
+from, and the next older one (or the start) is used instead.
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from panacea_lab.hashing import file_sha256
+
 FORMAT = 1
 TENSORS, STATE = "tensors.safetensors", "state.json"
-PREFIX, TMP_PREFIX = "step-", ".tmp-"
+PREFIX, TMP_PREFIX, DAMAGED = "step-", ".tmp-", "damaged-"
 
 
 def _fsync(path: Path) -> None:
@@ -40,7 +45,8 @@ def save(directory: Path, step: int, tensors: dict[str, torch.Tensor], state: di
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
-    (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, **state}))
+    digest = file_sha256(tmp / TENSORS)
+    (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, "tensors_sha256": digest, **state}))
     for f in (tmp / TENSORS, tmp / STATE, tmp):
         _fsync(f)
     if final.exists():  # the same step saved again: move the old copy aside (a temporary name)
@@ -67,9 +73,16 @@ def load_latest(directory: Path | None) -> tuple[dict[str, torch.Tensor], dict] 
             state = json.loads((d / STATE).read_text())
             if state.get("format") != FORMAT:
                 raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
+            recorded = state.get("tensors_sha256")
+            if recorded is not None and file_sha256(d / TENSORS) != recorded:
+                raise ValueError("its tensors do not match their recorded sha256 (truncated or modified)")
             return load_file(str(d / TENSORS)), state
-        except (OSError, ValueError) as err:  # JSONDecodeError and safetensors' errors are ValueErrors
-            warnings.warn(f"skipping unreadable checkpoint {d}: {err}")
+        except Exception as err:  # noqa: BLE001  (JSON, OS and safetensors' own errors: never resume from it)
+            aside = d.with_name(f"{DAMAGED}{d.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(d, aside)
+            warnings.warn(f"skipping unreadable checkpoint {d} (moved to {aside.name}): "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}")
     return None
 
 

@@ -12,6 +12,7 @@ write); a store of an earlier layout says once, when first written to, what it w
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -29,7 +30,8 @@ from panacea_lab.config import PACKAGE_ROOT, config_hash, to_dict
 from panacea_lab.files import write_json_atomic  # noqa: F401 (re-exported)
 from panacea_lab.hashing import content_sha256, dir_files, dir_sha256, file_sha256  # noqa: F401 (re-exported)
 
-DEFAULT_ROOT = Path(os.environ.get("PANACEA_RUNS", PACKAGE_ROOT / "runs"))
+# PANACEA_RUNS set but empty falls back to runs/ (never the current folder); the command line refuses it
+DEFAULT_ROOT = Path(os.environ.get("PANACEA_RUNS") or PACKAGE_ROOT / "runs")
 RESULT = "result.json"
 DAMAGED = ".damaged"  # under the store root: entries moved aside, kept for inspection
 LAYOUT = "LAYOUT"  # at the store root: the key layout its entries were written with
@@ -97,6 +99,15 @@ def _has_entries(root: Path) -> bool:
     return any(DAMAGED not in p.relative_to(root).parts for p in root.rglob(RESULT))
 
 
+CHECKSUM = "record_sha256"  # of the record's own content: an edited metric no longer matches it
+
+
+def record_sha256(record: dict) -> str:
+    """The sha256 of a result record without its checksum field, keys sorted (the bytes on disk may differ)."""
+    body = {k: v for k, v in record.items() if k != CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def read_entry(stage_dir: Path) -> dict:
     """The record of a published stage directory, its artifacts checked; StoreDamage says what is wrong."""
     try:
@@ -107,6 +118,8 @@ def read_entry(stage_dir: Path) -> dict:
         raise StoreDamage(f"{stage_dir / RESULT} is not valid JSON ({err}): truncated or edited") from None
     if not isinstance(record, dict):
         raise StoreDamage(f"{stage_dir / RESULT} holds a {type(record).__name__}, not a result record")
+    if CHECKSUM in record and record[CHECKSUM] != record_sha256(record):  # entries written before it: unchecked
+        raise StoreDamage(f"{stage_dir / RESULT} does not match its recorded checksum: edited or damaged")
     artifacts = record.get("artifacts") or {}
     if not isinstance(artifacts, dict):
         raise StoreDamage(f"{stage_dir / RESULT}: `artifacts` is a {type(artifacts).__name__}, not a name -> sha256 map")
@@ -209,7 +222,8 @@ class RunStore:
             record = {"stage": stage, "key": final.name, "config": to_dict(config),
                       "seed": getattr(config, "seed", None), "provenance": provenance(inputs or None), **result,
                       "artifacts": artifacts}
-            write_json_atomic(tmp / RESULT, record)
+            record = json.loads(json.dumps(record, default=str))  # as it reads back, so the checksum matches
+            write_json_atomic(tmp / RESULT, {**record, CHECKSUM: record_sha256(record)})
             return self._publish(stage, cfg, tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
