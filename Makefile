@@ -70,6 +70,7 @@ define run_notebooks
 	for nb in $(or $(3),$(NOTEBOOKS)); do \
 		name=$$(basename $${nb%.py}); params=""; \
 		if [ -n "$(2)" ] && [ -f notebooks/params/$(2)/$$name.yaml ]; then params="-f params/$(2)/$$name.yaml"; fi; \
+		$(BIN)/python -m panacea_lab.notebook_params $$nb $${params:+notebooks/$${params#-f }} && \
 		$(BIN)/jupytext -q --to ipynb --output $(EXECUTED)/$$name.ipynb $$nb && \
 		(cd notebooks && $(1) ../$(BIN)/papermill -k python3 $$params ../$(EXECUTED)/$$name.ipynb \
 			../$(EXECUTED)/$$name.ipynb) || exit 1; \

@@ -24,7 +24,7 @@ LAYERS = [
     {"explorer"},
     {"experiments"},
     {"report"},
-    {"notebook_setup", "testing", "cli_flags", "cli_export", "cli"},
+    {"notebook_setup", "notebook_params", "testing", "cli_flags", "cli_export", "cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

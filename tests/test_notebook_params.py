@@ -1,0 +1,48 @@
+"""Notebook parameters are checked before papermill runs a notebook: a misspelt name, which papermill
+only warns about (and then runs the full default sweep), and a value unlike its default fail in one
+line; every committed parameter file passes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from panacea_lab.notebook_params import check, declared, main
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+SOURCE = NOTEBOOKS / "03_panacea.py"
+
+
+def test_the_declared_parameters_are_the_parameters_cell_literals():
+    names = declared(SOURCE)
+    assert names["ratios"] == [0.1, 0.2] and names["seeds"] == [0] and names["rho"] is None
+    assert "plots" not in names  # an import in a later cell is no parameter
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"ratio": 0.1}, "no parameter 'ratio' (did you mean 'ratios'?)"),
+    ({"ratios": "abc"}, "ratios = 'abc' does not fit"),
+    ({"seeds": [0.5]}, "a list of ints"),
+    ({"n": "many"}, "n = 'many' does not fit"),
+])
+def test_a_wrong_parameter_fails_naming_it(params, message):
+    from panacea_lab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        check(SOURCE, params)
+
+
+def test_values_like_the_defaults_pass():
+    check(SOURCE, {"ratios": [0.05], "seeds": [0, 1, 2], "rho": 0.5, "ablation_ratio": 1, "model": "x"})
+
+
+@pytest.mark.parametrize("param_file", sorted(NOTEBOOKS.glob("params/*/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_committed_parameter_file_passes(param_file):
+    assert main([str(NOTEBOOKS / f"{param_file.stem}.py"), str(param_file)]) == 0
+
+
+def test_the_command_fails_in_one_line(capsys):
+    assert main([str(SOURCE), "-p", "ratio", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("panacea-lab: 03_panacea.py: no parameter 'ratio'")
