@@ -129,3 +129,16 @@ def test_debug_shows_the_traceback_where_the_default_is_one_line(capsys):
     assert capsys.readouterr().err.startswith("panacea-lab: no grid_p*.csv")
     with pytest.raises(FileNotFoundError):
         main(["--debug", "tables", "/nonexistent-folder"])
+
+
+def test_the_fidelity_pages_lora_rows_are_read_from_the_presets(monkeypatch):
+    import dataclasses
+
+    from panacea_lab.models import presets
+    from panacea_lab.report.pages import lora_table
+
+    for preset in presets.PRESETS.values():
+        assert f"| {preset.name} | {preset.hub_id} | {preset.lora_r} | {preset.lora_alpha} |" in lora_table()
+    changed = dataclasses.replace(presets.PRESETS["smollm2-135m"], lora_r=32, lora_alpha=4)
+    monkeypatch.setitem(presets.PRESETS, "smollm2-135m", changed)
+    assert "| smollm2-135m | HuggingFaceTB/SmolLM2-135M-Instruct | 32 | 4 | 0.125 |" in lora_table()
