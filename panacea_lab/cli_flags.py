@@ -157,8 +157,8 @@ SEED_MAX = 2 ** 32 - 1  # numpy's and torch's seeds must fit 32 bits
 
 
 def check_paths_and_seeds(args) -> None:
-    """What the flags name, checked before any stage runs: seeds distinct and in range, output and figure
-    paths writable files (not folders, their folder present), the run store not an empty name."""
+    """What the flags name, checked before any stage runs: seeds distinct and in range, the figure path a
+    file that can be written (not a folder, nothing under a file), the run store not an empty name."""
     seeds = list(getattr(args, "seeds", None) or [])
     for flag, values in (("--seeds", seeds), ("--align-seed", [getattr(args, "align_seed", 0)])):
         bad = [v for v in values if not 0 <= v <= SEED_MAX]
@@ -171,18 +171,14 @@ def check_paths_and_seeds(args) -> None:
     if str(getattr(args, "runs", "x")).strip() == "" or os.environ.get("PANACEA_RUNS") == "":
         raise ConfigError("--runs (or PANACEA_RUNS) is empty: name the run store's folder, e.g. runs, or unset "
                           "PANACEA_RUNS for the default")
-    for flag in ("output", "figure"):
-        value = getattr(args, flag, None)
-        if not value:
-            continue
-        path = Path(value).absolute()
+    figure = getattr(args, "figure", None)  # --output is checked by check_output_path in build_configs
+    if figure:
+        path = Path(figure).absolute()
         if path.is_dir():
-            raise ConfigError(f"--{flag} {value}: that is a folder; name a file inside it")
+            raise ConfigError(f"--figure {figure}: that is a folder; name a file inside it")
         blocking = next(p for p in path.parents if p.exists())
         if not blocking.is_dir():
-            raise ConfigError(f"--{flag} {value}: {blocking} is a file, so nothing can be written under it")
-        if flag == "output" and not path.parent.is_dir():  # a figure's folder is created, a results file's not
-            raise ConfigError(f"--output {value}: its folder {path.parent} does not exist; create it first")
+            raise ConfigError(f"--figure {figure}: {blocking} is a file, so nothing can be written under it")
 
 
 def build_configs(args):
@@ -201,7 +197,7 @@ def build_configs(args):
     from panacea_lab.training.store import RunStore
 
     if args.output:
-        check_output_path(args.output)
+        check_output_path(args.output, "--output")
     check_run_store(RunStore(args.runs, read_only=True if args.command == "export" else None))  # export only reads
     preflight(align_cfg, eval_cfg, align=align_cfg)
     if args.model != EMBEDDED_MODEL:

@@ -140,15 +140,18 @@ def build(root: Path) -> dict[Path, str]:
     return pages
 
 
+def _changed(root: Path, pages: dict[Path, str]) -> list[Path]:
+    return [path for path, text in pages.items() if not (root / path).exists() or (root / path).read_text() != text]
+
+
 def stale(root: Path) -> list[Path]:
     """The generated files whose committed text differs from what the results give now."""
-    return [path for path, text in build(root).items()
-            if not (root / path).exists() or (root / path).read_text() != text]
+    return _changed(root, build(root))
 
 
 def write(root: Path) -> list[Path]:
-    changed = stale(root)
-    pages = build(root)
+    pages = build(root)  # built once: the pages to compare are the pages written
+    changed = _changed(root, pages)
     for path in changed:
         write_text_atomic(root / path, pages[path])
     return changed

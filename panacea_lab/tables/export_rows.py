@@ -26,6 +26,8 @@ FORMATS = (".json", ".csv")
 def check_output_path(path: str | Path, name: str = "output") -> Path:
     """The output path, or a ConfigError naming what to fix (wrong extension, missing folder)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{name} = {str(path)!r}: that is a folder; name a file inside it")
     if path.suffix.lower() not in FORMATS:
         raise ConfigError(f"{name} = {str(path)!r}: end the name with .json or .csv")
     if not path.parent.is_dir():
