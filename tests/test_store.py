@@ -78,7 +78,7 @@ def test_a_store_of_an_earlier_layout_says_once_what_it_recomputes(tmp_path, cap
     store.cached("demo", EvalConfig(n_harmful=5), lambda: ({"v": 4}, None))
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path) in lines[0] and "earlier layout" in lines[0], lines
-    assert "undefended runs are reused" in lines[0]
+    assert "keyed by content" in lines[0]
     assert layout_of(tmp_path) == LAYOUT_VERSION
     assert sorted(p.name for p in tmp_path.iterdir()) == [LAYOUT, "demo"]  # written atomically: no temp file
     (tmp_path / LAYOUT).write_text("1")  # an older marker, opened again by this process

@@ -1,6 +1,6 @@
-"""The store's keys name results by content: a rebuilt base model, a changed data file or changed
-stage code gives a new key (never an old result); stage code cannot change without a version bump;
-and a defense's code keys only the runs that name it."""
+"""The store's keys name results by content: a rebuilt base model, a changed data file, a changed
+line of world code or changed stage code gives a new key (never an old result), with no number to
+bump by hand; and a defense's code keys only the runs that name it."""
 from __future__ import annotations
 
 import importlib.util
@@ -37,30 +37,51 @@ def test_a_rebuilt_base_model_changes_the_key(tiny_model_dir, tmp_path):
 def test_a_changed_data_file_changes_the_key(tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "home"))
     write_package_data(tmp_path / "home" / "data")
-    keys.data_hash.cache_clear()
     cfg = AttackConfig(align=AlignConfig(model=tiny_cfg, data="packages", prevalence="uniform"))
     before = config_hash(key("attack", cfg))
     some_file = next(p for p in sorted((tmp_path / "home" / "data").rglob("*")) if p.is_file()
                      and p.name != "manifest.json")
     some_file.write_text(some_file.read_text()[: len(some_file.read_text()) // 2])
-    keys.data_hash.cache_clear()
     assert config_hash(key("attack", cfg)) != before
-    keys.data_hash.cache_clear()
 
 
-def test_stage_code_version_is_part_of_the_key(tiny_cfg, monkeypatch):
+def test_an_edited_fetched_file_changes_the_key_even_with_its_manifest_unchanged(tiny_cfg, tmp_path, monkeypatch):
+    """The key hashes the files a world reads, not the fetch manifest that lists them."""
+    root = tmp_path / "home" / "data"
+    monkeypatch.setenv("PANACEA_HOME", str(tmp_path / "home"))
+    write_package_data(root)
+    (root / "manifest.json").write_text('{"files": {}}')
+    cfg = AttackConfig(align=AlignConfig(model=tiny_cfg, data="packages", prevalence="uniform"))
+    before = config_hash(key("attack", cfg))
+    manifest = (root / "manifest.json").read_bytes()
+    prompts = next(p for p in sorted(root.rglob("*")) if p.is_file() and p.name != "manifest.json")
+    prompts.write_bytes(prompts.read_bytes() + b" ")
+    assert (root / "manifest.json").read_bytes() == manifest and config_hash(key("attack", cfg)) != before
+
+
+def _world_edited(monkeypatch, edited: str):
+    """Keys computed as if one line of `edited` (a module under panacea_lab/) changed."""
+    read = keys._read_source
+    monkeypatch.setattr(keys, "_read_source", lambda path: read(path) + (
+        "\nEDITED = 1\n" if path.relative_to(keys.PACKAGE).as_posix() == edited else ""))
+
+
+def test_a_line_of_world_code_rekeys_every_embedded_stage_evaluations_included(tiny_cfg, monkeypatch):
+    from panacea_lab.pipeline.evaluations import EvalJob
+
+    plain = AttackConfig(align=AlignConfig(model=tiny_cfg))
+    jobs = {"align": plain.align, "attack": plain, "eval": EvalJob("attack", to_dict(plain), EvalConfig(n_harmful=4))}
+    before = {s: config_hash(key(s, c, model=tiny_cfg)) for s, c in jobs.items()}
+    _world_edited(monkeypatch, "data/lexicon.py")
+    after = {s: config_hash(key(s, c, model=tiny_cfg)) for s, c in jobs.items()}
+    assert all(after[s] != before[s] for s in jobs), (before, after)
+
+
+def test_a_line_of_stage_code_is_part_of_the_key(tiny_cfg, monkeypatch):
     cfg = AlignConfig(model=tiny_cfg)
     before = config_hash(key("align", cfg))
-    version, modules = keys.STAGE_CODE["align"]
-    monkeypatch.setitem(keys.STAGE_CODE, "align", (version + 1, modules))
+    _world_edited(monkeypatch, "training/loop.py")
     assert config_hash(key("align", cfg)) != before
-
-
-def test_stage_code_did_not_change_without_a_version_bump():
-    stale = keys.stale_stages()
-    assert not stale, (f"the code of stage(s) {stale} changed but their version in panacea_lab/pipeline/keys.py "
-                       "did not: bump it (results will be recomputed), then run "
-                       "`python -m panacea_lab.pipeline.keys --update`")
 
 
 def test_fingerprints_ignore_docstrings_but_not_code(tmp_path, monkeypatch):
@@ -68,7 +89,7 @@ def test_fingerprints_ignore_docstrings_but_not_code(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "m.py").write_text('"""doc"""\ndef f():\n    """doc"""\n    return 1  # note\n')
     monkeypatch.setattr(keys, "PACKAGE", pkg)
-    monkeypatch.setitem(keys.STAGE_CODE, "align", (1, ["m.py"]))
+    monkeypatch.setitem(keys.STAGE_CODE, "align", ["m.py"])
     first = keys.code_fingerprint("align")
     (pkg / "m.py").write_text('"""other doc"""\ndef f():\n    return 1\n')
     assert keys.code_fingerprint("align") == first
@@ -82,7 +103,7 @@ def test_result_records_its_inputs(tiny_cfg, store):
     cfg = AlignConfig(model=tiny_cfg, n_refusal=16, n_replay_per_task=2, epochs=1)
     result = pipeline.align(cfg, store)
     inputs = result["provenance"]["inputs"]
-    assert set(inputs) == {"base_weights", "data", "code"} and inputs["code"].startswith("align-v")
+    assert set(inputs) == {"base_weights", "data", "code"} and inputs["code"] == f"align:{keys.code_fingerprint('align')}"
     assert result["config"] == json.loads(json.dumps(result["config"])) and "model" in result["config"]
 
 

@@ -1,47 +1,44 @@
 """The run store's keys by content: a stage's config plus hashes of the base weights, the data and
-the code that computes the stage.
+the code that computes the stage. No number is bumped by hand: the content is the key.
 
-The code is keyed in two parts, so that editing one defense recomputes only the runs that use it:
-- the stage's loop: `STAGE_CODE` gives each stage a version and the modules every run of it
-  depends on (of `defenses/`, only the generic plumbing: the package and its registry). A test
-  compares the modules' source (parsed, so comments and docstrings do not count) with
-  `code_fingerprints.json`: when the code changed and the version did not, it fails and says to bump
-  the version (every result of that stage is then recomputed under a new key) and to refresh the
-  file with `python -m panacea_lab.pipeline.keys --update` (a change that cannot alter a result,
-  such as registering a new defense, is recorded with `--update` alone);
+- the stage's loop: `STAGE_CODE` names the modules every run of a stage runs (of `defenses/`, only
+  the generic plumbing: the package and its registry); the key holds a hash of their parsed source
+  (comments and docstrings do not count), so any change to that code recomputes the stage's runs;
 - each defense the config names, anywhere in its lineage (an attack's alignment defense, the
   post-fine-tuning transform of an evaluation): the parsed source of the module that defines its
-  config class plus the `panacea_lab.defenses` modules it imports, transitively. No version to bump:
-  the content is the key, in the input "defense_code". An undefended run has no such input.
+  config class plus the `panacea_lab.defenses` modules it imports, transitively, in the input
+  "defense_code"; editing one defense recomputes only the runs that use it. An undefended run has no
+  such input;
+- the data: the embedded world's source, or every file a package-data world reads (the fetched files
+  themselves, not their manifest) plus the code that turns them into examples.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import hashlib
 import importlib.util
-import json
 import sys
 from functools import lru_cache
 from pathlib import Path
 
-from panacea_lab.config import PACKAGE_DATA, AlignConfig, AttackConfig, DefenseConfig, ModelConfig
+from panacea_lab.config import AlignConfig, AttackConfig, DefenseConfig, ModelConfig
+from panacea_lab.hashing import dir_files, file_sha256
 from panacea_lab.training.store import Keyed, content_sha256
 
 PACKAGE = Path(__file__).resolve().parent.parent
-FINGERPRINTS = Path(__file__).with_name("code_fingerprints.json")
 _TRAINING = ["training/loop.py", "training/loss.py", "data/batching.py", "data/world.py", "data/lexicon.py",
              "data/real_world.py", "data/adapters", "models/loading.py", "pipeline/context.py", "pipeline/stages.py"]
 # What of defenses/ every run imports: the registry the stages look a defense up in (each defense's own
 # code is keyed per run, by `defense_code`); the trajectory also calls perturb.py's `applied` itself.
 _PLUMBING = ["defenses/__init__.py", "defenses/registry.py"]
-STAGE_CODE: dict[str, tuple[int, list[str]]] = {
-    "align": (1, [*_TRAINING, *_PLUMBING]),
-    "attack": (1, [*_TRAINING, *_PLUMBING]),
-    "eval": (1, ["evaluation", "pipeline/evaluations.py", *_PLUMBING, "data/batching.py", "models/loading.py"]),
-    "trajectory": (2, [*_TRAINING, *_PLUMBING, "evaluation", "studies/trajectory.py", "defenses/perturb.py"]),
+STAGE_CODE: dict[str, list[str]] = {
+    "align": [*_TRAINING, *_PLUMBING],
+    "attack": [*_TRAINING, *_PLUMBING],
+    "eval": ["evaluation", "pipeline/evaluations.py", *_PLUMBING, "data/batching.py", "models/loading.py"],
+    "trajectory": [*_TRAINING, *_PLUMBING, "evaluation", "studies/trajectory.py", "defenses/perturb.py"],
 }
+_WORLD_CODE = {"embedded": ["data/world.py", "data/lexicon.py"], "files": ["data/real_world.py", "data/adapters"]}
 DEFENSES = "panacea_lab.defenses"
 _GENERIC = {DEFENSES, f"{DEFENSES}.registry"}  # keyed with the stage's loop, not with each defense
 
@@ -67,13 +64,19 @@ def _read_source(path: Path) -> str:
     return path.read_text()
 
 
-def code_fingerprint(stage: str) -> str:
-    """Hash of the parsed source of a stage's modules (comments and docstrings excluded)."""
+def source_fingerprint(paths: list[str]) -> str:
+    """Hash of the parsed source of modules (files or folders under the package; comments and
+    docstrings excluded, so only a change that can alter a result counts)."""
     digest = hashlib.sha256()
-    for path in _sources(STAGE_CODE[stage][1]):
+    for path in _sources(paths):
         digest.update(path.relative_to(PACKAGE).as_posix().encode())
-        digest.update(ast.dump(_without_docstrings(ast.parse(_read_source(path)))).encode())
+        digest.update(_parsed(_read_source(path))[0].encode())
     return digest.hexdigest()[:16]
+
+
+def code_fingerprint(stage: str) -> str:
+    """Hash of the code every run of `stage` runs."""
+    return source_fingerprint(STAGE_CODE[stage])
 
 
 @lru_cache(maxsize=256)
@@ -148,16 +151,21 @@ def model_hash(path: str) -> str:
     return content_sha256(where)
 
 
-@lru_cache(maxsize=8)
 def data_hash(data: str) -> str:
-    """The embedded world is code (its version covers it); real data: the fetched files' content."""
+    """The embedded world: its source. Real data: every file the world reads (the fetched files, not
+    their manifest, so an edited file changes the key) and the code that reads them."""
     if data == "embedded":
-        return "embedded"
+        return "embedded:" + source_fingerprint(_WORLD_CODE["embedded"])
     from panacea_lab.paths import data_dir
 
-    manifest = data_dir() / "manifest.json"
-    root = data_dir() / ("paper" if data == "beavertails" else "")
-    return content_sha256(manifest if data in PACKAGE_DATA and manifest.exists() else root)
+    root = data_dir() / "paper" if data == "beavertails" else data_dir()
+    if not root.is_dir():
+        raise FileNotFoundError(f"no {data} data in {root}: run `panacea-lab fetch-data` (PANACEA_HOME={root.parent})")
+    names = [n for n in dir_files(root) if n != "manifest.json" and (data == "beavertails" or not n.startswith("paper/"))]
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(f"{name}\0{file_sha256(root / name)}\n".encode())
+    return f"{digest.hexdigest()}:{source_fingerprint(_WORLD_CODE['files'])}"
 
 
 def _model_of(cfg) -> ModelConfig:
@@ -200,35 +208,9 @@ def key(stage: str, cfg, model: ModelConfig | None = None, data: str | None = No
     if data is None:
         data = (cfg.align.data if isinstance(cfg, AttackConfig) else
                 cfg.data if isinstance(cfg, AlignConfig) else "embedded")
-    version = STAGE_CODE[stage][0]
-    inputs = (("base_weights", model_hash(model.path)), ("data", data_hash(data)), ("code", f"{stage}-v{version}"))
+    inputs = (("base_weights", model_hash(model.path)), ("data", data_hash(data)),
+              ("code", f"{stage}:{code_fingerprint(stage)}"))
     named = defenses_named(cfg)
     if named:
         inputs += (("defense_code", ",".join(f"{n}:{defense_fingerprint(c)}" for n, c in sorted(named.items()))),)
     return Keyed(cfg, inputs)
-
-
-def recorded() -> dict:
-    return json.loads(FINGERPRINTS.read_text()) if FINGERPRINTS.exists() else {}
-
-
-def stale_stages() -> list[str]:
-    """Stages whose code changed without a version bump (or whose fingerprint is not recorded)."""
-    old = recorded()
-    return [s for s, (v, _) in STAGE_CODE.items()
-            if old.get(s, {}).get("version") == v and old[s].get("fingerprint") != code_fingerprint(s)
-            or s not in old]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="check or refresh the stages' code fingerprints")
-    parser.add_argument("--update", action="store_true", help="write the current fingerprints")
-    args = parser.parse_args(argv)
-    current = {s: {"version": v, "fingerprint": code_fingerprint(s)} for s, (v, _) in STAGE_CODE.items()}
-    if args.update:
-        FINGERPRINTS.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
-    print(json.dumps({"stale": stale_stages(), **current}, indent=1))
-
-
-if __name__ == "__main__":
-    main()

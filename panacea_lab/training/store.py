@@ -35,7 +35,7 @@ DEFAULT_ROOT = Path(os.environ.get("PANACEA_RUNS") or PACKAGE_ROOT / "runs")
 RESULT = "result.json"
 DAMAGED = ".damaged"  # under the store root: entries moved aside, kept for inspection
 LAYOUT = "LAYOUT"  # at the store root: the key layout its entries were written with
-LAYOUT_VERSION = 2  # 2: a defense's own code is keyed per run (pipeline/keys.py); 1 (no file): before
+LAYOUT_VERSION = 3  # 3: stage code and data keyed by content; 2: a defense's own code keyed per run; 1 (no file)
 _LAYOUT_SAID: set[str] = set()  # store roots whose earlier layout this process has reported
 _PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy", "pandas")
 
@@ -43,7 +43,7 @@ _PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy
 @dataclass(frozen=True)
 class Keyed:
     """A stage's config with the content hashes of what the stage reads (base weights, data, the
-    version of the code that computes it): all of them name the result, so a rebuilt model, a
+    code that computes it): all of them name the result, so a rebuilt model, a
     changed data file or changed stage code gets a new key instead of an old result."""
 
     config: object
@@ -142,16 +142,16 @@ class RunStore:
 
     def mark_layout(self) -> None:
         """Before the first write: record the current layout at the root. A store holding entries of an
-        earlier one says so in one line (once per process and root): its keys for runs under a
-        defense changed, so those are recomputed, while its undefended runs keep their keys."""
+        earlier one says so in one line (once per process and root): its keys changed (the code and
+        data are keyed by their content since layout 3), so its runs are recomputed."""
         if self._layout_marked:
             return
         if layout_of(self.root) < LAYOUT_VERSION:
             said = str(self.root.absolute())
             if said not in _LAYOUT_SAID and self.root.is_dir() and _has_entries(self.root):
                 _LAYOUT_SAID.add(said)
-                print(f"panacea-lab: run store {self.root}: written by an earlier layout; runs under a defense "
-                      "get new keys and are recomputed (undefended runs are reused)", file=sys.stderr)
+                print(f"panacea-lab: run store {self.root}: written by an earlier layout; its runs get new keys "
+                      "(code and data keyed by content) and are recomputed", file=sys.stderr)
             write_json_atomic(self.root / LAYOUT, LAYOUT_VERSION)
         self._layout_marked = True
 
