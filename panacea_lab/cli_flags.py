@@ -92,10 +92,9 @@ def post_finetuning_flags(parser: argparse.ArgumentParser) -> None:
     `param`), then its `options` (further config fields), then `--also` for any post-fine-tuning
     transform with parameters; all in the help's "defenses" group."""
     parser = parser.add_argument_group("defenses")
-    from panacea_lab import defenses
+    from panacea_lab import cli_registry
 
-    for name in defenses.names():
-        record = defenses.get(name)
+    for record in cli_registry.records():
         if not record.flag:
             continue
         default = list(record.sweep) if record.sweep is not None else None
@@ -103,18 +102,17 @@ def post_finetuning_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{record.flag}", type=float, nargs="*", default=default, dest=_dest(record.flag),
                             metavar=record.param.upper(),
                             help=f"{record.label}: {record.param} values, one run each ({said}; nothing: not run)")
-        fields = {f.name: f for f in dataclasses.fields(record.config)}
         for option in record.options:
-            kind, value = fields[option].type, fields[option].default
-            flag = f"--{option.replace('_', '-')}"
-            if kind in (bool, "bool"):
-                parser.add_argument(flag, action="store_true", dest=_dest(option, record),
-                                    help=f"{record.label}: set {option} (default: off)")
+            flag = f"--{option.name.replace('_', '-')}"
+            if option.kind == "bool":
+                parser.add_argument(flag, action="store_true", dest=_dest(option.name, record),
+                                    help=f"{record.label}: set {option.name} (default: off)")
             else:
-                parser.add_argument(flag, type={"int": int, "float": float}.get(str(kind), float), default=None,
-                                    dest=_dest(option, record), metavar=option.upper(),
-                                    help=f"{record.label}: {option} (default: the setting's; {record.config.__name__} "
-                                         f"{value:g})")
+                shown = f"{option.default:g}" if isinstance(option.default, (int, float)) else option.default
+                parser.add_argument(flag, type={"int": int, "float": float, "str": str}.get(option.kind, float),
+                                    default=None, dest=_dest(option.name, record), metavar=option.name.upper(),
+                                    help=f"{record.label}: {option.name} (default: the setting's; {record.config} "
+                                         f"{shown})")
     parser.add_argument("--also", nargs="*", default=[], metavar="NAME[:KEY=VALUE,...]",
                         help="further post-fine-tuning transforms of the registry, e.g. noise:std=0.03")
 
@@ -127,11 +125,10 @@ def flagged_methods(args) -> dict:
     """The `defenses` mapping of an experiment, from the registry-built flags: {name: {field: values}}
     for every defense whose flag is not empty (an unset flag with no default: one run at the setting's
     value), then each `--also` transform."""
-    from panacea_lab import defenses
+    from panacea_lab import cli_registry
 
     out = {}
-    for name in defenses.names():
-        record = defenses.get(name)
+    for record in cli_registry.records():
         if not record.flag:
             continue
         values = getattr(args, _dest(record.flag))
@@ -139,10 +136,10 @@ def flagged_methods(args) -> dict:
             continue
         params = {} if values is None else {record.param: list(values)}
         for option in record.options:
-            value = getattr(args, _dest(option, record))
+            value = getattr(args, _dest(option.name, record))
             if value is not None:
-                params[option] = value
-        out[name] = params
+                params[option.name] = value
+        out[record.name] = params
     return out
 
 

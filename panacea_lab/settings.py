@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from panacea_lab import defenses
 from panacea_lab.config import ATTACK_PRESETS, ConfigError, DefenseConfig
 
 
@@ -30,6 +29,8 @@ class Setting:
 
     def defense(self, name: str, **overrides) -> DefenseConfig:
         """Defense `name`'s config under this setting; keyword overrides win."""
+        from panacea_lab import defenses  # the registry imports torch: only when a config is built
+
         return defenses.get(name).make(**{**self.defenses.get(name, {}), **overrides})
 
     def param(self, defense: str, field_name: str):
@@ -63,8 +64,10 @@ SETTINGS = {
 }
 DEFAULT_SETTING = "embedded"
 
-# Step rules profiled beside the registry's (studies.overhead): amortized Panacea, eps every 4th step.
-PROFILE_VARIANTS = {"panacea_k4": ("panacea", {"recompute_every": 4})}
+# Step rules profiled beside the registry's (studies.overhead): amortized Panacea (the exact step every
+# 4th step, SFT between) and the two-pass step (eps from the previous step's harmful pass).
+PROFILE_VARIANTS = {"panacea_k4": ("panacea", {"recompute_every": 4}),
+                    "panacea_two_pass": ("panacea", {"step": "two_pass", "h_const": True})}
 
 
 def get(name: str = DEFAULT_SETTING) -> Setting:

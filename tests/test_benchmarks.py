@@ -31,10 +31,14 @@ def test_every_benchmark_has_a_smoke_test():
     assert set(scripts) == tested, f"give these a smoke test here: {sorted(set(scripts) - tested)}"
 
 
-def test_step_time_benchmark_reports_each_method_against_sft():
-    out = _run("bench_step_time.py", "--steps", "1", "--warmup", "1", "--batch-size", "2", "--methods", "panacea")
-    assert {"none_s_per_step", "panacea_s_per_step", "panacea_over_sft", "panacea_peak_mib", "device"} <= set(out)
-    assert out["panacea_over_sft"] > 0
+def test_step_time_benchmark_reports_each_method_against_sft(tmp_path):
+    written = tmp_path / "step_time.json"
+    out = _run("bench_step_time.py", "--steps", "2", "--warmup", "1", "--batch-size", "2", "--methods", "panacea",
+               "panacea_two_pass", "--output", str(written))
+    for m in ("panacea", "panacea_two_pass"):
+        assert {f"{m}_s_per_step", f"{m}_over_sft", f"{m}_mean_over_sft", f"{m}_peak_mib"} <= set(out)
+        assert out[f"{m}_over_sft"] > 0
+    assert out["device"] and out["statistic"] == "median" and json.loads(written.read_text()) == out
 
 
 def test_generation_benchmark_compares_batched_and_single_answers():

@@ -1,6 +1,6 @@
 """A stage killed at any moment (kill -9 mid-step, mid-save, or SIGTERM) resumes from its newest
-checkpoint and ends bit-identical to an uninterrupted run: plain SFT, Panacea and Lisa killed for
-real; Booster, RepNoise and Vaccine stopped by an error in-process.
+checkpoint and ends bit-identical to an uninterrupted run: plain SFT, Panacea (both steps) and Lisa
+killed for real; Booster, RepNoise and Vaccine stopped by an error in-process.
 
 Each interrupted run is a child process (forked from this one on a CPU machine: everything already
 imported, so a start costs milliseconds); the last run, which completes, runs here and is compared tensor for
@@ -42,6 +42,9 @@ def _rule(name: str, tok, world):
 
     if name == "panacea":  # 3 harmful batches per epoch: its stream wraps many times in 40 steps
         return PanaceaRule(PanaceaConfig(harmful_batch_size=2, lam=0.1), stream(world.defender_pool[:6], 7))
+    if name == "panacea_two_pass":  # the stale direction is part of the resumed state
+        return PanaceaRule(PanaceaConfig(harmful_batch_size=2, lam=0.1, h_const=True, step="two_pass"),
+                           stream(world.defender_pool[:6], 7))
     if name == "lisa":  # snapshots every 3 or 4 steps
         return LisaRule(LisaConfig(align_steps=3, finetune_steps=4, align_batch_size=2), stream(world.alignment[:6], 9))
     if name == "booster":
@@ -114,7 +117,7 @@ def cfg(tiny_cfg):
     return dataclasses.replace(tiny_cfg, lora_dropout=0.1)  # dropout: the RNG state must resume too
 
 
-@pytest.mark.parametrize("rule_name", ["sft", "panacea", "lisa"])
+@pytest.mark.parametrize("rule_name", ["sft", "panacea", "panacea_two_pass", "lisa"])
 def test_kill_9_at_random_points_then_resume(cfg, world, tmp_path, rule_name):
     rng = random.Random(rule_name)
     ckpt = tmp_path / "ckpt"

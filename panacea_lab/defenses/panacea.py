@@ -10,7 +10,9 @@ Unlike the official code, eps is its own tensor (never an alias of `.grad`) and 
 produced by a separate backward pass, so the rule also holds under DDP (each backward syncs).
 Beyond the paper, off by default: `h_const` drops the +lambda * G_h term (h(w) treated as a
 constant, so w itself is not trained towards the harmful data), and `recompute_every` = k > 1
-runs the three-pass step only every k-th step (plain SFT in between, eps carried over).
+runs the three-pass step only every k-th step (plain SFT in between, eps carried over), and
+`step = "two_pass"` (with `h_const`) takes eps from the previous step's harmful gradient, so a step
+costs two passes (`defenses/two_pass.py`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,11 @@ from panacea_lab.defenses.common import gradient_at_shift, harmful_gradients
 from panacea_lab.defenses.perturb import add_, global_norm, restrict
 from panacea_lab.defenses.random_noise import same_norm_control
 from panacea_lab.defenses.registry import Defense
+from panacea_lab.defenses.two_pass import exact_final_eps, two_pass_gradient
 from panacea_lab.training.loop import StepRule, lm_loss
+
+
+PANACEA_STEPS = ("exact", "two_pass")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class PanaceaConfig(DefenseConfig):
     harmful_batch_size: int = 10
     recompute_every: int = 1  # amortized Panacea when > 1 (off by default)
     h_const: bool = False  # treat h(w) as a constant (off by default: the paper's objective)
+    step: str = new_field("exact")  # "two_pass": eps from the previous step's harmful pass (needs h_const)
 
     def check_values(self):
         check(self.rho >= 0, "rho", self.rho, "the perturbation radius must be >= 0")
@@ -48,6 +55,12 @@ class PanaceaConfig(DefenseConfig):
         check(self.clamp > 0, "clamp", self.clamp, "must be > 0")
         check(self.harmful_batch_size > 0, "harmful_batch_size", self.harmful_batch_size, "must be > 0")
         check(self.recompute_every >= 1, "recompute_every", self.recompute_every, "must be >= 1")
+        check(self.step in PANACEA_STEPS, "step", self.step, f"use one of {', '.join(PANACEA_STEPS)}")
+        if self.step == "two_pass":
+            check(self.h_const, "h_const", self.h_const,
+                  "the two-pass step holds h(w) constant: set h_const (or use step exact)")
+            check(self.recompute_every == 1, "recompute_every", self.recompute_every,
+                  "the two-pass step runs every step: leave recompute_every at 1 (or use step exact)")
 
 
 class PanaceaRule(StepRule):
@@ -66,6 +79,10 @@ class PanaceaRule(StepRule):
         if step % self.cfg.recompute_every != 0:  # amortized: plain SFT between Panacea steps
             return super().gradient(model, batch, step)
         cfg = self.cfg
+        if cfg.step == "two_pass":
+            scalars, self.eps = two_pass_gradient(self, model, batch, next(self.batches), self.eps,
+                                                  cfg.rho, cfg.lam, cfg.clamp)
+            return scalars
         g = harmful_gradients(self, model, batch, next(self.batches))
         eps = g.direction(cfg.rho)
         loss_h_eps, g_h_eps = gradient_at_shift(self, eps, lambda: lm_loss(model, g.harmful), clamp=cfg.clamp)
@@ -75,7 +92,10 @@ class PanaceaRule(StepRule):
         return {"loss": g.loss_f.item(), "h": g.loss_h.item(), "h_eps": loss_h_eps.item(), "grad_h_norm": g.norm_h}
 
     def finalize(self, model) -> dict:
-        """Add the last eps to the trained weights (when `apply_eps`); report its norm per tensor."""
+        """Add the last eps to the trained weights (when `apply_eps`); report its norm per tensor.
+        The two-pass step's eps is recomputed here, exactly, at the final weights."""
+        if self.cfg.step == "two_pass":
+            self.eps = exact_final_eps(self, model, next(self.batches), self.cfg.rho)
         if self.eps is None:
             return {"eps_norm": 0.0}
         if self.apply_eps:
@@ -105,7 +125,7 @@ DEFENSE = Defense(name="panacea", stage=FINETUNING, config=PanaceaConfig, label=
                   post_half="eps", controls=("random_direction", "harmful_ascent"),
                   control_norm=lambda result: result["train"]["finalize"]["eps_norm"],
                   variant_styles={"w": ("#56B4E9", "P"), "w+eps": ("#0072B2", "*")}, flag="rhos",
-                  options=("lam", "h_const", "recompute_every"),
+                  options=("lam", "h_const", "recompute_every", "step"),
                   lora_copies=5)  # eps, the saved w of the shifted pass, the gradient copies G_f, G_h, G_h'
 
 

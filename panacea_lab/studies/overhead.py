@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -80,12 +81,16 @@ def _peak_rss_mib() -> float:
 
 def profile(method: str, model: str = "embedded", steps: int = 20, batch_size: int = 10, task: str = "sentiment",
             warmup: int = 3) -> dict:
-    """Train `steps` steps of `method` in this process; seconds per step exclude `warmup` first steps."""
+    """Train `steps` steps of `method` in this process. Seconds per step: the median of the steps after
+    the `warmup` first (robust to a step slowed by another process on a shared machine), and their mean.
+    `model`: the embedded model, a preset (its LoRA) or a local model directory."""
     if method not in methods():
         raise ValueError(f"method = {method!r}: use one of {methods()}")
     if steps < 1 or warmup < 1:
         raise ValueError(f"steps = {steps}, warmup = {warmup}: both must be >= 1")
-    cfg = ModelConfig(path=model)
+    from panacea_lab.models.presets import PRESETS, preset_model_config
+
+    cfg = preset_model_config(model) if model in PRESETS else ModelConfig(path=model)
     tok, world = load_tokenizer(cfg), build_world(0)
     user = [encode(tok, e, cfg.max_length) for e in world.task_train[task][: (steps + warmup) * batch_size]]
     harm = [encode(tok, e, cfg.max_length) for e in world.defender_pool]
@@ -103,7 +108,8 @@ def profile(method: str, model: str = "embedded", steps: int = 20, batch_size: i
                         on_step=lambda m, k: times.append(time.perf_counter()))
     per_step = [b - a for a, b in zip(times[warmup - 1:], times[warmup:])]  # the last `steps` steps
     out = {"method": method, "steps": len(per_step), "batch_size": batch_size, "device": device.type,
-           "threads": torch.get_num_threads(), "seconds_per_step": sum(per_step) / max(1, len(per_step)),
+           "threads": torch.get_num_threads(), "seconds_per_step": statistics.median(per_step),
+           "mean_seconds_per_step": statistics.fmean(per_step),
            "train_seconds": result["train_seconds"]}
     if device.type == "cuda":
         out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
