@@ -28,9 +28,8 @@ from panacea_lab.cli_flags import (
     subcommand,
     write_output,
 )
-from panacea_lab.config import ConfigError
+from panacea_lab.config import UNDEFENDED, ConfigError
 from panacea_lab.training.store import DEFAULT_ROOT
-from panacea_lab.defenses.registry import UNDEFENDED
 
 def cmd_build_base(args) -> None:
     from panacea_lab.training.pretrain import pretrain
@@ -230,7 +229,7 @@ def cmd_convert_smollm2(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from panacea_lab.studies.baselines import baseline_methods
+    from panacea_lab.cli_registry import baseline_methods
 
     parser = Parser(prog="panacea-lab", description=DESCRIPTION, epilog=EXAMPLES,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -364,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
+        from panacea_lab.environment import check_environment
+
+        check_environment()
         status = args.func(args)
     except EXPECTED as err:
         if args.debug:

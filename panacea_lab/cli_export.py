@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from panacea_lab import defenses
+from panacea_lab import cli_registry
 from panacea_lab.cli_flags import (
     ATTACK_DEFAULTS,
     attack_overrides,
@@ -24,20 +24,13 @@ from panacea_lab.config import (
     TASKS,
     AlignConfig,
     AttackConfig,
+    UNDEFENDED,
     ConfigError,
 )
-from panacea_lab.defenses.registry import UNDEFENDED
 from panacea_lab.settings import DEFAULT_SETTING, SETTINGS
 from panacea_lab.training.store import DEFAULT_ROOT
 
 _RESTRICTION = {"layers": "--layers", "modules": "--modules", "layer_scales": "--layer-scales", "scale": "--scale"}
-
-
-def _default_defense() -> tuple[str, str]:
-    """(defense, post-fine-tuning half) exported when the flags name none: the registry's first trained
-    defense whose verdict is w + its half."""
-    name = defenses.trained_with_half()[0]
-    return name, defenses.get(name).post_half
 
 
 def _export_run(args, align_cfg: AlignConfig) -> AttackConfig:
@@ -64,7 +57,7 @@ def _export_post(args):
         flag = _RESTRICTION[sorted(set(given) - fields)[0]]
         from panacea_lab.studies.layer_ablation import part_control
 
-        half = _default_defense()[1]
+        half = cli_registry.default_half()[1]
         raise ConfigError(f"{flag}: --post {args.post} takes no such restriction; restrict eps with --post {half} "
                           f"(or its control, {part_control(half)})")
     return dataclasses.replace(post, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
@@ -114,7 +107,7 @@ def cmd_export(args) -> None:
 
 
 def add_export(sub) -> None:
-    defense, half = _default_defense()
+    defense, half = cli_registry.default_half()
     p = subcommand(sub, "export", "write a stored run's w + eps (or any post-fine-tuning transform, or part of eps) "
                                   "as a PEFT adapter directory, or with --merged as a merged model directory "
                                   "(safetensors), with a README.md card of its config and provenance")
@@ -142,7 +135,7 @@ def add_export(sub) -> None:
                    help=f"the run's fine-tuning-stage defense, e.g. {defense}:rho=1,lam=0.1 (the setting fills the "
                         f"rest), or {UNDEFENDED}")
     p.add_argument("--post", default=half, metavar="NAME[:KEY=VALUE,...]",
-                   help=f"post-fine-tuning transform applied first: {half} ({defenses.label(half)}), any other of "
+                   help=f"post-fine-tuning transform applied first: {half} ({cli_registry.label(half)}), any other of "
                         f"the registry (antidote: --merged only), or {UNDEFENDED} for w alone")
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="eps on these decoder layers only (default: every layer)")

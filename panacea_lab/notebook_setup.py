@@ -60,6 +60,9 @@ def setup(model: str = EMBEDDED_MODEL, setting: str = settings.DEFAULT_SETTING, 
     """A notebook's parameters as its configs. A relative `figures_dir` is the repository root's, so
     papermill run from any folder writes figures into the repository. `quiet` (default: inside a
     notebook kernel) silences third-party progress bars and warnings and shows figures inline."""
+    from panacea_lab.environment import check_environment
+
+    check_environment()  # a bad PANACEA_* variable fails here, naming it
     settings.get(setting)  # an unknown setting fails here, naming the known ones
     if quiet if quiet is not None else in_kernel():
         quiet_output()

@@ -8,6 +8,7 @@ configs the notebooks build from them convert numeric text or refuse it naming t
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -54,6 +55,9 @@ def ws(tmp_path_factory, tiny_model_dir, pins) -> Path:
     write_package_data(root / "home" / "data")
     (root / "only-config").mkdir()
     shutil.copy(tiny_model_dir / "config.json", root / "only-config")
+    shutil.copytree(tiny_model_dir, root / "config-typo")  # its config.json says hidden_size "big"
+    config = json.loads((root / "config-typo" / "config.json").read_text())
+    (root / "config-typo" / "config.json").write_text(json.dumps({**config, "hidden_size": "big"}))
     (root / "foreign").mkdir()
     (root / "foreign" / "notes.txt").write_text("someone else's work")
     (root / "out").mkdir()
@@ -191,6 +195,10 @@ CASES = [
     ("defend-output-is-a-folder", ["defend", "--output", "{ws}/out"], ["--output", "is a folder"]),
     ("attack-figure-under-a-file", ["attack", "--figure", "{ws}/foreign/notes.txt/f.png"], ["--figure", "is a file"]),
     ("build-base-out-under-a-file", ["build-base", "--out", "{ws}/foreign/notes.txt/model"], ["--out", "is a file"]),
+    ("defend-step-unknown", ["defend", "--step", "three_pass"], ["step = 'three_pass'", "exact, two_pass"]),
+    ("defend-two-pass-without-h-const", ["defend", "--step", "two_pass"], ["h_const = False", "set h_const"]),
+    ("attack-n-eval-beyond-the-split", ["attack", "--n-eval", "100000"], ["n_harmful = 100000", "--n-eval 200"]),
+    ("defend-model-config-type", ["defend", "--model", "{ws}/config-typo"], ["config.json", "hidden_size"]),
 ]
 KNOWN: dict[str, str] = {}  # known defects, kept in the table so a fix shows (strict xfail)
 PARAMS = [pytest.param(argv, pieces, id=name, marks=[pytest.mark.xfail(reason=KNOWN[name], strict=True)]
@@ -215,6 +223,23 @@ def test_bad_input_is_one_line_before_any_write(ws, tiny_model_dir, capsys, monk
     for piece in pieces:
         assert piece in lines[0], (piece, lines[0])
     assert seconds < LIMIT_S
+    assert snapshot(ws) == before
+
+
+ENVIRONMENT = [("PANACEA_CHECKPOINT_EVERY", "abc", "a whole number of steps"),
+               ("PANACEA_HOME", "{ws}/foreign/notes.txt", "is a file"),
+               ("PANACEA_RUNS", "", "PANACEA_RUNS is empty"),
+               ("PANACEA_CACHE_ONLY", "yes", "use 1")]
+
+
+@pytest.mark.parametrize("variable, value, piece", ENVIRONMENT, ids=[v for v, _, _ in ENVIRONMENT])
+def test_a_bad_environment_variable_is_one_line_naming_it(ws, tiny_model_dir, capsys, monkeypatch,
+                                                          variable, value, piece):
+    monkeypatch.setenv(variable, value.replace("{ws}", str(ws)))
+    before = snapshot(ws)
+    code, err, _ = run_cli(expand(list(DEFEND), ws, tiny_model_dir), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and variable in lines[0] and piece in lines[0], err
     assert snapshot(ws) == before
 
 

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "panacea_lab"
 
 # top to bottom; a layer may import any layer before it in this list (and itself)
 LAYERS = [
-    {"paths", "config", "hashing", "files"},
+    {"paths", "config", "hashing", "files", "environment"},
     {"data"},
     {"models"},
     {"training"},
@@ -24,7 +24,7 @@ LAYERS = [
     {"explorer"},
     {"experiments"},
     {"report"},
-    {"notebook_setup", "notebook_params", "testing", "cli_flags", "cli_export", "cli"},
+    {"notebook_setup", "notebook_params", "testing", "cli_registry", "cli_flags", "cli_export", "cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

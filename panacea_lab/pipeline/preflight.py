@@ -16,7 +16,19 @@ from panacea_lab.pipeline.context import world_of
 
 
 def check_model(model: ModelConfig) -> None:
-    resolve_model_path(model.path)  # ConfigError naming `path` and how to provide it
+    """The model's directory exists (else a ConfigError naming `path` and how to provide it) and its
+    config.json reads as its architecture's config (a wrong type there is one line naming the field)."""
+    where = resolve_model_path(model.path)
+    if not Path(where, "config.json").is_file():
+        return  # a hub id in the cache: its files are the hub's
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(where, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 (huggingface_hub's field validation errors derive from Exception alone)
+        said = " ".join(str(err).split())
+        raise ConfigError(f"path = {model.path!r}: {Path(where, 'config.json')} does not read as a model config "
+                          f"({said[:200]}); fix that field or convert the model again") from None
 
 
 def check_align(cfg: AlignConfig) -> None:
@@ -53,6 +65,14 @@ def check_eval(cfg: EvalConfig, align: AlignConfig | None) -> None:
     data = align.data if align is not None else "embedded"
     check(cfg.judge != "oracle" or data == "embedded", "judge", cfg.judge,
           f"the oracle judge knows only the embedded world's answers; on {data!r} data use keyword or beaver-dam")
+    if align is not None:
+        # the default (200) is capped at a smaller split (the rows record the n scored, e.g. the embedded
+        # validation split's 52); asking for more than both names prompts that would never be scored
+        split = getattr(cfg, "split", "test")
+        pool = world_of(align).harmful_split(split)
+        check(cfg.n_harmful <= max(len(pool), EvalConfig().n_harmful), "n_harmful", cfg.n_harmful,
+              f"the {split} split of the {data!r} world holds {len(pool)} harmful prompts: pass --n-eval "
+              f"{len(pool)} or fewer")
     if cfg.judge == "beaver-dam":
         from panacea_lab.evaluation.moderation import BEAVER_DAM_ID
 
