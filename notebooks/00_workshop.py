@@ -51,6 +51,10 @@ runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repos
 figures_dir = "figures"  # relative to the repository root, or an absolute path
 
 # %%
+from panacea_lab.notebook_params import check_in_kernel
+
+check_in_kernel(globals(), "00_workshop.py")  # a misspelt or ill-typed parameter: one line, nothing run
+
 import dataclasses
 
 import pandas as pd

@@ -40,6 +40,10 @@ runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repos
 figures_dir = "figures"  # relative to the repository root, or an absolute path
 
 # %%
+from panacea_lab.notebook_params import check_in_kernel
+
+check_in_kernel(globals(), "04_safety_coefficients.py")  # a misspelt or ill-typed parameter: one line, nothing run
+
 import pandas as pd
 from IPython.display import display
 

@@ -34,6 +34,10 @@ runs = None  # run store: a profile is measured once per device kind, then serve
 figures_dir = "build/figures"  # relative to the repository root, or an absolute path
 
 # %%
+from panacea_lab.notebook_params import check_in_kernel
+
+check_in_kernel(globals(), "05_system_overhead.py")  # a misspelt or ill-typed parameter: one line, nothing run
+
 import pandas as pd
 from IPython.display import display
 

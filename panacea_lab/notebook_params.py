@@ -4,18 +4,22 @@ sweep) or a value of another type than its default's fails in one line naming th
 
     python -m panacea_lab.notebook_params notebooks/03_panacea.py [PARAMS.yaml ...] [-p NAME VALUE ...]
 
-`make reproduce` / `make figures` run it on every notebook and parameter file before executing it.
-The declared parameters are the literal assignments of the notebook's `parameters` cell."""
+`make reproduce` / `make figures` run it on every notebook and parameter file before executing it, and
+each notebook's first cell after its parameters calls `check_in_kernel`, so a run started by hand
+(papermill alone) ends with the same one line. The declared parameters are the literal assignments
+of the notebook's `parameters` cell."""
 from __future__ import annotations
 
 import argparse
 import ast
 import sys
+import types
 from pathlib import Path
 
 import yaml
 
 from panacea_lab.config import ConfigError
+from panacea_lab.paths import PACKAGE_ROOT
 
 
 def declared(source: str | Path) -> dict[str, object]:
@@ -74,6 +78,25 @@ def check(source: str | Path, params: dict) -> None:
                     if isinstance(value, list) and isinstance(default, list)
                     else f"a {_kind(default).replace('number', 'float')} like its default {default!r}")
             raise ConfigError(f"{Path(source).name}: {name} = {value!r} does not fit: give {like}")
+
+
+class NotebookParameterError(ConfigError):
+    """Shown by IPython as its one line, without a traceback (`_render_traceback_`)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"panacea-lab: {str(self).splitlines()[0]}"]
+
+
+def check_in_kernel(namespace: dict, notebook: str) -> None:
+    """In a notebook's first cell after its parameters (and papermill's injected ones): every value the
+    namespace holds so far (the parameters: modules, callables, IPython's own and `_` names aside)
+    checked against `notebooks/<notebook>`'s declared parameters."""
+    given = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in ("In", "Out")
+             and not callable(v) and not isinstance(v, types.ModuleType)}
+    try:
+        check(PACKAGE_ROOT / "notebooks" / notebook, given)
+    except ConfigError as err:
+        raise NotebookParameterError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,3 +46,23 @@ def test_the_command_fails_in_one_line(capsys):
     assert main([str(SOURCE), "-p", "ratio", "0.1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("panacea-lab: 03_panacea.py: no parameter 'ratio'")
+
+
+@pytest.mark.parametrize("params, message", [({"ratios": [0.1]}, "no parameter 'ratios'"),
+                                             ({"seeds": [0.5]}, "seeds = [0.5] does not fit")])
+def test_papermill_alone_ends_with_the_one_line(params, message, tmp_path):
+    """Started by hand (no make target to check first), the notebook's first cell refuses the parameter:
+    the error's traceback is that one line, and no later cell ran."""
+    import jupytext
+    import nbformat
+    import papermill
+
+    source = Path(__file__).resolve().parent.parent / "notebooks" / "02_random_perturbation.py"
+    ipynb = tmp_path / "nb.ipynb"
+    nbformat.write(jupytext.read(source), ipynb)
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(ipynb), str(tmp_path / "out.ipynb"), parameters=params, cwd=str(tmp_path),
+                                   kernel_name="python3", progress_bar=False, execution_timeout=120)
+    assert err.value.ename == "NotebookParameterError" and message in err.value.evalue
+    assert [line for line in err.value.traceback if line.strip()] == [f"panacea-lab: {err.value.evalue}"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "figures").exists()
