@@ -357,6 +357,27 @@ def version() -> str:
 
 
 EXPECTED = (ConfigError, FileNotFoundError, ValueError, KeyError, OSError)
+DISK_FULL = ("No space left on device", "StorageFull", "code: 28")
+
+
+def _expected() -> tuple[type, ...]:
+    """Errors of bad input or of the disk, told in one line: safetensors reports a failed read or write
+    (a damaged file, a full disk) with its own error class."""
+    from safetensors import SafetensorError
+
+    return (*EXPECTED, SafetensorError)
+
+
+def one_line(err: Exception) -> str:
+    """The first line of an error, with what to do where the error alone does not say it."""
+    text = str(err).strip()
+    if any(mark in text for mark in DISK_FULL):
+        where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+        return (f"the disk is full{where}: free space (or point PANACEA_RUNS at another disk) and rerun; finished "
+                "stages and the last checkpoint are kept")
+    if isinstance(err, PermissionError):
+        return f"{err.filename or text}: permission denied; make it writable or choose another path (--runs, --output)"
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,11 +388,10 @@ def main(argv: list[str] | None = None) -> int:
 
         check_environment()
         status = args.func(args)
-    except EXPECTED as err:
+    except _expected() as err:
         if args.debug:
             raise  # bad input or a missing / damaged file: one line, no traceback
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"panacea-lab: {message}", file=sys.stderr)
+        print(f"panacea-lab: {one_line(err)}", file=sys.stderr)
         return 2
     return status or 0
 

@@ -326,3 +326,28 @@ def test_yaml_ratios_as_text_give_numeric_rows(tiny_model_dir, monkeypatch):
                              align_cfg=AlignConfig(model=ModelConfig(path=str(tiny_model_dir)), **SMALL_ALIGN),
                              eval_cfg=EvalConfig(n_harmful=4, n_task=4, tasks=("sentiment",)))
     assert list(df["p"]) == [0.1, 0.2]
+
+
+DISK_FULL = [
+    ("safetensors", lambda: __import__("safetensors").SafetensorError(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')),
+    ("os", lambda: OSError(28, "No space left on device", "/runs/attack/ab12/adapter.safetensors")),
+    ("permission", lambda: PermissionError(13, "Permission denied", "/runs/attack")),
+]
+
+
+@pytest.mark.parametrize("name, error", DISK_FULL, ids=[n for n, _ in DISK_FULL])
+def test_a_full_disk_or_a_permission_error_while_writing_is_one_line_saying_what_to_do(name, error, capsys,
+                                                                                       monkeypatch):
+    """A write that fails mid-command (safetensors' own error class, or the OS's): one line, no traceback."""
+    from panacea_lab import cli
+
+    def failing_write(args):
+        raise error()
+
+    monkeypatch.setattr(cli, "cmd_runs", failing_write)
+    code, err, _ = run_cli(["runs"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert ("disk is full" in lines[0] and "rerun" in lines[0]) if name != "permission" else \
+        ("/runs/attack: permission denied" in lines[0])
