@@ -302,3 +302,17 @@ def test_sdist_from_the_index_must_match_the_pin(archives, tmp_path, monkeypatch
     assert list(tmp_path.glob("beta-2.0.tar.gz*")) == []
     monkeypatch.setattr(fetch.urllib.request, "urlopen", FakeIndex(src.sha256, real))
     assert sha(fetch.download(src, tmp_path)) == src.sha256
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"files": {"a": {"member": "x"}}}', "[]"])
+def test_a_damaged_manifest_is_named_with_its_fix_and_deleting_it_recovers(archives, tmp_path, text):
+    fetch.fetch(from_dir=archives, log=lambda _: None)
+    manifest = tmp_path / "home" / "data" / "manifest.json"
+    good = manifest.read_text()
+    manifest.write_text(text)
+    with pytest.raises(fetch.FetchError) as err:
+        fetch.fetch(from_dir=archives, log=lambda _: None)
+    assert str(manifest) in str(err.value) and "delete" in str(err.value) and "\n" not in str(err.value)
+    manifest.unlink()
+    fetch.fetch(from_dir=archives, log=lambda _: None)
+    assert json.loads(manifest.read_text())["files"].keys() == json.loads(good)["files"].keys()

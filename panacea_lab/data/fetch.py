@@ -265,9 +265,25 @@ def _stage(opener: Callable, staging: Path, dest: str, member: str) -> dict:
     return {"member": member, "destination": dest, "sha256": sha, "size": size}
 
 
+MANIFEST_ENTRY = ("source", "member", "destination", "sha256")
+
+
 def load_manifest(root: Path) -> dict:
+    """The record of what was fetched; a damaged one is named with its fix (nothing fetched is lost by
+    deleting it: every file is then checked against its pin and re-extracted where needed)."""
     path = root / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {"files": {}}
+    if not path.exists():
+        return {"files": {}}
+    fix = f"delete {path} and run `panacea-lab fetch-data` again"
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FetchError(f"{path} is not valid JSON ({err}): {fix}") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or any(not isinstance(e, dict) or any(k not in e for k in MANIFEST_ENTRY)
+                                          for e in files.values()):
+        raise FetchError(f"{path} lacks its files' records ({', '.join(MANIFEST_ENTRY)} per file): {fix}")
+    return manifest
 
 
 def up_to_date(src: Source, manifest: dict, root: Path) -> bool:
