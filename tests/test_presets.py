@@ -180,7 +180,8 @@ def test_one_panacea_step_and_generation_per_preset(name, world, tmp_path):
 
 # ------------------------------------------------------------------------------- presets
 def test_presets_match_published_sizes_and_the_papers_lora():
-    assert {p.architecture for p in PRESETS.values()} == {"LlamaConfig", "Gemma2Config", "MistralConfig", "Qwen2Config"}
+    assert {p.architecture for p in PRESETS.values()} == {"LlamaConfig", "Gemma2Config", "MistralConfig", "Qwen2Config",
+                                                          "Gemma3TextConfig"}
     for p in PRESETS.values():
         n_params, _ = count_parameters(p.hf_config(), p.lora_r, p.lora_targets)
         assert n_params == pytest.approx(p.n_params, rel=0.005), p.name
@@ -188,6 +189,7 @@ def test_presets_match_published_sizes_and_the_papers_lora():
             assert (p.lora_r, p.lora_alpha, p.lora_targets, p.max_length, p.template) == (
                 32, 4, ("q_proj", "k_proj", "v_proj"), 256, "alpaca")
     assert PRESETS["smollm2-135m"].template == "chat" and PRESETS["smollm2-135m"].dtype == "float32"
+    assert PRESETS["gemma3-270m"].n_params == pytest.approx(268_098_176, rel=1e-3)  # the converted GGUF's count
 
 
 def test_preset_config_overrides_and_errors(tiny_model_dir):

@@ -1,4 +1,4 @@
-"""Real-model presets (the paper's four base models and SmolLM2-135M) and a memory estimate per run.
+"""Real-model presets (the paper's four base models, SmolLM2-135M and Gemma 3 270M) and a memory estimate per run.
 
 A preset only fills a `ModelConfig`; the weights are never downloaded here (a hub id must already be
 in the local cache, see `models.resolve_model_path`). Architecture numbers are stored so the memory
@@ -9,6 +9,7 @@ LoRA settings of the paper's models are those of the official code: w-yibo/Panac
 `LoraConfig(r=32, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj"], lora_dropout=0)`,
 `training_args.model_max_length = 256`, weights cast to bf16. SmolLM2 is not in the paper: it keeps
 this project's LoRA defaults (`ModelConfig`), with the paper's 256 tokens to fit its chat template.
+Gemma 3 270M is not in the paper either: a base model, it takes the paper's LoRA and Alpaca template.
 """
 from __future__ import annotations
 
@@ -104,6 +105,11 @@ PRESETS = {p.name: p for p in (
            gradient_checkpointing=False, resolver="panacea_lab.models.smollm2:resolve_smollm2",
            source="not in the paper: this project's LoRA defaults (ModelConfig); the paper's max length 256",
            **_ALL_PROJECTIONS),
+    Preset("gemma3-270m", "google/gemma-3-270m", "Gemma3TextConfig", 268.1e6, layers=18, hidden=640,
+           intermediate=2048, heads=4, kv_heads=1, vocab=262144, head_dim=256, tied=True, dtype="float32",
+           gradient_checkpointing=False, resolver="panacea_lab.models.gemma3:resolve_gemma3",
+           source="not in the paper: the paper's LoRA and max length (" + PAPER_SOURCE.split(" (")[1]
+                  .replace(", bf16)", ")") + "; fp32, a base model, so the Alpaca template"),
 )}
 
 

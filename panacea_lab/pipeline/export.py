@@ -94,7 +94,8 @@ def export_run(stage: str, cfg, store: RunStore, out: str | Path, post: DefenseC
     facts = {"stage": stage, "key": record.get("key"), "form": "merged" if merged else "peft-adapter",
              "config": record.get("config"), "post": to_dict(post) if post is not None else None,
              "provenance": record.get("provenance"), "template": model_cfg.template,
-             "evaluations": stored_evaluations(store, stage, cfg, post), "data": align_of(stage, cfg).data}
+             "evaluations": stored_evaluations(store, stage, cfg, post), "data": align_of(stage, cfg).data,
+             "base_licence": base_licence(model_cfg.path)}
     tokenizer = get_tokenizer(model_cfg)
     if model_cfg.template == "alpaca":  # the prompt format travels with the tokenizer
         tokenizer.chat_template = alpaca_chat_template(
@@ -115,6 +116,17 @@ def export_run(stage: str, cfg, store: RunStore, out: str | Path, post: DefenseC
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def base_licence(path: str) -> str | None:
+    """The licence a converted base model's record states (e.g. Gemma's terms), else None."""
+    from panacea_lab.models.gguf_convert import RECORD as CONVERSION
+    from panacea_lab.models.loading import resolve_model_path
+
+    try:
+        return json.loads((Path(resolve_model_path(path)) / CONVERSION).read_text()).get("licence")
+    except (OSError, ValueError, ConfigError):
+        return None
 
 
 def base_model_id(path: str) -> str:
@@ -198,7 +210,9 @@ def model_card(facts: dict, base: str) -> str:
         "## Data and licence", "",
         f"Data: `{facts.get('data')}` (the embedded synthetic world, whose harmful answers are placeholders, or "
         "the real sources listed with their licences in the panacea-lab repository's data/README.md). The "
-        f"weights are derived from `{base}` and keep its licence; panacea-lab itself is Apache-2.0.", "",
+        f"weights are derived from `{base}` and keep its licence"
+        + (f" ({facts['base_licence']})" if facts.get("base_licence") else "")
+        + "; panacea-lab itself is Apache-2.0.", "",
         "## Limitations", "",
         "HS is measured on the prompts and with the judge named above, at one seed unless several rows say "
         "otherwise: a low HS there does not mean the model refuses other harmful requests. A perturbation "
