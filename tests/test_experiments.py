@@ -234,3 +234,14 @@ def test_a_trajectory_spec_scores_each_method_along_its_steps(tiny_model_dir, tm
     assert "differing: none" in capsys.readouterr().out
     bad = _write(tmp_path, {**raw, "every": 0}, "toy/bad")
     assert main(["run", str(bad), "--runs", runs]) == 2 and ": every:" in capsys.readouterr().err
+
+
+def test_the_training_log_kind_counts_the_steps_where_the_clamped_term_acted():
+    from panacea_lab.studies.training_logs import clamp_activity
+
+    log = [{"step": i, "h_eps": h} for i, h in enumerate([4.0, 5.0, 6.0, 7.0])] + [{"step": 4, "loss": 1.0}]
+    out = clamp_activity(log, clamp=5.0)
+    assert out["steps"] == 4 and out["lambda_active"] == 50.0  # h == clamp still passes the gradient
+    assert out["median_h_eps"] == 5.5 and out["last20_h_eps"] == 5.5
+    with pytest.raises(ValueError, match="no h_eps"):
+        clamp_activity([{"step": 0, "loss": 1.0}], clamp=5.0)

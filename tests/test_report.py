@@ -142,3 +142,28 @@ def test_the_fidelity_pages_lora_rows_are_read_from_the_presets(monkeypatch):
     changed = dataclasses.replace(presets.PRESETS["smollm2-135m"], lora_r=32, lora_alpha=4)
     monkeypatch.setitem(presets.PRESETS, "smollm2-135m", changed)
     assert "| smollm2-135m | HuggingFaceTB/SmolLM2-135M-Instruct | 32 | 4 | 0.125 |" in lora_table()
+
+
+def test_a_comparison_row_pairs_two_settings_of_the_same_runs_on_every_metric(tmp_path):
+    """Two named settings of one defense, paired by seed: each metric's differences, and a cell's own
+    selector overriding the comparison's (another file's setting name)."""
+    from panacea_lab.report.comparisons import comparisons_table, comparison_rows
+
+    def rows(seed, setting, hs, refusal, fa):
+        return {"method": "tonic", "variant": "w+eps", "p": 0.1, "seed": seed, "setting": setting, "HS": hs,
+                "refusal": refusal, "other": 100 - hs - refusal, "FA_sentiment": fa}
+
+    (tmp_path / "toy").mkdir()
+    write_rows(pd.DataFrame([rows(s, "fast", 10 + s, 80, 70) for s in range(3)]
+                            + [rows(s, "exact", 12, 70 + 2 * s, 71) for s in range(3)]), tmp_path / "toy" / "a.csv")
+    write_rows(pd.DataFrame([rows(0, "fast", 5, 90, 60), rows(0, "reference", 5, 95, 61)]), tmp_path / "toy" / "b.csv")
+    comparison = {"name": "fast minus exact", "treated": {"setting": "fast"}, "reference": {"setting": "exact"},
+                  "cells": [{"title": "A", "files": ["toy/a"]},
+                            {"title": "B", "files": ["toy/b"], "reference": {"setting": "reference"}}]}
+    (title, p, paired), (title_b, _, paired_b) = comparison_rows(tmp_path, comparison)
+    assert (title, p, title_b) == ("A", 0.1, "B")
+    assert paired["HS"].diffs == (-2.0, -1.0, 0.0) and paired["refusal"].diffs == (10.0, 8.0, 6.0)
+    assert paired["other"].diffs == (-8.0, -7.0, -6.0) and paired["FA"].diffs == (-1.0, -1.0, -1.0)
+    assert paired_b["refusal"].diffs == (-5.0,)
+    table = comparisons_table(tmp_path, {"comparisons": [comparison]})
+    assert "| fast minus exact | A | 0.1 | 3 | -1.0 [-3.5, +1.5] | +8.0 [+3.0, +13.0] |" in table

@@ -164,6 +164,23 @@ def eps_shares(ctx: Context) -> pd.DataFrame:
     return eps_coefficients(run, ctx.store)
 
 
+def training_log(ctx: Context) -> pd.DataFrame:
+    """Per trained setting and run, how often the clamped lambda term acted (`studies.training_logs`),
+    read from each run's stored training log (nothing is evaluated)."""
+    from panacea_lab.pipeline.stages import attack as attack_stage
+    from panacea_lab.studies.training_logs import clamp_activity
+
+    rows = []
+    for name, method in _trained_configs(ctx.spec):
+        for run in ctx.runs(method):
+            result = attack_stage(run, ctx.store)
+            if getattr(ctx.store, "planning", False):
+                continue
+            rows.append({SETTING_COLUMN: name, "step": getattr(method, "step", "exact"), "p": run.p, "seed": run.seed,
+                         **clamp_activity(result["train"]["log"], method.clamp)})
+    return pd.DataFrame(rows)
+
+
 def trajectory(ctx: Context) -> pd.DataFrame:
     """Each method's run scored every `every` steps (step 0: the aligned model); a trained defense with
     a post-fine-tuning half is read as w + that half at each checkpoint, what a provider stopping
@@ -188,10 +205,12 @@ def trajectory(ctx: Context) -> pd.DataFrame:
 ROW_KEYS = {"answer_loss": (["model", "answers", "p", "seed", "rho", "lam", "h_const", SETTING_COLUMN], ["nll"]),
             "eps_shares": (["layer", "module"], ["eps_share", "noise_share"]),
             "trajectory": (["method", "run", "seed", "step"], ["HS", "refusal", "other", "FA_sentiment"]),
-            "calibration": (["method", "variant", "value", "p", "seed", "lam", "h_const"], None)}
+            "calibration": (["method", "variant", "value", "p", "seed", "lam", "h_const"], None),
+            "training_log": ([SETTING_COLUMN, "p", "seed"], ["lambda_active", "median_h_eps", "last20_h_eps"])}
 
 KINDS = {"attack": attack, "defend": defend, "compare": compare, "answer_loss": answer_loss,
-         "calibration": calibration_sweep, "eps_shares": eps_shares, "trajectory": trajectory}
+         "calibration": calibration_sweep, "eps_shares": eps_shares, "trajectory": trajectory,
+         "training_log": training_log}
 
 
 def keep_rows(df: pd.DataFrame, keep) -> pd.DataFrame:

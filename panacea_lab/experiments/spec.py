@@ -29,7 +29,7 @@ from panacea_lab.paths import PACKAGE_ROOT
 
 EXPERIMENTS = PACKAGE_ROOT / "experiments"
 RESULTS = PACKAGE_ROOT / "results"
-SWEEPS = ("attack", "defend", "compare", "answer_loss", "calibration", "eps_shares", "trajectory")
+SWEEPS = ("attack", "defend", "compare", "answer_loss", "calibration", "eps_shares", "trajectory", "training_log")
 EVAL_FIELDS = {"split": str, "n_eval": int, "judge": str, "judge_model": str, "second_test": str,
                "max_new_tokens": int, "batch_size": int, "merge": bool}
 # fields a spec's config mappings may not set: the spec's own fields and the sweep's grid set them

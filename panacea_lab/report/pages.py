@@ -13,7 +13,7 @@ import pandas as pd
 from panacea_lab.config import ConfigError
 from panacea_lab.experiments.spec import Spec, load_spec
 from panacea_lab.files import write_text_atomic
-from panacea_lab.report import summary, verdict
+from panacea_lab.report import comparisons, summary, verdict
 from panacea_lab.studies.answer_loss import probe_table
 from panacea_lab.tables import grid_tables
 from panacea_lab.tables.export_rows import read_rows
@@ -137,6 +137,9 @@ def build(root: Path) -> dict[Path, str]:
     pages[Path("README.md")] = _fill((root / "README.md").read_text(), BEGIN, END, verdict_block(root), "README.md")
     fidelity = Path("docs/fidelity.md")
     pages[fidelity] = _fill((root / fidelity).read_text(), LORA_BEGIN, LORA_END, lora_table(), str(fidelity))
+    for group, (page, table) in comparisons.comparison_pages(root).items():
+        begin, end = comparisons.markers(group)
+        pages[page] = _fill(pages.get(page) or (root / page).read_text(), begin, end, table, str(page))
     return pages
 
 

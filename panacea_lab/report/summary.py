@@ -7,7 +7,8 @@ from __future__ import annotations
 import pandas as pd
 
 PERCENT = ("HS", "refusal", "other", "HS+")  # shares of 100 (or 200) answers: one decimal
-SCALARS = ("nll", "eps_share", "noise_share", "norm", "eps_norm", "adapter_norm", "rho_frac")
+SCALARS = ("nll", "eps_share", "noise_share", "norm", "eps_norm", "adapter_norm", "rho_frac", "lambda_active",
+           "median_h_eps", "last20_h_eps")
 DROPPED = ("seed", "train_seconds", "label", "run")  # per-seed, timing, or display-only columns
 MAX_ROWS = 40  # a longer summary is cut, with a line saying how many groups it left out
 
