@@ -15,5 +15,5 @@ def clamp_activity(log: list[dict], clamp: float) -> dict:
     h = [row["h_eps"] for row in log if "h_eps" in row]
     if not h:
         raise ValueError("the log has no h_eps column: not a Panacea run (or an amortized one without it)")
-    return {"steps": len(h), "lambda_active": 100.0 * sum(x <= clamp for x in h) / len(h),
-            "median_h_eps": statistics.median(h), "last20_h_eps": statistics.fmean(h[-20:])}
+    return {"steps": len(h), "lambda_active": round(100.0 * sum(x <= clamp for x in h) / len(h), 2),
+            "median_h_eps": round(statistics.median(h), 4), "last20_h_eps": round(statistics.fmean(h[-20:]), 4)}
