@@ -87,16 +87,28 @@ class NotebookParameterError(ConfigError):
         return [f"panacea-lab: {str(self).splitlines()[0]}"]
 
 
+_CHECKED: set[str] = set()  # notebooks whose first run in this kernel was checked
+
+
 def check_in_kernel(namespace: dict, notebook: str) -> None:
     """In a notebook's first cell after its parameters (and papermill's injected ones): every value the
     namespace holds so far (the parameters: modules, callables, IPython's own and `_` names aside)
-    checked against `notebooks/<notebook>`'s declared parameters."""
+    checked against `notebooks/<notebook>`'s declared parameters. Run again in the same kernel ("Run
+    All" twice), the namespace also holds the first run's results: then only the declared parameters'
+    values are checked. Without the notebook's source (an installed package alone) nothing is checked."""
+    source = PACKAGE_ROOT / "notebooks" / notebook
+    if not source.is_file():
+        return
     given = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in ("In", "Out")
              and not callable(v) and not isinstance(v, types.ModuleType)}
+    if notebook in _CHECKED:
+        names = declared(source)
+        given = {k: v for k, v in given.items() if k in names}
     try:
-        check(PACKAGE_ROOT / "notebooks" / notebook, given)
+        check(source, given)
     except ConfigError as err:
         raise NotebookParameterError(str(err)) from None
+    _CHECKED.add(notebook)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,3 +66,20 @@ def test_papermill_alone_ends_with_the_one_line(params, message, tmp_path):
     assert err.value.ename == "NotebookParameterError" and message in err.value.evalue
     assert [line for line in err.value.traceback if line.strip()] == [f"panacea-lab: {err.value.evalue}"]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "figures").exists()
+
+
+def test_run_all_twice_in_one_kernel_checks_only_the_declared_parameters_the_second_time(monkeypatch):
+    """A second "Run All" finds the first run's results in the namespace (a DataFrame, a loop's float):
+    not parameters, so not refused; a declared parameter of the wrong type still is."""
+    from panacea_lab import notebook_params
+    from panacea_lab.notebook_params import NotebookParameterError, check_in_kernel
+
+    monkeypatch.setattr(notebook_params, "_CHECKED", set())
+    name = "02_random_perturbation.py"
+    params = declared(NOTEBOOKS / name)
+    with pytest.raises(NotebookParameterError, match="no parameter 'p'"):
+        check_in_kernel({**params, "p": 0.2}, name)  # a first run: an undeclared value is a misspelt parameter
+    check_in_kernel(dict(params), name)
+    check_in_kernel({**params, "p": 0.2, "table": [{"HS": 1.0}]}, name)  # the first run's leftovers
+    with pytest.raises(NotebookParameterError, match="seeds = \\[0.5\\]"):
+        check_in_kernel({**params, "seeds": [0.5]}, name)

@@ -10,6 +10,7 @@ import dataclasses
 import pandas as pd
 
 from panacea_lab import defenses
+from panacea_lab.config import ConfigError
 from panacea_lab.studies import calibration
 from panacea_lab.studies.sweeps import attack_config, methods_of
 from panacea_lab.experiments.spec import Spec, trained_of
@@ -172,6 +173,8 @@ def training_log(ctx: Context) -> pd.DataFrame:
 
     rows = []
     for name, method in _trained_configs(ctx.spec):
+        if not hasattr(method, "clamp"):
+            raise ConfigError(f"sweep = 'training_log': {method.name} has no clamp; the kind reads Panacea's logs")
         for run in ctx.runs(method):
             result = attack_stage(run, ctx.store)
             if getattr(ctx.store, "planning", False):

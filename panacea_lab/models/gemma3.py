@@ -8,7 +8,6 @@ carried into the card of any model exported from it).
 """
 from __future__ import annotations
 
-import shutil
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -36,7 +35,10 @@ def _package():
                           f"packages: run `{INSTALL}` and `{INSTALL_GGUF}`")
     import importlib
 
-    return importlib.import_module(PACKAGE)
+    try:
+        return importlib.import_module(PACKAGE)
+    except ImportError as err:
+        raise ConfigError(f"{DISTRIBUTION} does not import ({err}); reinstall it: `{INSTALL} --force-reinstall`") from None
 
 
 def find_gguf() -> Path:
@@ -50,6 +52,7 @@ def find_gguf() -> Path:
         except FileExistsError:  # a file of another sha256 is there (an interrupted assembly): rebuild it
             return Path(package.assemble(target, overwrite=True))
     except (ModuleNotFoundError, FileNotFoundError) as err:
+        target.unlink(missing_ok=True)
         raise ConfigError(f"a chunk package of {DISTRIBUTION} is missing ({' '.join(str(err).split())[:160]}); "
                           f"{reinstall}") from None
     except ValueError as err:  # the assembled bytes are not the pinned file
@@ -68,16 +71,14 @@ def licence_terms() -> Path | None:
 
 
 GEMMA3 = gguf_convert.GgufModel(name=NAME, distribution=DISTRIBUTION, command="convert-gemma3", install=INSTALL,
-                                plain_class="Gemma3ForCausalLM", find_gguf=lambda: find_gguf(), licence=LICENCE)
+                                plain_class="Gemma3ForCausalLM", find_gguf=lambda: find_gguf(), licence=LICENCE,
+                                extra_files=lambda: [f for f in [licence_terms()] if f is not None])
 
 
 def convert(out_dir: str | Path | None = None, force: bool = False, gguf: Path | None = None) -> Path:
-    """Convert the assembled GGUF (or `gguf`, e.g. a test's) into `out_dir` (default models_dir()/gemma-3-270m)."""
-    out = gguf_convert.convert(GEMMA3, Path(out_dir).expanduser() if out_dir else default_dir(), force, gguf)
-    terms = licence_terms()
-    if terms is not None and not (out / TERMS).exists():
-        shutil.copyfile(terms, out / TERMS)
-    return out
+    """Convert the assembled GGUF (or `gguf`, e.g. a test's) into `out_dir` (default models_dir()/gemma-3-270m),
+    the terms file beside the weights."""
+    return gguf_convert.convert(GEMMA3, Path(out_dir).expanduser() if out_dir else default_dir(), force, gguf)
 
 
 def resolve_gemma3(out_dir: str | Path | None = None) -> str:

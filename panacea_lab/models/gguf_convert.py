@@ -39,6 +39,7 @@ class GgufModel:
     plain_class: str  # the transformers class the weights move into
     find_gguf: Callable[[], Path]  # the GGUF file (raises ConfigError naming the fix)
     licence: str | None = None  # where the package's metadata does not state it
+    extra_files: Callable[[], list[Path]] = lambda: []  # copied beside the weights (e.g. licence terms)
 
 
 def load_gguf(gguf: Path):
@@ -136,6 +137,8 @@ def convert(spec: GgufModel, out: Path, force: bool = False, gguf: Path | None =
         if diff > ATOL:
             raise ConfigError(f"converted {spec.name} differs from the GGUF by {diff:.2e} in logits (> {ATOL:g}); "
                               "nothing was written: report the transformers/gguf versions")
+        for extra in spec.extra_files():
+            shutil.copyfile(extra, tmp / extra.name)
         (tmp / RECORD).write_text(json.dumps(_record(spec, gguf, diff), indent=1))
         _umask_permissions(tmp)
         publish(tmp, out)

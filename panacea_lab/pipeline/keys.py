@@ -160,8 +160,9 @@ def data_hash(data: str) -> str:
 
     root = data_dir() / "paper" if data == "beavertails" else data_dir()
     if not root.is_dir():
-        raise FileNotFoundError(f"no {data} data in {root}: run `panacea-lab fetch-data` (PANACEA_HOME={root.parent})")
-    names = [n for n in dir_files(root) if n != "manifest.json" and (data == "beavertails" or not n.startswith("paper/"))]
+        raise FileNotFoundError(f"no {data} data in {root}: run `panacea-lab fetch-data` (or set PANACEA_HOME)")
+    names = [n for n in dir_files(root) if n != "manifest.json" and (data == "beavertails" or not n.startswith("paper/"))
+             and not any(part.startswith(".") for part in n.split("/"))]  # a fetch's staging and temp files
     digest = hashlib.sha256()
     for name in names:
         digest.update(f"{name}\0{file_sha256(root / name)}\n".encode())

@@ -24,7 +24,7 @@ def check_model(model: ModelConfig) -> None:
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(where, local_files_only=True)
+        AutoConfig.from_pretrained(where, local_files_only=True, trust_remote_code=model.trust_remote_code)
     except Exception as err:  # noqa: BLE001 (huggingface_hub's field validation errors derive from Exception alone)
         said = " ".join(str(err).split())
         raise ConfigError(f"path = {model.path!r}: {Path(where, 'config.json')} does not read as a model config "
