@@ -39,7 +39,9 @@ def two_pass_gradient(rule: StepRule, model, batch, harmful, eps: list[torch.Ten
         g_h = rule.backward_copy(loss_h)
     else:
         loss_h, g_h = gradient_at_shift(rule, eps, lambda: lm_loss(model, harmful))
-    kept = float(loss_h.item() <= clamp)  # torch.clamp(h, max=clamp) passes the gradient up to clamp
+    # torch.clamp(h, max=clamp) passes the gradient up to clamp; decided on the loss averaged over
+    # processes (as the gradient is), so every process applies the same update
+    kept = float(rule.accelerator.reduce(loss_h.detach(), reduction="mean").item() <= clamp)
     for p, gf, gh in zip(rule.params, g_f, g_h):
         p.grad = gf - (lam * kept) * gh
     next_eps, norm = scaled_direction(rule, g_h, rho)
@@ -47,9 +49,13 @@ def two_pass_gradient(rule: StepRule, model, batch, harmful, eps: list[torch.Ten
 
 
 def exact_final_eps(rule: StepRule, model, harmful, rho: float) -> list[torch.Tensor]:
-    """rho * grad h(w) / ||grad h(w)|| at the final weights (without dropout), leaving no `.grad`."""
+    """rho * grad h(w) / ||grad h(w)|| at the final weights, leaving no `.grad`. In training mode (so a
+    model that checkpoints its activations still does) with every dropout off, so eps is deterministic."""
     was_training = model.training
-    model.eval()
+    model.train()
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in dropouts:
+        m.eval()
     try:
         device = next(iter(rule.params)).device
         eps, _ = scaled_direction(rule, rule.backward_copy(lm_loss(model, harmful.to(device))), rho)

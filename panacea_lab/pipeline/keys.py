@@ -86,7 +86,8 @@ def _parsed(text: str) -> tuple[str, tuple[tuple[int, str, tuple[str, ...]], ...
     imports = tuple((0, "", tuple(a.name for a in n.names)) if isinstance(n, ast.Import)
                     else (n.level, n.module or "", tuple(a.name for a in n.names))
                     for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)))
-    return hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).hexdigest(), imports
+    # unparsed, not ast.dump: the dump's fields change between Python versions, the code's text does not
+    return hashlib.sha256(ast.unparse(_without_docstrings(tree)).encode()).hexdigest(), imports
 
 
 def _module_file(name: str) -> Path | None:
