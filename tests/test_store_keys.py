@@ -16,6 +16,14 @@ from panacea_lab.pipeline.keys import key
 from panacea_lab.testing import write_package_data
 
 
+@pytest.fixture(autouse=True)
+def fresh_fingerprints():
+    """Code hashes are read once per process; these tests edit code between keys, so each starts fresh."""
+    keys.clear_fingerprints()
+    yield
+    keys.clear_fingerprints()
+
+
 def _copy_model(src, dst):
     shutil.copytree(src, dst)
     return ModelConfig(path=str(dst), lora_r=4, lora_alpha=8)
@@ -64,6 +72,7 @@ def _world_edited(monkeypatch, edited: str):
     read = keys._read_source
     monkeypatch.setattr(keys, "_read_source", lambda path: read(path) + (
         "\nEDITED = 1\n" if path.relative_to(keys.PACKAGE).as_posix() == edited else ""))
+    keys.clear_fingerprints()  # as a new process would read the edited code
 
 
 def test_a_line_of_world_code_rekeys_every_embedded_stage_evaluations_included(tiny_cfg, monkeypatch):
@@ -75,6 +84,17 @@ def test_a_line_of_world_code_rekeys_every_embedded_stage_evaluations_included(t
     _world_edited(monkeypatch, "data/lexicon.py")
     after = {s: config_hash(key(s, c, model=tiny_cfg)) for s, c in jobs.items()}
     assert all(after[s] != before[s] for s in jobs), (before, after)
+
+
+def test_a_process_keys_with_the_code_it_read_first_even_if_a_file_changes_meanwhile(tiny_cfg, monkeypatch):
+    """A sweep that is running when its source is edited keeps naming its results by the code it runs."""
+    cfg = AlignConfig(model=tiny_cfg)
+    before = config_hash(key("align", cfg))
+    read = keys._read_source
+    monkeypatch.setattr(keys, "_read_source", lambda path: read(path) + "\nEDITED = 1\n")
+    assert config_hash(key("align", cfg)) == before
+    keys.clear_fingerprints()
+    assert config_hash(key("align", cfg)) != before
 
 
 def test_a_line_of_stage_code_is_part_of_the_key(tiny_cfg, monkeypatch):
@@ -92,8 +112,10 @@ def test_fingerprints_ignore_docstrings_but_not_code(tmp_path, monkeypatch):
     monkeypatch.setitem(keys.STAGE_CODE, "align", ["m.py"])
     first = keys.code_fingerprint("align")
     (pkg / "m.py").write_text('"""other doc"""\ndef f():\n    return 1\n')
+    keys.clear_fingerprints()
     assert keys.code_fingerprint("align") == first
     (pkg / "m.py").write_text('def f():\n    return 2\n')
+    keys.clear_fingerprints()
     assert keys.code_fingerprint("align") != first
 
 
@@ -162,8 +184,10 @@ def test_editing_one_defense_rekeys_only_the_runs_that_name_it(tiny_cfg, tmp_pat
     assert dict(key("attack", defended).inputs)["defense_code"].startswith("toy_keys:")
     assert dict(key("eval", jobs["noise_eval"][1], model=tiny_cfg).inputs)["defense_code"].startswith("noise:")
     toy.write_text(TOY.replace("return None  # OFFSET", "return None  # the offset, explained"))
+    keys.clear_fingerprints()
     assert hashes() == before  # a comment is not code
     toy.write_text(TOY.replace("return None  # OFFSET", "return rule"))
+    keys.clear_fingerprints()
     after = hashes()
     assert {n for n in before if after[n] != before[n]} == {"defended", "defended_eval"}
 
@@ -183,6 +207,7 @@ def test_a_shared_defense_module_rekeys_the_defenses_that_import_it(tiny_cfg, mo
     def rekeyed(edited: str) -> set[str]:
         monkeypatch.setattr(keys, "_read_source", lambda path: read(path) + (
             "\nEDITED = 1\n" if path.name == edited and path.parent.name == "defenses" else ""))
+        keys.clear_fingerprints()
         assert {s: keys.code_fingerprint(s) for s in stage_code} == stage_code  # no stage re-keys all its runs
         return {n for n, c in runs.items() if config_hash(key("attack", c)) != before[n]}
 

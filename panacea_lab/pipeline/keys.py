@@ -64,11 +64,13 @@ def _read_source(path: Path) -> str:
     return path.read_text()
 
 
-def source_fingerprint(paths: list[str]) -> str:
+@lru_cache(maxsize=None)
+def source_fingerprint(paths: tuple[str, ...]) -> str:
     """Hash of the parsed source of modules (files or folders under the package; comments and
-    docstrings excluded, so only a change that can alter a result counts)."""
+    docstrings excluded, so only a change that can alter a result counts). Read once per process: a
+    process runs the code it imported, so a file edited while it runs must not change its keys."""
     digest = hashlib.sha256()
-    for path in _sources(paths):
+    for path in _sources(list(paths)):
         digest.update(path.relative_to(PACKAGE).as_posix().encode())
         digest.update(_parsed(_read_source(path))[0].encode())
     return digest.hexdigest()[:16]
@@ -76,7 +78,7 @@ def source_fingerprint(paths: list[str]) -> str:
 
 def code_fingerprint(stage: str) -> str:
     """Hash of the code every run of `stage` runs."""
-    return source_fingerprint(STAGE_CODE[stage])
+    return source_fingerprint(tuple(STAGE_CODE[stage]))
 
 
 @lru_cache(maxsize=256)
@@ -119,6 +121,13 @@ def _defense_imports(name: str, path: Path, imports) -> set[str]:
     return out
 
 
+def clear_fingerprints() -> None:
+    """Forget the code hashes read so far (tests that edit code between two keys)."""
+    source_fingerprint.cache_clear()
+    defense_fingerprint.cache_clear()
+
+
+@lru_cache(maxsize=None)
 def defense_fingerprint(cls: type) -> str:
     """Hash of the code of a defense: the module defining its config class and, transitively, the
     `panacea_lab.defenses` modules that module imports (registry and package excluded: generic).
@@ -156,7 +165,7 @@ def data_hash(data: str) -> str:
     """The embedded world: its source. Real data: every file the world reads (the fetched files, not
     their manifest, so an edited file changes the key) and the code that reads them."""
     if data == "embedded":
-        return "embedded:" + source_fingerprint(_WORLD_CODE["embedded"])
+        return "embedded:" + source_fingerprint(tuple(_WORLD_CODE["embedded"]))
     from panacea_lab.paths import data_dir
 
     root = data_dir() / "paper" if data == "beavertails" else data_dir()
@@ -167,7 +176,7 @@ def data_hash(data: str) -> str:
     digest = hashlib.sha256()
     for name in names:
         digest.update(f"{name}\0{file_sha256(root / name)}\n".encode())
-    return f"{digest.hexdigest()}:{source_fingerprint(_WORLD_CODE['files'])}"
+    return f"{digest.hexdigest()}:{source_fingerprint(tuple(_WORLD_CODE['files']))}"
 
 
 def _model_of(cfg) -> ModelConfig:
