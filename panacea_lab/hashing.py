@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 CHUNK = 1 << 20  # 1 MiB reads: constant memory for any file size
 _memo: dict[tuple[int, int, int, int], str] = {}
@@ -46,8 +47,9 @@ def dir_files(path: str | Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-def dir_sha256(path: str | Path) -> str:
-    """A stable hash of a directory: every file's relative name and content hash, in sorted order.
+def dir_sha256(path: str | Path, keep: Callable[[str], bool] | None = None) -> str:
+    """A stable hash of a directory: every file's relative name and content hash, in sorted order
+    (only the files whose relative name `keep` accepts, when given).
 
     Renaming, adding, removing or editing any file changes it; where the directory lives does not.
     """
@@ -55,7 +57,7 @@ def dir_sha256(path: str | Path) -> str:
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory")
     digest = hashlib.sha256()
-    for name in dir_files(root):
+    for name in filter(keep, dir_files(root)):
         digest.update(f"{name}\0{file_sha256(root / name)}\n".encode())
     return digest.hexdigest()
 

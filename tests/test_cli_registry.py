@@ -27,10 +27,13 @@ def test_the_copy_is_the_registry():
         "panacea_lab/cli_registry.json differs from the registry: run `python -m panacea_lab.cli_registry --update`")
 
 
-def test_the_baselines_of_the_copy_are_the_registry_s():
+def test_the_baselines_and_default_half_of_the_copy_are_the_registry_s():
+    from panacea_lab import defenses
     from panacea_lab.studies.baselines import baseline_methods
 
     assert cli_registry.baseline_methods() == baseline_methods()
+    trained = defenses.trained_with_half()[0]
+    assert cli_registry.default_half() == (trained, defenses.get(trained).post_half)
 
 
 @pytest.mark.parametrize("argv,code", [(["--help"], 0), (["--version"], 0), (["defend", "--help"], 0),

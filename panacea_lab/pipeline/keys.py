@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from panacea_lab.config import AlignConfig, AttackConfig, DefenseConfig, ModelConfig
-from panacea_lab.hashing import dir_files, file_sha256
+from panacea_lab.hashing import dir_sha256
 from panacea_lab.training.store import Keyed, content_sha256
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -171,12 +171,11 @@ def data_hash(data: str) -> str:
     root = data_dir() / "paper" if data == "beavertails" else data_dir()
     if not root.is_dir():
         raise FileNotFoundError(f"no {data} data in {root}: run `panacea-lab fetch-data` (or set PANACEA_HOME)")
-    names = [n for n in dir_files(root) if n != "manifest.json" and (data == "beavertails" or not n.startswith("paper/"))
-             and not any(part.startswith(".") for part in n.split("/"))]  # a fetch's staging and temp files
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(f"{name}\0{file_sha256(root / name)}\n".encode())
-    return f"{digest.hexdigest()}:{source_fingerprint(tuple(_WORLD_CODE['files']))}"
+    def read_by_the_world(name: str) -> bool:  # not the manifest, nor a fetch's staging and temp files
+        return name != "manifest.json" and (data == "beavertails" or not name.startswith("paper/")) \
+            and not any(part.startswith(".") for part in name.split("/"))
+
+    return f"{dir_sha256(root, read_by_the_world)}:{source_fingerprint(tuple(_WORLD_CODE['files']))}"
 
 
 def _model_of(cfg) -> ModelConfig:

@@ -7,7 +7,6 @@ Models are rebuilt from the base weights plus the stored adapters, never from pi
 from __future__ import annotations
 
 import fcntl
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,9 +14,10 @@ import torch
 from safetensors.torch import save_file
 
 from panacea_lab import defenses
-from panacea_lab.config import AlignConfig, AttackConfig, ConfigError, ModelConfig, config_hash
+from panacea_lab.config import AlignConfig, AttackConfig, ModelConfig, config_hash
 from panacea_lab.data.batching import BatchStream, encode, mix_user_data
 from panacea_lab.data.world import Example
+from panacea_lab.environment import checkpoint_every
 from panacea_lab.models.loading import attach_lora, load_adapter, load_base, merge_adapter
 from panacea_lab.pipeline.context import RunContext, alignment_data, get_tokenizer, world_of
 from panacea_lab.pipeline.keys import key
@@ -29,16 +29,7 @@ ADAPTER = "adapter"
 
 
 # A training stage saves a resumable checkpoint every this many steps (0: never); not part of any key.
-def _checkpoint_every() -> int:
-    """PANACEA_CHECKPOINT_EVERY (default 50; 0: none), or a ConfigError naming it, even on import."""
-    value = os.environ.get("PANACEA_CHECKPOINT_EVERY", "50")
-    if not value.strip().isdigit():
-        raise ConfigError(f"PANACEA_CHECKPOINT_EVERY = {value!r}: a whole number of steps >= 0 (0: no checkpoints); "
-                          "unset it for the default 50")
-    return int(value)
-
-
-CHECKPOINT_EVERY = _checkpoint_every()
+CHECKPOINT_EVERY = checkpoint_every()  # a bad value is a ConfigError naming the variable, even on import
 
 
 def checkpoint_dir(store: RunStore, stage: str, cfg) -> Path | None:
