@@ -38,6 +38,12 @@ explorer_max_scale = 3.0  # the per-layer sliders run from 0 (off) to this facto
 align_kw = {}
 runs = None  # run store directory (None: $PANACEA_RUNS, else runs/ at the repository root)
 figures_dir = "figures"  # relative to the repository root, or an absolute path
+# the last section reads committed files: per model, its eps_shares and layer-ablation results (under results/)
+across_models = {
+    "embedded world": ["embedded/eps_shares_p0.1_seed0", "embedded/ablation_p0.1_seed0"],
+    "SmolLM2-135M": ["smollm2-rt/eps_shares_p0.1_seed0_chosen", "smollm2-rt/ablation_p0.1_seed0"],
+    "Gemma-3-270M": ["gemma3/eps_shares_p0.1_seed0", "gemma3/ablation_p0.1_seed0"],
+}
 
 # %%
 from panacea_lab.notebook_params import check_in_kernel
@@ -221,4 +227,38 @@ display(live_explorer)
 # "eps on every layer" row above on this smaller subset. Try setting layer 0 to 0 and scoring, then
 # only layer 0 at 1: the numbers reproduce the causal section's rows in seconds, and factors above 1
 # show how far a layer's eps can be pushed before FA falls.
+
+# %% [markdown]
+# ## Across models: are the coefficients distinct, and do the largest layers carry the effect?
+#
+# The paper reads distinct safety coefficients per model from four 7B models. This section reads the
+# committed files of three models (`across_models`): the embedded world's tiny Llama, SmolLM2-135M and
+# Gemma-3-270M, each at p = 0.1, seed 0 and the Panacea setting chosen on its validation split. Each
+# layer sits at its relative depth; dashed lines are noise on the same tensors. The right panel applies
+# eps on the 1 and 3 layers of largest share, and on every layer but them, beside a same-norm random
+# direction on the same tensors. Each file `results/<name>.csv` is rebuilt by `panacea-lab run
+# experiments/<name>.yaml`.
+# The LoRA differs per model (q/k/v only on Gemma-3-270M, all seven projections on the others), so
+# only the per-layer shares are compared, not the per-module ones.
+
+# %%
+from panacea_lab.experiments.spec import RESULTS
+from panacea_lab.plotting.across_models import ablation_summary, across_models_figure, concentration, depth_profile
+from panacea_lab.tables.export_rows import read_rows
+
+profiles, ablations = {}, {}
+for model_name, (shares_name, ablation_name) in across_models.items():
+    if not (RESULTS / f"{shares_name}.csv").is_file():
+        print(f"{model_name}: no results/{shares_name}.csv; `panacea-lab run experiments/{shares_name}.yaml` writes it")
+        continue
+    profiles[model_name] = depth_profile(read_rows(RESULTS / f"{shares_name}.csv"), model_name)
+    if (RESULTS / f"{ablation_name}.csv").is_file():
+        ablations[model_name] = ablation_summary(read_rows(RESULTS / f"{ablation_name}.csv"), model_name)
+if profiles:
+    display(pd.DataFrame([concentration(prof) for prof in profiles.values()]).round(3))
+    if ablations:
+        display(pd.concat(ablations.values(), ignore_index=True).round(3))
+    drawn = pd.concat([*(prof.assign(panel="shares") for prof in profiles.values()),
+                       *(summary.assign(panel="ablation") for summary in ablations.values())], ignore_index=True)
+    plots.save_figure(across_models_figure(profiles, ablations), figures / "04_across_models.png", drawn)
 

@@ -236,6 +236,32 @@ def test_a_trajectory_spec_scores_each_method_along_its_steps(tiny_model_dir, tm
     assert main(["run", str(bad), "--runs", runs]) == 2 and ": every:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_a_layer_ablation_spec_restricts_eps_to_its_largest_layers_and_their_complement(
+        tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(spec_mod, "EXPERIMENTS", tmp_path / "experiments")
+    monkeypatch.setattr(spec_mod, "RESULTS", tmp_path / "results")
+    raw = {"sweep": "layer_ablation", "model": str(tiny_model_dir), "ratios": [0.2], "seeds": [0],
+           "attack": {"n": 20, "epochs": 1.0}, "eval": {"n_eval": 4}, "defenses": {"panacea": {"rho": 0.3}},
+           "align": {"n_refusal": 16, "n_replay_per_task": 2, "epochs": 1.0},
+           "ablation": {"kinds": ["top_k", "all_but_top_k"], "top_k": [1]}}
+    path, runs = _write(tmp_path, raw, "toy/ablation"), str(tmp_path / "runs")
+    assert main(["run", str(path), "--runs", runs]) == 0
+    rows = read_rows(tmp_path / "results" / "toy" / "ablation.csv")
+    eps = rows[rows["variant"].eq("w+eps")].set_index("param")["share"]
+    assert eps["all"] == pytest.approx(1.0)
+    assert eps["top_k"] + eps["all_but_top_k"] == pytest.approx(1.0)  # the two parts split ||eps||^2
+    assert eps["top_k"] >= 0.5  # the tiny model has two layers: the larger one holds at least half
+    controls = rows[rows["variant"].eq("control")].set_index("param")["norm"]
+    assert controls["top_k"] == pytest.approx(rows[rows["variant"].eq("w+eps")].set_index("param")["norm"]["top_k"])
+    assert main(["run", str(path), "--runs", runs, "--check"]) == 0
+    assert "differing: none" in capsys.readouterr().out
+    bad = _write(tmp_path, {**raw, "ablation": {"kinds": ["top_three"]}}, "toy/bad")
+    assert main(["run", str(bad), "--runs", runs]) == 2 and ": ablation.kinds[0]:" in capsys.readouterr().err
+    wrong = _write(tmp_path, {**raw, "sweep": "defend"}, "toy/wrong")
+    assert main(["run", str(wrong), "--runs", runs]) == 2 and ": ablation:" in capsys.readouterr().err
+
+
 def test_the_training_log_kind_counts_the_steps_where_the_clamped_term_acted():
     from panacea_lab.studies.training_logs import clamp_activity
 

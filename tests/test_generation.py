@@ -111,3 +111,22 @@ def test_cutting_final_answers_keeps_every_score(embedded, world, monkeypatch, t
            [score_task(task, a, ex.label, spaced) for a, ex in zip(whole, test)]
     if task == "instruct":
         assert sum(a != b for a, b in zip(cut, whole)) > 5
+
+
+def test_the_prefill_gives_the_frozen_head_a_contiguous_input(embedded):
+    """The prefill's last-position slice reaches the output projection as a contiguous tensor (on a
+    frozen weight torch would otherwise copy the weight once per row), with the same logits."""
+    tok, model = embedded
+    head = model.get_output_embeddings()
+    assert not head.weight.requires_grad
+    seen = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(5, 100, (3, 9))
+    try:
+        with torch.inference_mode():
+            last = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+            full = model(input_ids=ids).logits[:, -1]
+    finally:
+        handle.remove()
+    assert seen == [True, True]
+    torch.testing.assert_close(last, full)

@@ -41,6 +41,21 @@ def test_restrictions_cover_every_kind_over_the_layers_and_modules_present():
         restrictions([0, 1], [], kinds=("heads",))
 
 
+def test_top_k_keeps_the_layers_of_largest_share_and_all_but_top_k_the_rest():
+    shares = {0: 0.1, 1: 0.5, 2: 0.1, 3: 0.3}
+    parts = restrictions([0, 1, 2, 3], ["q_proj"], kinds=("top_k", "all_but_top_k"), layer_shares=shares,
+                         top_k=(1, 2, 4))
+    got = [(r.param, r.value, r.layers) for r in parts]
+    assert got == [("top_k", 1, (1,)), ("top_k", 2, (1, 3)),  # k = 4 is the whole eps, left out
+                   ("all_but_top_k", 1, (0, 2, 3)), ("all_but_top_k", 2, (0, 2))]
+    tie = restrictions([0, 1, 2], [], kinds=("top_k",), layer_shares={0: 0.2, 1: 0.4, 2: 0.4}, top_k=(1,))
+    assert tie[0].layers == (1,)  # equal shares: the lower index first
+    assert {r.param for r in restrictions([0, 1], ["q_proj"])} == {"layer", "all_but_layer", "first_k", "last_k",
+                                                                   "module"}  # top-k runs only when asked
+    with pytest.raises(ConfigError, match="layer_shares"):
+        restrictions([0, 1], [], kinds=("top_k",))
+
+
 def test_shares_of_single_layers_add_up_and_leaving_one_out_is_the_rest(run, store):
     pipeline.attack(run, store)
     eps = load_file(str(artifact(store, "attack", run, "eps.safetensors")))

@@ -30,9 +30,9 @@ def test_the_interval_is_the_student_t_one_computed_by_hand():
 
 @pytest.mark.parametrize("diffs, expect, size, words", [
     ((-28, -11, -24), "lower", -21.2, "no change shown"),  # the interval reaches above 0
-    ((-5, -3, -7), "lower", -21.2, "lower; smaller than the paper's -21.2"),
-    ((-90, -88, -91), "lower", -21.2, "lower; larger than the paper's -21.2"),
-    ((-4, 0, -7), "lower", -21.2, "no change shown; smaller than the paper's -21.2"),
+    ((-5, -3, -7), "lower", -21.2, "lower, and smaller than the paper's -21.2"),
+    ((-90, -88, -91), "lower", -21.2, "lower, and larger than the paper's -21.2"),
+    ((-4, 0, -7), "lower", -21.2, "no change shown, and smaller than the paper's -21.2"),
     ((3, 4, 5), "none", None, "higher"),
     ((-3, -3, -4), "kept", None, "kept (no loss beyond 5 shown)"),
     ((-1, 0, -9), "kept", None, "undecided (a loss beyond 5 not excluded)"),

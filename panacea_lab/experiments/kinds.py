@@ -165,6 +165,24 @@ def eps_shares(ctx: Context) -> pd.DataFrame:
     return eps_coefficients(run, ctx.store)
 
 
+def layer_ablation(ctx: Context) -> pd.DataFrame:
+    """The trained defense's eps restricted every way the spec's `ablation` asks, each beside its
+    same-norm control on the same tensors (`studies.layer_ablation`), at every ratio and seed."""
+    from panacea_lab.pipeline.stages import attack as attack_stage
+    from panacea_lab.studies.layer_ablation import TOP_K, layer_ablation as ablate
+
+    name, method = _trained_configs(ctx.spec)[0]
+    parts = []
+    for run in ctx.runs(method):
+        if getattr(ctx.store, "planning", False):  # the restrictions read the run's stored eps
+            attack_stage(run, ctx.store)
+            continue
+        rows = ablate(run, ctx.store, ctx.eval_cfg, kinds=ctx.spec.ablation["kinds"],
+                      top_k=ctx.spec.ablation.get("top_k", TOP_K))
+        parts.append(rows if name is None else rows.assign(**{SETTING_COLUMN: name}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def training_log(ctx: Context) -> pd.DataFrame:
     """Per trained setting and run, how often the clamped lambda term acted (`studies.training_logs`),
     read from each run's stored training log (nothing is evaluated)."""
@@ -209,11 +227,13 @@ ROW_KEYS = {"answer_loss": (["model", "answers", "p", "seed", "rho", "lam", "h_c
             "eps_shares": (["layer", "module"], ["eps_share", "noise_share"]),
             "trajectory": (["method", "run", "seed", "step"], ["HS", "refusal", "other", "FA_sentiment"]),
             "calibration": (["method", "variant", "value", "p", "seed", "lam", "h_const"], None),
-            "training_log": ([SETTING_COLUMN, "p", "seed"], ["lambda_active", "median_h_eps", "last20_h_eps"])}
+            "training_log": ([SETTING_COLUMN, "p", "seed"], ["lambda_active", "median_h_eps", "last20_h_eps"]),
+            "layer_ablation": (["method", "variant", "param", "value", "p", "seed", SETTING_COLUMN],
+                               ["HS", "refusal", "other", "norm", "share"])}
 
 KINDS = {"attack": attack, "defend": defend, "compare": compare, "answer_loss": answer_loss,
          "calibration": calibration_sweep, "eps_shares": eps_shares, "trajectory": trajectory,
-         "training_log": training_log}
+         "training_log": training_log, "layer_ablation": layer_ablation}
 
 
 def keep_rows(df: pd.DataFrame, keep) -> pd.DataFrame:

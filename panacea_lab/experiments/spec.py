@@ -29,7 +29,8 @@ from panacea_lab.paths import PACKAGE_ROOT
 
 EXPERIMENTS = PACKAGE_ROOT / "experiments"
 RESULTS = PACKAGE_ROOT / "results"
-SWEEPS = ("attack", "defend", "compare", "answer_loss", "calibration", "eps_shares", "trajectory", "training_log")
+SWEEPS = ("attack", "defend", "compare", "answer_loss", "calibration", "eps_shares", "trajectory", "training_log",
+          "layer_ablation")
 EVAL_FIELDS = {"split": str, "n_eval": int, "judge": str, "judge_model": str, "second_test": str,
                "max_new_tokens": int, "batch_size": int, "merge": bool}
 # fields a spec's config mappings may not set: the spec's own fields and the sweep's grid set them
@@ -69,6 +70,8 @@ class Spec:
     keep: tuple = ()  # row selectors ({column: value}); when given, only the rows one of them matches
     reference_tasks: tuple[str, ...] = ()  # attack: tasks the base and aligned models are scored on (all)
     every: int = 0  # trajectory: score the run every this many optimiser steps
+    # layer_ablation: {kinds: [restriction kinds], top_k: [k, ...]} (studies.layer_ablation)
+    ablation: dict = field(default_factory=dict)
 
     @property
     def output(self) -> Path:
@@ -170,6 +173,24 @@ def _check_fields(where: str, value, cls) -> dict:
     return dict(value)
 
 
+def _check_ablation(where: str, value, sweep: str) -> dict:
+    from panacea_lab.studies.layer_ablation import KINDS
+
+    if sweep != "layer_ablation":
+        _fail(where, "only a layer_ablation sweep restricts eps")
+    if not isinstance(value, dict) or set(value) - {"kinds", "top_k"}:
+        _fail(where, f"{value!r} must map kinds (and top_k) to lists, e.g. {{kinds: [top_k, all_but_top_k], top_k: [1, 3]}}")
+    kinds = value.get("kinds")
+    if not isinstance(kinds, list) or not kinds:
+        _fail(f"{where}.kinds", f"{kinds!r} must be a non-empty list of {', '.join(KINDS)}")
+    out = {"kinds": [_choice(f"{where}.kinds[{i}]", k, KINDS) for i, k in enumerate(kinds)]}
+    if "top_k" in value:
+        out["top_k"] = list(_numbers(f"{where}.top_k", value["top_k"], int))
+        if min(out["top_k"]) < 1:
+            _fail(f"{where}.top_k", f"{out['top_k']} must hold k >= 1")
+    return out
+
+
 def trained_of(grid: dict) -> list[str]:
     """The names in a defenses mapping whose record trains with a post-fine-tuning half."""
     from panacea_lab import defenses
@@ -264,7 +285,9 @@ def check_spec(name: str, raw: dict) -> Spec:
         if not isinstance(refs, list):
             _fail("reference_tasks", f"{refs!r} must be a list of tasks")
         kw["reference_tasks"] = tuple(_choice(f"reference_tasks[{i}]", t, TASKS) for i, t in enumerate(refs))
-    if sweep in ("calibration", "eps_shares") and len(trained_of(kw["defenses"])) != 1:
+    if "ablation" in raw or sweep == "layer_ablation":
+        kw["ablation"] = _check_ablation("ablation", raw.get("ablation"), sweep)
+    if sweep in ("calibration", "eps_shares", "layer_ablation") and len(trained_of(kw["defenses"])) != 1:
         _fail("defenses", f"a {sweep} sweep names exactly one trained defense (one with a post-fine-tuning half)")
     if sweep in ("defend", "answer_loss") and not kw["defenses"]:
         _fail("defenses", f"a {sweep} sweep needs at least one defense")

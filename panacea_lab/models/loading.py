@@ -122,10 +122,21 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None):
     device = device or pick_device()
     model = _from_pretrained(AutoModelForCausalLM, cfg, dtype=pick_dtype(cfg.dtype, device), use_safetensors=True)
     model.requires_grad_(False)
+    contiguous_head_input(model)
     model.panacea_loss = cfg.loss  # how training/loss.lm_loss computes this model's loss
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model.to(device).eval()
+
+
+def contiguous_head_input(model) -> None:
+    """Give the output projection a contiguous input. On a frozen weight, torch's matmul runs a
+    non-contiguous 3-D input (the prefill's last-position slice, `logits_to_keep=1`) as a batched
+    product with the weight copied once per row: for Gemma 3's 262k x 640 head and 64 prompts a 20 GB
+    copy and 85 s per batch instead of 0.1 s. The product is the same up to rounding."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -68,7 +68,7 @@ def judge(paired: Paired, expect: str, size: float | None = None, margin: float 
         words = "no change shown"
     if expect == "lower" and size is not None:
         if lo > size:
-            words += f"; smaller than the paper's {size:+g}"
+            words += f", and smaller than the paper's {size:+g}"
         elif hi < size:
-            words += f"; larger than the paper's {size:+g}"
+            words += f", and larger than the paper's {size:+g}"
     return words

@@ -96,7 +96,7 @@ def _verdict_text(claim: dict, spec: dict) -> str:
         for p, paired in cell.by_ratio.items():
             said = judge(paired, claim["expect"], claim.get("size"), spec.get("margin", 0.0))
             words.setdefault(said, []).append(f"{p:g}")
-        said = "; ".join(f"{w} at p {', '.join(ps)}" for w, ps in words.items())
+        said = "; ".join(f"at p {', '.join(ps)}: {w}" for w, ps in words.items())
         parts.append(f"{spec['columns'][col]['title']}: {said}")
     return "<br>".join(parts)
 

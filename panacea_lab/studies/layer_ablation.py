@@ -2,7 +2,8 @@
 
 Safety coefficients (`coefficients.py`) say where eps's norm sits; they do not say where it acts. This
 sweep applies eps to part of the model only — one layer, every layer but one, the first or last k,
-one module type (q, k, v, o, gate, up, down: those present) — and evaluates each of one trained run,
+one module type (q, k, v, o, gate, up, down: those present), the k layers holding most of eps's norm
+or every layer but them — and evaluates each of one trained run,
 beside a random direction of the same norm over exactly the same tensors (`eps_control`). A part
 whose eps removes as much harm as the whole, while its control does not, is where the direction
 matters; a part that holds much of the norm but changes nothing is not.
@@ -10,7 +11,7 @@ matters; a part that holds much of the norm but changes nothing is not.
 Rows are typed like every sweep's (`sweeps.result_row`): method the run's trained defense (Panacea)
 with variant "w" and "w+<its post half>" (w+eps) for eps, method the half's part control (eps_control,
 registered as "<half>_control") with variant "control", `param` the kind of restriction (layer,
-all_but_layer, first_k, last_k, module) and `value` its layer, k or module; `share` is the restricted
+all_but_layer, first_k, last_k, module, top_k, all_but_top_k) and `value` its layer, k or module; `share` is the restricted
 eps's share of ||eps||^2 and `norm` its L2 norm (what the control matches).
 """
 from __future__ import annotations
@@ -30,8 +31,11 @@ from panacea_lab.pipeline.preflight import preflight
 from panacea_lab.pipeline.stages import artifact, attack
 from panacea_lab.training.store import RunStore
 
-KINDS = ("layer", "all_but_layer", "first_k", "last_k", "module")
-_WHAT = {"layer": "on layer {}", "all_but_layer": "without layer {}", "first_k": "on the first {} layers",
+KINDS = ("layer", "all_but_layer", "first_k", "last_k", "module", "top_k", "all_but_top_k")
+DEFAULT_KINDS = KINDS[:5]  # the top-k kinds need a k list; they run when asked for
+TOP_K = (1, 3)
+_WHAT = {"top_k": "on the top {} layers by share", "all_but_top_k": "without the top {} layers by share",
+         "layer": "on layer {}", "all_but_layer": "without layer {}", "first_k": "on the first {} layers",
          "last_k": "on the last {} layers", "module": "on {}", "all": "on every layer"}
 
 
@@ -64,9 +68,11 @@ def eps_parts(eps) -> tuple[list[int], list[str]]:
     return sorted({layer for layer, _, _ in parsed} - {-1}), modules
 
 
-def restrictions(layers: Sequence[int], modules: Sequence[str], kinds: Iterable[str] = KINDS) -> list[Restriction]:
+def restrictions(layers: Sequence[int], modules: Sequence[str], kinds: Iterable[str] = DEFAULT_KINDS,
+                 layer_shares: dict[int, float] | None = None, top_k: Sequence[int] = TOP_K) -> list[Restriction]:
     """Every restriction of `kinds` over these layers and modules; first/last k run over k = 1..n-1
-    (k = n is the whole eps, the reference row)."""
+    (k = n is the whole eps, the reference row); top_k / all_but_top_k over the k of `top_k` below n,
+    ranking the layers by `layer_shares` (each layer's share of ||eps||^2; ties by layer index)."""
     kinds = list(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
@@ -82,6 +88,14 @@ def restrictions(layers: Sequence[int], modules: Sequence[str], kinds: Iterable[
             out += [Restriction(kind, k, tuple(layers[:k])) for k in range(1, len(layers))]
         elif kind == "last_k":
             out += [Restriction(kind, k, tuple(layers[-k:])) for k in range(1, len(layers))]
+        elif kind in ("top_k", "all_but_top_k"):
+            if layer_shares is None:
+                raise ConfigError(f"kinds = {kinds!r}: {kind} ranks layers by their share of eps; pass layer_shares")
+            ranked = sorted(layers, key=lambda i: (-layer_shares[i], i))
+            for k in (k for k in top_k if 0 < k < len(layers)):
+                top = set(ranked[:k])
+                kept = top if kind == "top_k" else set(layers) - top
+                out.append(Restriction(kind, k, tuple(sorted(kept))))
         else:
             out += [Restriction(kind, m, (), (m,)) for m in modules]
     return out
@@ -113,8 +127,17 @@ def check_trained_run(run: AttackConfig) -> None:
 
 
 
+def layer_shares_of(eps) -> dict[int, float]:
+    """Each decoder layer's share of ||eps||^2 (parameters outside the layers count in the total only)."""
+    from panacea_lab.tables.coefficients import safety_coefficients
+
+    shares = safety_coefficients(eps, ("layer",))
+    return {int(layer): float(share) for layer, share in zip(shares["layer"], shares["share"]) if layer != -1}
+
+
 def layer_ablation(run: AttackConfig, store: RunStore | None = None, eval_cfg: EvalConfig | None = None,
-                   kinds: Iterable[str] = KINDS, control: bool = True) -> pd.DataFrame:
+                   kinds: Iterable[str] = DEFAULT_KINDS, control: bool = True,
+                   top_k: Sequence[int] = TOP_K) -> pd.DataFrame:
     """Evaluations of one Panacea run with eps restricted every way of `kinds` (each cached).
 
     Reference rows first: w alone (share 0), w + the whole eps (param "all", share 1) and its
@@ -144,7 +167,8 @@ def layer_ablation(run: AttackConfig, store: RunStore | None = None, eval_cfg: E
                           param=param, value=value, share=share, norm=norm, **ident)
 
     rows = [row(None, None, None, "")]
-    for part in [Restriction("all", None), *restrictions(*eps_parts(eps), kinds=kinds)]:
+    parts = restrictions(*eps_parts(eps), kinds=kinds, layer_shares=layer_shares_of(eps), top_k=top_k)
+    for part in [Restriction("all", None), *parts]:
         rows.append(row(part.post(half=half), part.param, part.value, part.describe()))
         if control:
             rows.append(row(part.post(control_seed=run.seed, half=half), part.param, part.value, part.describe()))
