@@ -169,7 +169,7 @@ def layer_ablation(ctx: Context) -> pd.DataFrame:
     """The trained defense's eps restricted every way the spec's `ablation` asks, each beside its
     same-norm control on the same tensors (`studies.layer_ablation`), at every ratio and seed."""
     from panacea_lab.pipeline.stages import attack as attack_stage
-    from panacea_lab.studies.layer_ablation import TOP_K, layer_ablation as ablate
+    from panacea_lab.studies.layer_ablation import layer_ablation as ablate
 
     name, method = _trained_configs(ctx.spec)[0]
     parts = []
@@ -177,8 +177,7 @@ def layer_ablation(ctx: Context) -> pd.DataFrame:
         if getattr(ctx.store, "planning", False):  # the restrictions read the run's stored eps
             attack_stage(run, ctx.store)
             continue
-        rows = ablate(run, ctx.store, ctx.eval_cfg, kinds=ctx.spec.ablation["kinds"],
-                      top_k=ctx.spec.ablation.get("top_k", TOP_K))
+        rows = ablate(run, ctx.store, ctx.eval_cfg, **ctx.spec.ablation)  # kinds, and top_k when given
         parts.append(rows if name is None else rows.assign(**{SETTING_COLUMN: name}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

@@ -36,7 +36,10 @@ def depth_profile(shares: pd.DataFrame, model: str) -> pd.DataFrame:
 def concentration(profile: pd.DataFrame, ks=(1, 3)) -> dict:
     """How concentrated one model's eps is: the top-k layers' share (eps and, for the same layers, noise),
     the relative depth of its largest layer, and the total variation distance from noise's shares."""
-    ranked = profile.sort_values(["eps_share", "layer"], ascending=[False, True])
+    from panacea_lab.studies.layer_ablation import rank_layers
+
+    order = rank_layers(dict(zip(profile["layer"].astype(int), profile["eps_share"])))
+    ranked = profile.set_index(profile["layer"].astype(int)).loc[order]
     out = {"model": profile["model"].iloc[0], "layers": int(profile["layers"].iloc[0]),
            "top_layer": int(ranked["layer"].iloc[0]), "top_depth": float(ranked["depth"].iloc[0])}
     for k in ks:

@@ -68,6 +68,12 @@ def eps_parts(eps) -> tuple[list[int], list[str]]:
     return sorted({layer for layer, _, _ in parsed} - {-1}), modules
 
 
+def rank_layers(layer_shares: dict[int, float], layers: Sequence[int] | None = None) -> list[int]:
+    """Layers by their share of ||eps||^2, largest first (ties: the lower index first): the order the
+    top-k restrictions, and any table of them, take their k layers from."""
+    return sorted(layer_shares if layers is None else layers, key=lambda i: (-layer_shares[i], i))
+
+
 def restrictions(layers: Sequence[int], modules: Sequence[str], kinds: Iterable[str] = DEFAULT_KINDS,
                  layer_shares: dict[int, float] | None = None, top_k: Sequence[int] = TOP_K) -> list[Restriction]:
     """Every restriction of `kinds` over these layers and modules; first/last k run over k = 1..n-1
@@ -91,7 +97,7 @@ def restrictions(layers: Sequence[int], modules: Sequence[str], kinds: Iterable[
         elif kind in ("top_k", "all_but_top_k"):
             if layer_shares is None:
                 raise ConfigError(f"kinds = {kinds!r}: {kind} ranks layers by their share of eps; pass layer_shares")
-            ranked = sorted(layers, key=lambda i: (-layer_shares[i], i))
+            ranked = rank_layers(layer_shares, layers)
             for k in (k for k in top_k if 0 < k < len(layers)):
                 top = set(ranked[:k])
                 kept = top if kind == "top_k" else set(layers) - top
